@@ -1,0 +1,3 @@
+from kvarn_cli.cli import main
+
+main()

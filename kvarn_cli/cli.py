@@ -1,0 +1,73 @@
+"""The `kvarn` command line: a Typer app whose commands live in kvarn_cli.commands.
+
+Command modules keep heavy imports (torch, vllm, transformers) inside their functions so that
+`kvarn --help` and input validation answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from kvarn_cli import __version__
+from kvarn_cli.commands import jobs as jobs_cmd
+from kvarn_cli.commands import model as model_cmd
+from kvarn_cli.commands import run as run_cmd
+from kvarn_cli.commands import score as score_cmd
+from kvarn_cli.errors import KvarnError
+from kvarn_cli.console import err_console
+
+app = typer.Typer(
+    name="kvarn",
+    help=(
+        "Offline batch reasoning with a 2-bit KVarN KV cache on an embedded vLLM engine.\n\n"
+        "Typical use:  kvarn run prompts.jsonl --bits 2 --model Qwen/Qwen3-4B --out runs/r1;  "
+        "kvarn score runs/r1"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(run_cmd.run)
+app.command("score")(score_cmd.score)
+app.add_typer(jobs_cmd.app, name="jobs")
+app.add_typer(model_cmd.app, name="model")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"kvarn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Offline batch reasoning with a 2-bit KVarN KV cache."""
+
+
+def main() -> None:
+    """Entry point: turns KvarnError into a one-line message and its exit code, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except KvarnError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("[bold red]aborted[/]")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()
