@@ -14,7 +14,6 @@ from kvarn_cli import __version__
 from kvarn_cli.commands import jobs as jobs_cmd
 from kvarn_cli.commands import model as model_cmd
 from kvarn_cli.commands import run as run_cmd
-from kvarn_cli.commands import score as score_cmd
 from kvarn_cli.errors import KvarnError
 from kvarn_cli.console import err_console
 
@@ -30,7 +29,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("run")(run_cmd.run)
-app.command("score")(score_cmd.score)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(model_cmd.app, name="model")
 
