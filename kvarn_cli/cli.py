@@ -49,7 +49,8 @@ def _root(
 def main() -> None:
     """Entry point: turns KvarnError into a one-line message and its exit code, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # Non-standalone click returns a typer.Exit's code instead of raising it.
+        code = app(standalone_mode=False)
     except KvarnError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -65,6 +66,7 @@ def main() -> None:
             exc.show()
             sys.exit(2)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
