@@ -1,0 +1,317 @@
+"""Triton decode attention over the paged KVarN cache (one query token per sequence).
+
+Two launches:
+1. `_split_kernel`, grid (batch, kv_heads, splits): each program takes one query-head group
+   (all GQA heads of one KV head, padded to 16 rows for the tensor cores) and a run of the
+   sequence's quantized blocks. It rotates the query once (q @ H, +-1 matrix in bf16, exact)
+   and never dequantizes K or V element by element: with the record's decode formula
+       K_rot[t, d] = (kc[t, d] * ks[d] + kz[d]) * kts[t]
+       V_rot[t, d] = (vc[t, d] * vs[t] + vz[t]) * vcs[d]
+   the scores are kts[t] * ((q * ks) @ kc^T + q . kz) and the value sum is
+   vcs[d] * ((p * vs) @ vc + p . vz), so the per-element work is unpacking codes (shift, mask,
+   convert; exact in bf16) feeding two bf16 dots. (Under TRITON_INTERPRET, whose bf16
+   conversions are broken in triton 3.9, the dots use fp16 instead; same code otherwise.) Codes of 2^bits channels share a byte;
+   rather than reshaping, the dots run per bit position j over the channels d = PER * i + j.
+   Online softmax in base 2; partial (max, sum, acc) go to a float32 workspace.
+2. `_reduce_kernel`, grid (batch, kv_heads): merges the partials, attends to the 16-bit
+   sink/tail tokens (kvarn's staging slots, already in the rotated domain), normalizes and
+   rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kvarn_cli.kernels.quantizers import Quantizer
+from kvarn_cli.kernels.triton_common import dot_in_fp16, fp8_bits_to_f32, kernel_layout, signed_hadamard
+
+LOG2E = 1.4426950408889634
+NEG_BIG = tl.constexpr(-1.0e30)
+
+
+@triton.jit
+def _rotate(x, h_ptr, D: tl.constexpr, COL0: tl.constexpr, COL_STEP: tl.constexpr, NCOL: tl.constexpr, DT: tl.constexpr):
+    """x [M, D] float32 @ H[:, COL0::COL_STEP] (+-1, exact in DT) to ~float32 accuracy: x is
+    split into a DT high part and a DT remainder, each multiplied on the tensor cores."""
+    r = tl.arange(0, D)
+    c = tl.arange(0, NCOL) * COL_STEP + COL0
+    h = tl.load(h_ptr + r[:, None] * D + c[None, :])
+    hi = x.to(DT)
+    lo = (x - hi.to(tl.float32)).to(DT)
+    return tl.dot(hi, h) + tl.dot(lo, h)
+
+
+@triton.jit
+def _k_part(qj, kbytes, rec, OFF_K_SCALE: tl.constexpr, OFF_K_ZERO: tl.constexpr, ks_mult, kz_mult,
+            J: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
+    """Scores contribution of channels d = PER * i + J: ((q * ks) @ kc^T, q . kz)."""
+    i = tl.arange(0, D // PER) * PER + J
+    ks = fp8_bits_to_f32(tl.load(rec + OFF_K_SCALE + i)) * ks_mult
+    kz = tl.load(rec.to(tl.pointer_type(tl.float16)) + OFF_K_ZERO // 2 + i).to(tl.float32) * kz_mult
+    codes = ((kbytes >> (J * BITS)) & ((1 << BITS) - 1)).to(DT)
+    qs = (qj * ks[None, :]).to(DT)
+    return tl.dot(qs, tl.trans(codes)), tl.sum(qj * kz[None, :], 1)
+
+
+@triton.jit
+def _v_part(acc, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE: tl.constexpr, vcs_mult,
+            J: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
+    """acc of channels d = PER * i + J, rescaled by alpha, plus vcs * (ps @ vc + pz)."""
+    i = tl.arange(0, D // PER) * PER + J
+    vcs = fp8_bits_to_f32(tl.load(rec + OFF_V_CHANNEL_SCALE + i)) * vcs_mult
+    codes = ((vbytes >> (J * BITS)) & ((1 << BITS) - 1)).to(DT)
+    o = tl.dot(ps, codes)
+    return acc * alpha[:, None] + (o + pz[:, None]) * vcs[None, :]
+
+
+@triton.jit
+def _store_acc(ws, acc, GP: tl.constexpr, D: tl.constexpr, J: tl.constexpr, PER: tl.constexpr):
+    g = tl.arange(0, GP)
+    i = tl.arange(0, D // PER) * PER + J
+    tl.store(ws + g[:, None] * D + i[None, :], acc)
+
+
+@triton.jit
+def _split_kernel(
+    q_ptr, stride_qb, stride_qh, h_ptr,
+    rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
+    ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
+    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+    OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+    OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+    OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
+    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    s = tl.program_id(2)
+    KP: tl.constexpr = 8 // K_BITS
+    VP: tl.constexpr = 8 // V_BITS
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    t = tl.arange(0, G)
+
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
+                mask=g[:, None] < GQA, other=0.0).to(tl.float32)
+    # q_rot (scaled by softmax scale * log2 e and 1/sqrt(D)), one copy per bit position j
+    q0 = _rotate(q, h_ptr, D, 0, KP, D // KP, DT) * qk_scale
+    q1 = _rotate(q, h_ptr, D, 1, KP, D // KP, DT) * qk_scale
+    if KP == 4:
+        q2 = _rotate(q, h_ptr, D, 2, KP, D // KP, DT) * qk_scale
+        q3 = _rotate(q, h_ptr, D, 3, KP, D // KP, DT) * qk_scale
+
+    m = tl.full([GP], NEG_BIG, dtype=tl.float32)
+    l = tl.zeros([GP], dtype=tl.float32)
+    acc0 = tl.zeros([GP, D // VP], dtype=tl.float32)
+    acc1 = tl.zeros([GP, D // VP], dtype=tl.float32)
+    acc2 = tl.zeros([GP, D // VP], dtype=tl.float32)
+    acc3 = tl.zeros([GP, D // VP], dtype=tl.float32)
+
+    nblk = tl.load(nblk_ptr + b)
+    start = s * blocks_per_split
+    end = tl.minimum(start + blocks_per_split, nblk)
+    kb_cols = tl.arange(0, D // KP)
+    vb_cols = tl.arange(0, D // VP)
+    for blk_i in range(start, end):
+        blk = tl.load(bt_ptr + b.to(tl.int64) * stride_btb + blk_i).to(tl.int64)
+        rec = rec_ptr + blk * stride_rb + kvh * stride_rh
+        rec_f32 = rec.to(tl.pointer_type(tl.float32))
+        kbytes = tl.load(rec + OFF_K_CODES + t[:, None] * (D // KP) + kb_cols[None, :])
+        vbytes = tl.load(rec + OFF_V_CODES + t[:, None] * (D // VP) + vb_cols[None, :])
+        ks_mult = tl.load(rec_f32 + OFF_K_SCALE_MULT // 4)
+        kz_mult = tl.load(rec_f32 + OFF_K_ZERO_MULT // 4)
+        kts = fp8_bits_to_f32(tl.load(rec + OFF_K_TOKEN_SCALE + t)) * tl.load(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4)
+        vs = fp8_bits_to_f32(tl.load(rec + OFF_V_SCALE + t)) * tl.load(rec_f32 + OFF_V_SCALE_MULT // 4)
+        vz = tl.load(rec.to(tl.pointer_type(tl.float16)) + OFF_V_ZERO // 2 + t).to(tl.float32) * tl.load(rec_f32 + OFF_V_ZERO_MULT // 4)
+        vcs_mult = tl.load(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4)
+
+        sc, qz = _k_part(q0, kbytes, rec, OFF_K_SCALE, OFF_K_ZERO, ks_mult, kz_mult, 0, K_BITS, KP, D, DT)
+        sc1, qz1 = _k_part(q1, kbytes, rec, OFF_K_SCALE, OFF_K_ZERO, ks_mult, kz_mult, 1, K_BITS, KP, D, DT)
+        sc += sc1
+        qz += qz1
+        if KP == 4:
+            sc2, qz2 = _k_part(q2, kbytes, rec, OFF_K_SCALE, OFF_K_ZERO, ks_mult, kz_mult, 2, K_BITS, KP, D, DT)
+            sc3, qz3 = _k_part(q3, kbytes, rec, OFF_K_SCALE, OFF_K_ZERO, ks_mult, kz_mult, 3, K_BITS, KP, D, DT)
+            sc += sc2 + sc3
+            qz += qz2 + qz3
+        scores = (sc + qz[:, None]) * kts[None, :]
+
+        m_new = tl.maximum(m, tl.max(scores, 1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        m = m_new
+        ps = (p * vs[None, :]).to(DT)
+        pz = tl.sum(p * vz[None, :], 1)
+        acc0 = _v_part(acc0, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 0, V_BITS, VP, D, DT)
+        acc1 = _v_part(acc1, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 1, V_BITS, VP, D, DT)
+        if VP == 4:
+            acc2 = _v_part(acc2, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 2, V_BITS, VP, D, DT)
+            acc3 = _v_part(acc3, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 3, V_BITS, VP, D, DT)
+
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    ws = ws_acc_ptr + part * GP * D
+    _store_acc(ws, acc0, GP, D, 0, VP)
+    _store_acc(ws, acc1, GP, D, 1, VP)
+    if VP == 4:
+        _store_acc(ws, acc2, GP, D, 2, VP)
+        _store_acc(ws, acc3, GP, D, 3, VP)
+    tl.store(ws_ml_ptr + part * 2 * GP + g, m)
+    tl.store(ws_ml_ptr + part * 2 * GP + GP + g, l)
+
+
+@triton.jit
+def _reduce_kernel(
+    q_ptr, stride_qb, stride_qh, h_ptr, out_ptr, stride_ob, stride_oh,
+    ws_acc_ptr, ws_ml_ptr,
+    sk_ptr, sv_ptr, stride_ss, stride_sh, stride_st, side_slot_ptr, side_len_ptr, stride_side,
+    qk_scale, inv_sqrt_d,
+    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, NUM_SIDE: tl.constexpr, DT: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    t = tl.arange(0, G)
+
+    m = tl.full([GP], NEG_BIG, dtype=tl.float32)
+    l = tl.zeros([GP], dtype=tl.float32)
+    acc = tl.zeros([GP, D], dtype=tl.float32)
+    base = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS
+    for s in range(NUM_SPLITS):
+        ml = ws_ml_ptr + (base + s) * 2 * GP
+        ms = tl.load(ml + g)
+        ls = tl.load(ml + GP + g)
+        a = tl.load(ws_acc_ptr + (base + s) * GP * D + g[:, None] * D + d[None, :])
+        m_new = tl.maximum(m, ms)
+        alpha = tl.exp2(m - m_new)
+        beta = tl.exp2(ms - m_new)
+        l = l * alpha + ls * beta
+        acc = acc * alpha[:, None] + a * beta[:, None]
+        m = m_new
+
+    if NUM_SIDE > 0:
+        q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
+                    mask=g[:, None] < GQA, other=0.0).to(tl.float32)
+        q_rot = (_rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale).to(DT)
+        for si in range(NUM_SIDE):
+            slot = tl.load(side_slot_ptr + b.to(tl.int64) * stride_side + si)
+            n = tl.load(side_len_ptr + b.to(tl.int64) * stride_side + si)
+            n = tl.where(slot >= 0, n, 0)
+            slot = tl.maximum(slot, 0).to(tl.int64)
+            valid = t < n
+            off = slot * stride_ss + kvh * stride_sh + t[:, None] * stride_st + d[None, :]
+            k = tl.load(sk_ptr + off, mask=valid[:, None], other=0.0).to(DT)
+            v = tl.load(sv_ptr + off, mask=valid[:, None], other=0.0).to(DT)
+            scores = tl.dot(q_rot, tl.trans(k))
+            scores = tl.where(valid[None, :], scores, NEG_BIG)
+            m_new = tl.maximum(m, tl.max(scores, 1))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(scores - m_new[:, None])
+            p = tl.where(valid[None, :], p, 0.0)
+            l = l * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(DT), v)
+            m = m_new
+
+    out = acc / tl.maximum(l, 1e-30)[:, None]
+    out = _rotate(out, h_ptr, D, 0, 1, D, DT) * inv_sqrt_d
+    tl.store(out_ptr + b.to(tl.int64) * stride_ob + (kvh * GQA + g[:, None]) * stride_oh + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=g[:, None] < GQA)
+
+
+def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int) -> int:
+    """Splits per (sequence, KV head) so that the grid has about 4 programs per SM."""
+    if max_blocks <= 1:
+        return 1
+    want = math.ceil(4 * num_sms / max(1, batch * kv_heads))
+    return max(1, min(want, max_blocks))
+
+
+def decode_attention(
+    quantizer: Quantizer,
+    query: torch.Tensor,
+    records: torch.Tensor,
+    block_table: torch.Tensor,
+    num_blocks: torch.Tensor,
+    side_k: torch.Tensor | None = None,
+    side_v: torch.Tensor | None = None,
+    side_slots: torch.Tensor | None = None,
+    side_lens: torch.Tensor | None = None,
+    scale: float | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> torch.Tensor:
+    """Attention of one query token per sequence over its quantized blocks and 16-bit slots.
+
+    query [B, Hq, D] (unrotated, model dtype); records [num_blocks, Hkv, record_bytes] uint8;
+    block_table [B, >= max(num_blocks)] int32 (row b lists sequence b's quantized blocks, in
+    any order: decode attention has no mask); num_blocks [B] int32. 16-bit tokens: side_k/v
+    [num_slots, Hkv, G, D] in the rotated domain (kvarn's staging slots), side_slots and
+    side_lens [B, S] int32 (slot -1 = none; the first side_lens tokens of the slot count).
+    Returns out [B, Hq, D] in query's dtype (unrotated).
+    """
+    lay = kernel_layout(quantizer.layout)
+    batch, q_heads, d = query.shape
+    kv_heads = records.shape[1]
+    if d != lay.head_dim or q_heads % kv_heads:
+        raise ValueError(f"query [B, Hq, {lay.head_dim}] with Hq a multiple of {kv_heads}, got {tuple(query.shape)}")
+    if records.dtype != torch.uint8 or records.shape[2] != lay.record_bytes or records.stride(2) != 1:
+        raise ValueError(f"records must be uint8 [num_blocks, Hkv, {lay.record_bytes}] with a contiguous last dim")
+    if query.stride(2) != 1:
+        raise ValueError("query needs a contiguous last dimension")
+    gqa = q_heads // kv_heads
+    gp = max(16, triton.next_power_of_2(gqa))
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    qk_scale = scale * LOG2E / math.sqrt(d)  # 1/sqrt(D): the +-1 Hadamard's normalization
+    if num_splits is None:
+        sms = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 4
+        num_splits = choose_splits(batch, kv_heads, block_table.shape[1], sms)
+    bps = max(1, math.ceil(block_table.shape[1] / num_splits))
+    if workspace is None:
+        ws_acc = torch.empty(batch * kv_heads * num_splits * gp * d, dtype=torch.float32, device=query.device)
+        ws_ml = torch.empty(batch * kv_heads * num_splits * 2 * gp, dtype=torch.float32, device=query.device)
+    else:
+        ws_acc, ws_ml = workspace
+    if out is None:
+        out = torch.empty_like(query)
+    use_fp16 = dot_in_fp16(query.device)
+    dt = tl.float16 if use_fp16 else tl.bfloat16
+    h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
+    _split_kernel[(batch, kv_heads, num_splits)](
+        query, query.stride(0), query.stride(1), h,
+        records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks,
+        ws_acc, ws_ml, qk_scale, bps,
+        GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits, NUM_SPLITS=num_splits, DT=dt,
+        num_warps=num_warps, num_stages=num_stages, **lay.args(),
+    )
+    if side_k is None:
+        num_side = 0
+        side_k = side_v = query  # never read
+        side_slots = side_lens = num_blocks.view(-1, 1)
+        strides = (0, 0, 0)
+    else:
+        assert side_v is not None and side_slots is not None and side_lens is not None
+        num_side = side_slots.shape[1]
+        if side_k.stride() != side_v.stride() or side_k.stride(3) != 1:
+            raise ValueError("side_k and side_v need the same strides and a contiguous last dim")
+        strides = (side_k.stride(0), side_k.stride(1), side_k.stride(2))
+    assert side_slots is not None and side_lens is not None
+    _reduce_kernel[(batch, kv_heads)](
+        query, query.stride(0), query.stride(1), h, out, out.stride(0), out.stride(1),
+        ws_acc, ws_ml,
+        side_k, side_v, *strides, side_slots, side_lens, side_slots.stride(0),
+        qk_scale, 1.0 / math.sqrt(d),
+        GQA=gqa, GP=gp, D=d, G=lay.block_size, NUM_SPLITS=num_splits, NUM_SIDE=num_side, DT=dt,
+        num_warps=4,
+    )
+    return out

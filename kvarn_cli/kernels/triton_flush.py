@@ -1,0 +1,221 @@
+"""Triton flush: Hadamard rotation + VarN + RTN + bit packing of full tiles into KVarN records.
+
+One program per (tile, KV head); one launch covers every tile that filled in a step. It
+writes the record bytes exactly as kernels.layout describes them (the same function as
+`make_quantizer(...).quantize_batch` on the rotated, fp8-scaled KVarN presets), straight
+into the paged cache [num_blocks, kv_heads, record_bytes] at the given block ids.
+
+All arithmetic is float32, step for step the same as the PyTorch quantizer (kernels.varn,
+kernels.rtn); only reduction orders differ, so codes can differ from the reference where a
+value sits within float32 rounding of a rounding boundary (tests bound how often).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kvarn_cli.kernels.hadamard import rotation_on
+from kvarn_cli.kernels.quantizers import Quantizer
+from kvarn_cli.kernels.triton_common import (
+    f32_to_fp8_bits,
+    fp8_bits_to_f32,
+    kernel_layout,
+    pow2_multiplier_of,
+    round_half_even,
+    zero_multiplier_of,
+)
+from kvarn_cli.kernels import varn
+
+VARN_ITERS = varn.VARN_ITERS
+IMB_EPS = tl.constexpr(varn.IMB_EPS)
+LOG_FLOOR = tl.constexpr(varn.LOG_FLOOR)
+LOG_CEIL = tl.constexpr(varn.LOG_CEIL)
+STD_MIN = tl.constexpr(varn.STD_MIN)
+STD_MAX = tl.constexpr(varn.STD_MAX)
+
+
+@triton.jit
+def _std(x, AXIS: tl.constexpr, N: tl.constexpr):
+    """Unbiased standard deviation along AXIS (N elements)."""
+    mean = tl.sum(x, AXIS) / N
+    if AXIS == 0:
+        dev = x - mean[None, :]
+    else:
+        dev = x - mean[:, None]
+    return tl.sqrt(tl.sum(dev * dev, AXIS) / (N - 1))
+
+
+@triton.jit
+def _imbalance(x, R: tl.constexpr, C: tl.constexpr):
+    col = _std(x, 0, R)
+    row = _std(x, 1, C)
+    return tl.max(col, 0) / tl.maximum(tl.min(col, 0), IMB_EPS) + tl.max(row, 0) / tl.maximum(tl.min(row, 0), IMB_EPS)
+
+
+@triton.jit
+def _varn_col_scale(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexpr):
+    """Best column scale Sc* [C] of tile x [R, C] (kernels.varn.varn_scales, float32)."""
+    log_c = tl.zeros([C], dtype=tl.float32)
+    log_r = tl.zeros([R], dtype=tl.float32)
+    best = _imbalance(x, R, C)
+    best_c = tl.full([C], 1.0, dtype=tl.float32)
+    cur = x
+    for _ in range(ITERS):
+        col_std = tl.minimum(tl.maximum(_std(cur, 0, R), STD_MIN), STD_MAX)
+        log_c = tl.minimum(tl.maximum(log_c + tl.log(col_std), LOG_FLOOR), LOG_CEIL)
+        cur = x / tl.exp(log_c)[None, :] / tl.exp(log_r)[:, None]
+        row_std = tl.minimum(tl.maximum(_std(cur, 1, C), STD_MIN), STD_MAX)
+        log_r = tl.minimum(tl.maximum(log_r + tl.log(row_std), LOG_FLOOR), LOG_CEIL)
+        scale_c = tl.exp(log_c)
+        scale_r = tl.exp(log_r)
+        cur = x / scale_c[None, :] / scale_r[:, None]
+        imb = _imbalance(cur, R, C)
+        better = imb <= best
+        best = tl.where(better, imb, best)
+        best_c = tl.where(better, scale_c, best_c)
+    return best_c
+
+
+@triton.jit
+def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS: tl.constexpr):
+    """VarN column scale + per-row min-max RTN of x [R, C] (AffineQuantizer._encode_side).
+
+    Returns (codes int32 [R, C], col_bits [C], col_mult, step_bits [R], step_mult,
+    zero fp16 [R], zero_mult); *_bits are e4m3fn bit patterns.
+    """
+    levels: tl.constexpr = (1 << BITS) - 1
+    col = _varn_col_scale(x, R, C, ITERS)
+    col_mult = pow2_multiplier_of(tl.max(col, 0))
+    col_bits = f32_to_fp8_bits(col / col_mult)
+    divisor = fp8_bits_to_f32(col_bits) * col_mult
+    u = x / divisor[None, :]
+
+    row_min = tl.min(u, 1)
+    row_max = tl.max(u, 1)
+    step_exact = (row_max - row_min) / levels
+    step_mult = pow2_multiplier_of(tl.max(step_exact, 0))
+    y = step_exact / step_mult
+    nearest = f32_to_fp8_bits(y)
+    step_bits = tl.where(fp8_bits_to_f32(nearest) < y, nearest + 1, nearest)
+    step_value = fp8_bits_to_f32(step_bits) * step_mult
+    slack = tl.maximum(levels * step_value - (row_max - row_min), 0.0)
+    zero_exact = row_min - slack / 2
+    zero_mult = zero_multiplier_of(tl.max(tl.abs(zero_exact), 0))
+    zero = tl.minimum(tl.maximum(zero_exact / zero_mult, -65504.0), 65504.0).to(tl.float16)
+    zero_value = zero.to(tl.float32) * zero_mult
+    positive = step_value > 0
+    safe_step = tl.where(positive, step_value, 1.0)
+    scaled = (u - zero_value[:, None]) / safe_step[:, None]
+    codes = tl.where(positive[:, None], round_half_even(scaled), 0.0)
+    codes = tl.minimum(tl.maximum(codes, 0.0), levels).to(tl.int32)
+    return codes, col_bits, col_mult, step_bits, step_mult, zero, zero_mult
+
+
+@triton.jit
+def _pack_store(codes, ptr, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+    """Pack token-major codes [G, D] (kernels.packing order) and store G * D * BITS / 8 bytes."""
+    PER: tl.constexpr = 8 // BITS
+    grouped = tl.reshape(codes, (G, D // PER, PER))
+    shifts = tl.arange(0, PER) * BITS
+    packed = tl.sum(grouped << shifts[None, None, :], 2)
+    t = tl.arange(0, G)
+    i = tl.arange(0, D // PER)
+    tl.store(ptr + t[:, None] * (D // PER) + i[None, :], packed.to(tl.uint8))
+
+
+@triton.jit
+def _flush_kernel(
+    k_ptr, v_ptr, stride_kf, stride_kh, stride_kt, stride_vf, stride_vh, stride_vt,
+    rot_ptr, rec_ptr, stride_rb, stride_rh, block_ptr,
+    G: tl.constexpr, D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, ITERS: tl.constexpr,
+    OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+    OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+    OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+    OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
+    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
+    PAD_START: tl.constexpr, PAD_LEN: tl.constexpr, PAD_BLOCK: tl.constexpr,
+):
+    f = tl.program_id(0)
+    h = tl.program_id(1)
+    t = tl.arange(0, G)
+    d = tl.arange(0, D)
+    k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(tl.float32)
+    v = tl.load(v_ptr + f.to(tl.int64) * stride_vf + h * stride_vh + t[:, None] * stride_vt + d[None, :]).to(tl.float32)
+    rot = tl.load(rot_ptr + d[:, None] * D + d[None, :])
+    k = tl.dot(k, rot, input_precision="ieee")
+    v = tl.dot(v, rot, input_precision="ieee")
+
+    blk = tl.load(block_ptr + f).to(tl.int64)
+    rec = rec_ptr + blk * stride_rb + h * stride_rh
+    rec_f16 = rec.to(tl.pointer_type(tl.float16))
+    rec_f32 = rec.to(tl.pointer_type(tl.float32))
+
+    # K: rows are channels (per-channel RTN over the tile's tokens), columns tokens
+    kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(tl.trans(k), D, G, K_BITS, ITERS)
+    _pack_store(tl.trans(kc), rec + OFF_K_CODES, G, D, K_BITS)
+    tl.store(rec_f16 + OFF_K_ZERO // 2 + d, kzero)
+    tl.store(rec + OFF_K_SCALE + d, kstep.to(tl.uint8))
+    tl.store(rec + OFF_K_TOKEN_SCALE + t, kcol.to(tl.uint8))
+    tl.store(rec_f32 + OFF_K_SCALE_MULT // 4, kstep_mult)
+    tl.store(rec_f32 + OFF_K_ZERO_MULT // 4, kzero_mult)
+    tl.store(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4, kcol_mult)
+
+    # V: rows are tokens, columns channels
+    vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(v, G, D, V_BITS, ITERS)
+    _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
+    tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
+    tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
+    tl.store(rec + OFF_V_CHANNEL_SCALE + d, vcol.to(tl.uint8))
+    tl.store(rec_f32 + OFF_V_SCALE_MULT // 4, vstep_mult)
+    tl.store(rec_f32 + OFF_V_ZERO_MULT // 4, vzero_mult)
+    tl.store(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4, vcol_mult)
+
+    if PAD_LEN > 0:
+        p = tl.arange(0, PAD_BLOCK)
+        tl.store(rec + PAD_START + p, tl.zeros([PAD_BLOCK], dtype=tl.uint8), mask=p < PAD_LEN)
+
+
+def flush_tiles(
+    quantizer: Quantizer,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    records: torch.Tensor,
+    block_ids: torch.Tensor,
+    num_warps: int = 8,
+) -> None:
+    """Quantize full tiles k, v [F, H, G, D] (unrotated, any float dtype, last dim contiguous)
+    into records[block_ids[f], h] of the paged cache `records` [num_blocks, H, record_bytes]
+    (uint8, last dim contiguous). One launch, one program per (tile, head)."""
+    lay = kernel_layout(quantizer.layout)
+    n_tiles, heads, g, d = k.shape
+    if v.shape != k.shape or g != lay.block_size or d != lay.head_dim:
+        raise ValueError(f"k, v must be [F, H, {lay.block_size}, {lay.head_dim}], got {tuple(k.shape)}, {tuple(v.shape)}")
+    if records.dtype != torch.uint8 or records.dim() != 3 or records.shape[1:] != (heads, lay.record_bytes):
+        raise ValueError(f"records must be uint8 [num_blocks, {heads}, {lay.record_bytes}], got {records.dtype} {tuple(records.shape)}")
+    if k.stride(3) != 1 or v.stride(3) != 1 or records.stride(2) != 1:
+        raise ValueError("k, v and records need a contiguous last dimension")
+    if block_ids.shape != (n_tiles,):
+        raise ValueError(f"block_ids must be [{n_tiles}], got {tuple(block_ids.shape)}")
+    if n_tiles == 0:
+        return
+    rot = rotation_on(d, k.device)
+    pad_len = lay.record_bytes - lay.end_of_fields
+    _flush_kernel[(n_tiles, heads)](
+        k, v, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32),
+        G=g, D=d, K_BITS=lay.k_bits, V_BITS=lay.v_bits, ITERS=VARN_ITERS,
+        PAD_START=lay.end_of_fields, PAD_LEN=pad_len, PAD_BLOCK=triton.next_power_of_2(max(pad_len, 1)),
+        num_warps=num_warps,
+        **lay.args(),
+    )
+
+
+def quantize_batch(quantizer: Quantizer, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Drop-in for quantizer.quantize_batch on [N, G, D] tiles: uint8 records [N, record_bytes]."""
+    n = k.shape[0]
+    recs = torch.empty(n, 1, quantizer.record_bytes, dtype=torch.uint8, device=k.device)
+    ids = torch.arange(n, dtype=torch.int32, device=k.device)
+    flush_tiles(quantizer, k.contiguous()[:, None], v.contiguous()[:, None], recs, ids)
+    return recs[:, 0]
