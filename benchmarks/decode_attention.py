@@ -1,0 +1,206 @@
+"""Decode-attention microbenchmark on CUDA: KVarN Triton kernel (k2v2, k4v4) vs bf16 attention.
+
+    PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --out results.json
+
+For each model shape, context length L and batch B it times one decode step of one layer:
+- bf16: FlashAttention through torch SDPA on contiguous K/V [B, Hkv, L, D] with the GQA
+  group as the query length (q [B, Hkv, Hq/Hkv, D]): one read of each KV head, no paging,
+  the most favourable bf16 case;
+- kvarn: `decode_attention` over a paged cache with L/G - 1 quantized blocks per sequence at
+  random block ids, plus a 16-bit sink slot (G tokens) and a tail slot (G/2 tokens): L + G/2
+  tokens in all.
+Times are medians of CUDA-graph replays (triton.testing.do_bench_cudagraph); each replay
+runs the step over enough independent copies of the inputs (>= 256 MB) that nothing is
+served from the 50 MB L2, and the time is divided by the number of copies.
+Bytes moved: every cache byte the step must read (records, or bf16 K/V; plus the 16-bit
+slots for kvarn) and q/out. The fraction of HBM bandwidth is against a device-to-device copy
+measured in the same run (bytes read + written).
+Also times the flush kernel for B tiles x Hkv heads (every sequence filling a tile in the
+same step, the worst case) against the decode step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench_cudagraph
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kvarn_cli.kernels import make_quantizer  # noqa: E402
+from kvarn_cli.kernels.triton_decode import decode_attention  # noqa: E402
+from kvarn_cli.kernels.triton_flush import flush_tiles  # noqa: E402
+
+SHAPES = {"smollm2": (3, 9, 64), "qwen3-4b": (8, 32, 128)}  # (kv heads, q heads, head dim)
+G = 128
+MIN_BYTES_PER_REPLAY = 256 << 20
+MAX_COPIES = 256
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 2 GiB: bytes read + written per second."""
+    n = 1 << 31
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    a.random_(0, 255)
+    ms = do_bench_cudagraph(lambda: b.copy_(a), return_mode="median")
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n / (ms * 1e-3)
+
+
+def timed(fns: list) -> float:
+    """Median ms of one call, from CUDA-graph replays of all `fns` in a row."""
+    for fn in fns:
+        fn()
+    torch.cuda.synchronize()
+
+    def step() -> None:
+        for fn in fns:
+            fn()
+
+    return do_bench_cudagraph(step, return_mode="median") / len(fns)
+
+
+def copies_for(nbytes: int) -> int:
+    return max(1, min(MAX_COPIES, math.ceil(MIN_BYTES_PER_REPLAY / max(nbytes, 1))))
+
+
+def bf16_case(batch: int, kvh: int, qh: int, d: int, ctx: int) -> tuple[float, int]:
+    nbytes = 2 * batch * kvh * ctx * d * 2
+    fns = []
+    keep = []
+    for _ in range(copies_for(nbytes)):
+        q = torch.randn(batch, kvh, qh // kvh, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(batch, kvh, ctx, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(batch, kvh, ctx, d, device="cuda", dtype=torch.bfloat16)
+        keep.append((q, k, v))
+        fns.append(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        ms = timed(fns)
+    del keep, fns
+    torch.cuda.empty_cache()
+    return ms, nbytes + 2 * batch * qh * d * 2
+
+
+def record_pool(name: str, kvh: int, d: int, tiles: int = 64) -> torch.Tensor:
+    """Realistic records: `tiles` random K/V tiles per head quantized by the Triton flush."""
+    qz = make_quantizer(name, head_dim=d, block_size=G)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    k = torch.randn(tiles, kvh, G, d, device="cuda", generator=gen) * (1 + 4 * torch.rand(1, 1, 1, d, device="cuda", generator=gen))
+    v = torch.randn(tiles, kvh, G, d, device="cuda", generator=gen) * 0.3
+    pool = torch.empty(tiles, kvh, qz.record_bytes, dtype=torch.uint8, device="cuda")
+    flush_tiles(qz, k, v, pool, torch.arange(tiles, dtype=torch.int32, device="cuda"))
+    return pool
+
+
+def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool: torch.Tensor,
+               **kw: int) -> tuple[float, int]:
+    qz = make_quantizer(name, head_dim=d, block_size=G)
+    nblk = ctx // G - 1
+    side_tokens = G + G // 2
+    rec_bytes = batch * kvh * nblk * qz.record_bytes
+    side_bytes = 2 * batch * kvh * side_tokens * d * 2
+    fns = []
+    keep = []
+    for _ in range(copies_for(rec_bytes + side_bytes)):
+        idx = torch.randint(0, pool.shape[0], (batch * nblk,), device="cuda")
+        recs = pool[idx]
+        table = torch.randperm(batch * nblk, device="cuda", dtype=torch.int32).view(batch, nblk)
+        nb = torch.full((batch,), nblk, dtype=torch.int32, device="cuda")
+        sk = torch.randn(2 * batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
+        sv = torch.randn(2 * batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
+        slots = torch.arange(2 * batch, dtype=torch.int32, device="cuda").view(batch, 2)
+        lens = torch.tensor([G, G // 2], dtype=torch.int32, device="cuda").repeat(batch, 1)
+        q = torch.randn(batch, qh, d, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty_like(q)
+        keep.append((recs, table, nb, sk, sv, slots, lens, q, out))
+        fns.append(lambda a=keep[-1]: decode_attention(qz, a[7], a[0], a[1], a[2], a[3], a[4], a[5], a[6], out=a[8], **kw))
+    ms = timed(fns)
+    del keep, fns
+    torch.cuda.empty_cache()
+    return ms, rec_bytes + side_bytes + 2 * batch * qh * d * 2
+
+
+def flush_case(name: str, batch: int, kvh: int, d: int) -> float:
+    qz = make_quantizer(name, head_dim=d, block_size=G)
+    k = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
+    recs = torch.empty(4 * batch, kvh, qz.record_bytes, dtype=torch.uint8, device="cuda")
+    ids = torch.randperm(4 * batch, device="cuda", dtype=torch.int32)[:batch].contiguous()
+    return timed([lambda: flush_tiles(qz, k, v, recs, ids)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--contexts", default="1024,4096,16384,32768,65536")
+    ap.add_argument("--shapes", default="smollm2,qwen3-4b")
+    ap.add_argument("--methods", default="k2v2,k4v4")
+    ap.add_argument("--tune", action="store_true", help="also try num_warps/num_stages/splits at 32k")
+    args = ap.parse_args()
+    batches = [int(x) for x in args.batches.split(",")]
+    contexts = [int(x) for x in args.contexts.split(",")]
+    methods = args.methods.split(",")
+    dev = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    print(f"device {dev}  torch {torch.__version__}  triton {triton.__version__}  copy bandwidth {bw / 1e12:.3f} TB/s")
+    result: dict = {"device": dev, "copy_bandwidth": bw, "decode": [], "flush": [], "tune": []}
+
+    def save() -> None:
+        args.out.write_text(json.dumps(result, indent=1))
+
+    for shape in args.shapes.split(","):
+        kvh, qh, d = SHAPES[shape]
+        pools = {m: record_pool(m, kvh, d) for m in methods}
+        for ctx in contexts:
+            for batch in batches:
+                t0 = time.time()
+                row = {"shape": shape, "ctx": ctx, "batch": batch}
+                ms, nbytes = bf16_case(batch, kvh, qh, d, ctx)
+                row["bf16_ms"], row["bf16_bytes"] = ms, nbytes
+                for m in methods:
+                    ms, nbytes = kvarn_case(m, batch, kvh, qh, d, ctx, pools[m])
+                    row[f"{m}_ms"], row[f"{m}_bytes"] = ms, nbytes
+                result["decode"].append(row)
+                save()
+                line = f"{shape:9s} L={ctx:6d} B={batch:3d}  bf16 {row['bf16_ms'] * 1e3:8.1f}us ({row['bf16_bytes'] / row['bf16_ms'] / 1e9 / bw * 1e12:4.0%})"
+                for m in methods:
+                    frac = row[f"{m}_bytes"] / (row[f"{m}_ms"] * 1e-3) / bw
+                    line += f"  {m} {row[f'{m}_ms'] * 1e3:8.1f}us x{row['bf16_ms'] / row[f'{m}_ms']:5.2f} ({frac:4.0%})"
+                print(line + f"  [{time.time() - t0:.1f}s]")
+        for m in methods:
+            for batch in batches:
+                ms = flush_case(m, batch, kvh, d)
+                result["flush"].append({"shape": shape, "method": m, "batch": batch, "ms": ms})
+                print(f"flush {shape} {m} B={batch}: {ms * 1e3:.1f}us for {batch}x{kvh} tiles")
+                save()
+        if args.tune:
+            nblk = 32768 // G - 1
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            for m in methods:
+                for batch in (1, 32):
+                    base = max(1, math.ceil(4 * sms / (batch * kvh)))
+                    for warps in (4, 8):
+                        for stages in (1, 3):
+                            for splits in sorted({base, min(nblk, 2 * base)}):
+                                kw = {"num_warps": warps, "num_stages": stages, "num_splits": splits}
+                                ms, nbytes = kvarn_case(m, batch, kvh, qh, d, 32768, pools[m], **kw)
+                                result["tune"].append({"shape": shape, "method": m, "batch": batch, **kw, "ms": ms, "bytes": nbytes})
+                                print(f"tune {shape} {m} B={batch} {kw}: {ms * 1e3:.1f}us ({nbytes / ms / 1e9 / bw * 1e12:.0%})")
+                                save()
+        del pools
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
