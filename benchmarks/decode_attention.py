@@ -57,6 +57,15 @@ def copy_bandwidth() -> float:
     return 2 * n / (ms * 1e-3)
 
 
+def read_bandwidth() -> float:
+    """Read-only stream: sum of a 4 GiB bf16 tensor (bytes read per second)."""
+    x = torch.randn(1 << 31, dtype=torch.bfloat16, device="cuda")
+    ms = do_bench_cudagraph(lambda: x.sum(dtype=torch.float32), return_mode="median")
+    del x
+    torch.cuda.empty_cache()
+    return 2 * (1 << 31) / (ms * 1e-3)
+
+
 def timed(fns: list) -> float:
     """Median ms of one call, from CUDA-graph replays of all `fns` in a row."""
     for fn in fns:
@@ -103,7 +112,7 @@ def record_pool(name: str, kvh: int, d: int, tiles: int = 64) -> torch.Tensor:
 
 
 def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool: torch.Tensor,
-               **kw: int) -> tuple[float, int]:
+               **kw: object) -> tuple[float, int]:
     qz = make_quantizer(name, head_dim=d, block_size=G)
     nblk = ctx // G - 1
     side_tokens = G + G // 2
@@ -146,15 +155,21 @@ def main() -> None:
     ap.add_argument("--contexts", default="1024,4096,16384,32768,65536")
     ap.add_argument("--shapes", default="smollm2,qwen3-4b")
     ap.add_argument("--methods", default="k2v2,k4v4")
+    ap.add_argument("--variants", default="joined,chunked")
     ap.add_argument("--tune", action="store_true", help="also try num_warps/num_stages/splits at 32k")
     args = ap.parse_args()
     batches = [int(x) for x in args.batches.split(",")]
     contexts = [int(x) for x in args.contexts.split(",")]
     methods = args.methods.split(",")
     dev = torch.cuda.get_device_name()
-    bw = copy_bandwidth()
-    print(f"device {dev}  torch {torch.__version__}  triton {triton.__version__}  copy bandwidth {bw / 1e12:.3f} TB/s")
-    result: dict = {"device": dev, "copy_bandwidth": bw, "decode": [], "flush": [], "tune": []}
+    copy_bw = copy_bandwidth()
+    read_bw = read_bandwidth()
+    bw = max(copy_bw, read_bw)
+    print(f"device {dev}  torch {torch.__version__}  triton {triton.__version__}  copy bandwidth {copy_bw / 1e12:.3f} TB/s"
+          f"  read bandwidth {read_bw / 1e12:.3f} TB/s (fractions below are of the larger)")
+    result: dict = {"device": dev, "copy_bandwidth": copy_bw, "read_bandwidth": read_bw, "decode": [], "flush": [], "tune": []}
+    variants = args.variants.split(",")
+    keys = [(m, var) for m in methods for var in variants]
 
     def save() -> None:
         args.out.write_text(json.dumps(result, indent=1))
@@ -168,15 +183,16 @@ def main() -> None:
                 row = {"shape": shape, "ctx": ctx, "batch": batch}
                 ms, nbytes = bf16_case(batch, kvh, qh, d, ctx)
                 row["bf16_ms"], row["bf16_bytes"] = ms, nbytes
-                for m in methods:
-                    ms, nbytes = kvarn_case(m, batch, kvh, qh, d, ctx, pools[m])
-                    row[f"{m}_ms"], row[f"{m}_bytes"] = ms, nbytes
+                for m, var in keys:
+                    ms, nbytes = kvarn_case(m, batch, kvh, qh, d, ctx, pools[m], variant=var)
+                    row[f"{m}_{var}_ms"], row[f"{m}_{var}_bytes"] = ms, nbytes
                 result["decode"].append(row)
                 save()
                 line = f"{shape:9s} L={ctx:6d} B={batch:3d}  bf16 {row['bf16_ms'] * 1e3:8.1f}us ({row['bf16_bytes'] / row['bf16_ms'] / 1e9 / bw * 1e12:4.0%})"
-                for m in methods:
-                    frac = row[f"{m}_bytes"] / (row[f"{m}_ms"] * 1e-3) / bw
-                    line += f"  {m} {row[f'{m}_ms'] * 1e3:8.1f}us x{row['bf16_ms'] / row[f'{m}_ms']:5.2f} ({frac:4.0%})"
+                for m, var in keys:
+                    key = f"{m}_{var}"
+                    frac = row[f"{key}_bytes"] / (row[f"{key}_ms"] * 1e-3) / bw
+                    line += f"  {m}/{var[0]} {row[f'{key}_ms'] * 1e3:7.1f}us x{row['bf16_ms'] / row[f'{key}_ms']:5.2f} ({frac:4.0%})"
                 print(line + f"  [{time.time() - t0:.1f}s]")
         for m in methods:
             for batch in batches:

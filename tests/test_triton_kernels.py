@@ -106,7 +106,10 @@ def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, sca
     ("name", "kv_heads", "gqa", "d", "splits", "with_side"),
     [("k2v2", 3, 3, 64, 2, True), ("k4v4", 2, 4, 64, 1, False), ("k4v2", 1, 2, 128, 3, True)],
 )
-def test_decode_matches_dequantized_sdpa(name: str, kv_heads: int, gqa: int, d: int, splits: int, with_side: bool) -> None:
+@pytest.mark.parametrize("variant", ["joined", "chunked"])
+def test_decode_matches_dequantized_sdpa(
+    name: str, kv_heads: int, gqa: int, d: int, splits: int, with_side: bool, variant: str
+) -> None:
     qz = make_quantizer(name, head_dim=d, block_size=G)
     gen = torch.Generator().manual_seed(5 + d + kv_heads)
     num_blocks = 6
@@ -129,7 +132,7 @@ def test_decode_matches_dequantized_sdpa(name: str, kv_heads: int, gqa: int, d: 
     decode_attention(
         qz, query, records, table.to(DEVICE), nblk.to(DEVICE),
         side_k, side_v, None if slots is None else slots.to(DEVICE), None if lens is None else lens.to(DEVICE),
-        scale=scale, num_splits=splits, out=out,
+        scale=scale, num_splits=splits, out=out, variant=variant,
     )
     assert bool(torch.isfinite(out).all()), "decode left unwritten or non-finite outputs"
     ref = _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale)

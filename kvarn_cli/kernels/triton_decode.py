@@ -167,6 +167,86 @@ def _split_kernel(
 
 
 @triton.jit
+def _unpack(packed, BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
+    """Bytes [G, D * BITS / 8] -> codes [G, D] in DT, channel d = (8 // BITS) * i + j taken
+    from bits j * BITS of byte i. join + reshape keep the codes in registers."""
+    if BITS == 4:
+        c = tl.join(packed & 15, packed >> 4)
+    else:
+        c = tl.join(
+            tl.join(packed & 3, (packed >> 4) & 3),
+            tl.join((packed >> 2) & 3, (packed >> 6) & 3),
+        )
+    return tl.reshape(c, (G, D)).to(DT)
+
+
+@triton.jit
+def _split_kernel_joined(
+    q_ptr, stride_qb, stride_qh, h_ptr,
+    rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
+    ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
+    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+    OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+    OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+    OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
+    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
+):
+    """Same contract as _split_kernel; unpacks whole [G, D] code tiles (one dot each for K
+    and V) instead of one dot per bit position."""
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    s = tl.program_id(2)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    t = tl.arange(0, G)
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
+                mask=g[:, None] < GQA, other=0.0).to(tl.float32)
+    qr = _rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale
+    m = tl.full([GP], NEG_BIG, dtype=tl.float32)
+    l = tl.zeros([GP], dtype=tl.float32)
+    acc = tl.zeros([GP, D], dtype=tl.float32)
+    nblk = tl.load(nblk_ptr + b)
+    start = s * blocks_per_split
+    end = tl.minimum(start + blocks_per_split, nblk)
+    kb_cols = tl.arange(0, D * K_BITS // 8)
+    vb_cols = tl.arange(0, D * V_BITS // 8)
+    for blk_i in range(start, end):
+        blk = tl.load(bt_ptr + b.to(tl.int64) * stride_btb + blk_i).to(tl.int64)
+        rec = rec_ptr + blk * stride_rb + kvh * stride_rh
+        rec_f32 = rec.to(tl.pointer_type(tl.float32))
+        rec_f16 = rec.to(tl.pointer_type(tl.float16))
+        kbytes = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
+        vbytes = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
+        ks = fp8_bits_to_f32(tl.load(rec + OFF_K_SCALE + d)) * tl.load(rec_f32 + OFF_K_SCALE_MULT // 4)
+        kz = tl.load(rec_f16 + OFF_K_ZERO // 2 + d).to(tl.float32) * tl.load(rec_f32 + OFF_K_ZERO_MULT // 4)
+        kts = fp8_bits_to_f32(tl.load(rec + OFF_K_TOKEN_SCALE + t)) * tl.load(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4)
+        vs = fp8_bits_to_f32(tl.load(rec + OFF_V_SCALE + t)) * tl.load(rec_f32 + OFF_V_SCALE_MULT // 4)
+        vz = tl.load(rec_f16 + OFF_V_ZERO // 2 + t).to(tl.float32) * tl.load(rec_f32 + OFF_V_ZERO_MULT // 4)
+        vcs = fp8_bits_to_f32(tl.load(rec + OFF_V_CHANNEL_SCALE + d)) * tl.load(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4)
+
+        kc = _unpack(kbytes, K_BITS, G, D, DT)
+        qs = (qr * ks[None, :]).to(DT)
+        qz = tl.sum(qr * kz[None, :], 1)
+        scores = (tl.dot(qs, tl.trans(kc)) + qz[:, None]) * kts[None, :]
+        m_new = tl.maximum(m, tl.max(scores, 1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        m = m_new
+        ps = (p * vs[None, :]).to(DT)
+        pz = tl.sum(p * vz[None, :], 1)
+        vc = _unpack(vbytes, V_BITS, G, D, DT)
+        acc = acc * alpha[:, None] + (tl.dot(ps, vc) + pz[:, None]) * vcs[None, :]
+
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    tl.store(ws_acc_ptr + part * GP * D + g[:, None] * D + d[None, :], acc)
+    tl.store(ws_ml_ptr + part * 2 * GP + g, m)
+    tl.store(ws_ml_ptr + part * 2 * GP + GP + g, l)
+
+
+@triton.jit
 def _reduce_kernel(
     q_ptr, stride_qb, stride_qh, h_ptr, out_ptr, stride_ob, stride_oh,
     ws_acc_ptr, ws_ml_ptr,
@@ -249,7 +329,8 @@ def decode_attention(
     out: torch.Tensor | None = None,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int = 3,
+    variant: str = "joined",
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its quantized blocks and 16-bit slots.
 
@@ -287,13 +368,19 @@ def decode_attention(
     use_fp16 = dot_in_fp16(query.device)
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
-    _split_kernel[(batch, kv_heads, num_splits)](
+    kernel = {"joined": _split_kernel_joined, "chunked": _split_kernel}[variant]
+    args = (
         query, query.stride(0), query.stride(1), h,
         records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks,
         ws_acc, ws_ml, qk_scale, bps,
-        GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits, NUM_SPLITS=num_splits, DT=dt,
-        num_warps=num_warps, num_stages=num_stages, **lay.args(),
     )
+    consts = dict(GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
+                  NUM_SPLITS=num_splits, DT=dt, num_warps=num_warps, **lay.args())
+    try:
+        kernel[(batch, kv_heads, num_splits)](*args, num_stages=num_stages, **consts)
+    except triton.runtime.errors.OutOfResources:
+        # software pipelining buffers too large for shared memory on this shape: go unpipelined
+        kernel[(batch, kv_heads, num_splits)](*args, num_stages=1, **consts)
     if side_k is None:
         num_side = 0
         side_k = side_v = query  # never read
@@ -312,6 +399,6 @@ def decode_attention(
         side_k, side_v, *strides, side_slots, side_lens, side_slots.stride(0),
         qk_scale, 1.0 / math.sqrt(d),
         GQA=gqa, GP=gp, D=d, G=lay.block_size, NUM_SPLITS=num_splits, NUM_SIDE=num_side, DT=dt,
-        num_warps=4,
+        num_warps=4, num_stages=1,
     )
     return out
