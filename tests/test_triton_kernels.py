@@ -106,7 +106,7 @@ def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, sca
     ("name", "kv_heads", "gqa", "d", "splits", "with_side"),
     [("k2v2", 3, 3, 64, 2, True), ("k4v4", 2, 4, 64, 1, False), ("k4v2", 1, 2, 128, 3, True)],
 )
-@pytest.mark.parametrize("variant", ["joined", "chunked"])
+@pytest.mark.parametrize("variant", ["magic", "joined", "chunked"])
 def test_decode_matches_dequantized_sdpa(
     name: str, kv_heads: int, gqa: int, d: int, splits: int, with_side: bool, variant: str
 ) -> None:

@@ -167,7 +167,7 @@ def _split_kernel(
 
 
 @triton.jit
-def _unpack(packed, BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
+def _unpack(packed, BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DT: tl.constexpr, MAGIC: tl.constexpr):
     """Bytes [G, D * BITS / 8] -> codes [G, D] in DT, channel d = (8 // BITS) * i + j taken
     from bits j * BITS of byte i. join + reshape keep the codes in registers."""
     if BITS == 4:
@@ -177,7 +177,16 @@ def _unpack(packed, BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DT: tl
             tl.join(packed & 3, (packed >> 4) & 3),
             tl.join((packed >> 2) & 3, (packed >> 6) & 3),
         )
-    return tl.reshape(c, (G, D)).to(DT)
+    c = tl.reshape(c, (G, D))
+    if MAGIC:
+        # exponent bits OR-ed onto the code: bf16 0x4300 | c == 128 + c (fp16: 0x6400 | c ==
+        # 1024 + c); a bit operation instead of an int->float conversion (1/4-rate on SMs).
+        # The caller subtracts OFFSET * (sum of the other operand).
+        if DT == tl.bfloat16:
+            return (c.to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
+        else:
+            return (c.to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
+    return c.to(DT)
 
 
 @triton.jit
@@ -191,13 +200,14 @@ def _split_kernel_joined(
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
-    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
+    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr, MAGIC: tl.constexpr = False,
 ):
     """Same contract as _split_kernel; unpacks whole [G, D] code tiles (one dot each for K
     and V) instead of one dot per bit position."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
+    OFFSET: tl.constexpr = 128.0 if DT == tl.bfloat16 else 1024.0
     g = tl.arange(0, GP)
     d = tl.arange(0, D)
     t = tl.arange(0, G)
@@ -226,9 +236,11 @@ def _split_kernel_joined(
         vz = tl.load(rec_f16 + OFF_V_ZERO // 2 + t).to(tl.float32) * tl.load(rec_f32 + OFF_V_ZERO_MULT // 4)
         vcs = fp8_bits_to_f32(tl.load(rec + OFF_V_CHANNEL_SCALE + d)) * tl.load(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4)
 
-        kc = _unpack(kbytes, K_BITS, G, D, DT)
+        kc = _unpack(kbytes, K_BITS, G, D, DT, MAGIC)
         qs = (qr * ks[None, :]).to(DT)
         qz = tl.sum(qr * kz[None, :], 1)
+        if MAGIC:
+            qz -= OFFSET * tl.sum(qs.to(tl.float32), 1)
         scores = (tl.dot(qs, tl.trans(kc)) + qz[:, None]) * kts[None, :]
         m_new = tl.maximum(m, tl.max(scores, 1))
         alpha = tl.exp2(m - m_new)
@@ -237,7 +249,9 @@ def _split_kernel_joined(
         m = m_new
         ps = (p * vs[None, :]).to(DT)
         pz = tl.sum(p * vz[None, :], 1)
-        vc = _unpack(vbytes, V_BITS, G, D, DT)
+        if MAGIC:
+            pz -= OFFSET * tl.sum(ps.to(tl.float32), 1)
+        vc = _unpack(vbytes, V_BITS, G, D, DT, MAGIC)
         acc = acc * alpha[:, None] + (tl.dot(ps, vc) + pz[:, None]) * vcs[None, :]
 
     part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
@@ -368,7 +382,7 @@ def decode_attention(
     use_fp16 = dot_in_fp16(query.device)
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
-    kernel = {"joined": _split_kernel_joined, "chunked": _split_kernel}[variant]
+    kernel = {"joined": _split_kernel_joined, "magic": _split_kernel_joined, "chunked": _split_kernel}[variant]
     args = (
         query, query.stride(0), query.stride(1), h,
         records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks,
@@ -376,6 +390,8 @@ def decode_attention(
     )
     consts = dict(GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
                   NUM_SPLITS=num_splits, DT=dt, num_warps=num_warps, **lay.args())
+    if variant == "magic":
+        consts["MAGIC"] = True
     try:
         kernel[(batch, kv_heads, num_splits)](*args, num_stages=num_stages, **consts)
     except triton.runtime.errors.OutOfResources:
