@@ -112,7 +112,8 @@ def record_pool(name: str, kvh: int, d: int, tiles: int = 64) -> torch.Tensor:
 
 
 def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool: torch.Tensor,
-               **kw: object) -> tuple[float, int]:
+               eager_runs: int = 0, **kw: object) -> tuple[float, int]:
+    """eager_runs > 0: no timing, just that many plain launches of one copy (for profilers)."""
     qz = make_quantizer(name, head_dim=d, block_size=G)
     nblk = ctx // G - 1
     side_tokens = G + G // 2
@@ -120,7 +121,7 @@ def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool:
     side_bytes = 2 * batch * kvh * side_tokens * d * 2
     fns = []
     keep = []
-    for _ in range(copies_for(rec_bytes + side_bytes)):
+    for _ in range(1 if eager_runs else copies_for(rec_bytes + side_bytes)):
         idx = torch.randint(0, pool.shape[0], (batch * nblk,), device="cuda")
         recs = pool[idx]
         table = torch.randperm(batch * nblk, device="cuda", dtype=torch.int32).view(batch, nblk)
@@ -133,7 +134,13 @@ def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool:
         out = torch.empty_like(q)
         keep.append((recs, table, nb, sk, sv, slots, lens, q, out))
         fns.append(lambda a=keep[-1]: decode_attention(qz, a[7], a[0], a[1], a[2], a[3], a[4], a[5], a[6], out=a[8], **kw))
-    ms = timed(fns)
+    if eager_runs:
+        for _ in range(eager_runs):
+            fns[0]()
+        torch.cuda.synchronize()
+        ms = 0.0
+    else:
+        ms = timed(fns)
     del keep, fns
     torch.cuda.empty_cache()
     return ms, rec_bytes + side_bytes + 2 * batch * qh * d * 2
