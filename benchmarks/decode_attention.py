@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--contexts", default="1024,4096,16384,32768,65536")
     ap.add_argument("--shapes", default="smollm2,qwen3-4b")
     ap.add_argument("--methods", default="k2v2,k4v4")
-    ap.add_argument("--variants", default="magic,joined", help="first one is tuned")
+    ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
     ap.add_argument("--tune", action="store_true", help="also try num_warps/num_stages/splits at 32k")
     args = ap.parse_args()
     batches = [int(x) for x in args.batches.split(",")]
@@ -212,10 +212,10 @@ def main() -> None:
             sms = torch.cuda.get_device_properties(0).multi_processor_count
             for m in methods:
                 for batch in (1, 32):
-                    base = max(1, math.ceil(4 * sms / (batch * kvh)))
-                    for warps in (4, 8):
-                        for stages in (2, 4):
-                            for splits in sorted({base, min(nblk, 2 * base)}):
+                    base = max(1, math.ceil(8 * sms / (batch * kvh)))
+                    for warps in (4,):
+                        for stages in (2,):
+                            for splits in sorted({max(1, base // 4), max(1, base // 2), min(nblk, base)}):
                                 kw = {"num_warps": warps, "num_stages": stages, "num_splits": splits, "variant": variants[0]}
                                 ms, nbytes = kvarn_case(m, batch, kvh, qh, d, 32768, pools[m], **kw)
                                 result["tune"].append({"shape": shape, "method": m, "batch": batch, **kw, "ms": ms, "bytes": nbytes})

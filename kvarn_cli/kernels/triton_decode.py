@@ -190,6 +190,64 @@ def _unpack(packed, BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DT: tl
 
 
 @triton.jit
+def _dot_split(x, y, DT: tl.constexpr, HILO: tl.constexpr):
+    """x (float32) @ y (DT); with HILO, x is split into DT high and low parts (two dots), which
+    keeps ~float32 accuracy where bf16's 8 bits would not (K zero points cancel large terms).
+    Also returns the row sums of x as rounded, for the magic-number offset correction."""
+    hi = x.to(DT)
+    if HILO:
+        lo = (x - hi.to(tl.float32)).to(DT)
+        return tl.dot(hi, y) + tl.dot(lo, y), tl.sum(hi.to(tl.float32) + lo.to(tl.float32), 1)
+    else:
+        return tl.dot(hi, y), tl.sum(hi.to(tl.float32), 1)
+
+
+@triton.jit
+def _block_scores(qr, bt_row, i, rec_ptr, stride_rb, head_off, t, d,
+                  D: tl.constexpr, G: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr,
+                  DT: tl.constexpr, MAGIC: tl.constexpr, HILO: tl.constexpr, OFFSET: tl.constexpr,
+                  OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+                  OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+                  OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+                  OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
+                  OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr):
+    """Load block i of a sequence's table; return its scores [GP, G] and V pieces."""
+    blk = tl.load(bt_row + i).to(tl.int64)
+    rec = rec_ptr + blk * stride_rb + head_off
+    rec_f32 = rec.to(tl.pointer_type(tl.float32))
+    rec_f16 = rec.to(tl.pointer_type(tl.float16))
+    kb_cols = tl.arange(0, D * K_BITS // 8)
+    vb_cols = tl.arange(0, D * V_BITS // 8)
+    kbytes = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
+    vbytes = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
+    ks = fp8_bits_to_f32(tl.load(rec + OFF_K_SCALE + d)) * tl.load(rec_f32 + OFF_K_SCALE_MULT // 4)
+    kz = tl.load(rec_f16 + OFF_K_ZERO // 2 + d).to(tl.float32) * tl.load(rec_f32 + OFF_K_ZERO_MULT // 4)
+    kts = fp8_bits_to_f32(tl.load(rec + OFF_K_TOKEN_SCALE + t)) * tl.load(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4)
+    vs = fp8_bits_to_f32(tl.load(rec + OFF_V_SCALE + t)) * tl.load(rec_f32 + OFF_V_SCALE_MULT // 4)
+    vz = tl.load(rec_f16 + OFF_V_ZERO // 2 + t).to(tl.float32) * tl.load(rec_f32 + OFF_V_ZERO_MULT // 4)
+    vcs = fp8_bits_to_f32(tl.load(rec + OFF_V_CHANNEL_SCALE + d)) * tl.load(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4)
+    kc = _unpack(kbytes, K_BITS, G, D, DT, MAGIC)
+    sc, qs_sum = _dot_split(qr * ks[None, :], tl.trans(kc), DT, HILO)
+    qz = tl.sum(qr * kz[None, :], 1)
+    if MAGIC:
+        qz -= OFFSET * qs_sum
+    scores = (sc + qz[:, None]) * kts[None, :]
+    return scores, vbytes, vs, vz, vcs
+
+
+@triton.jit
+def _block_values(p, vbytes, vs, vz, vcs, G: tl.constexpr, D: tl.constexpr, V_BITS: tl.constexpr,
+                  DT: tl.constexpr, MAGIC: tl.constexpr, HILO: tl.constexpr, OFFSET: tl.constexpr):
+    """vcs[d] * ((p * vs) @ vc + p . vz): one block's unnormalized attention output [GP, D]."""
+    vc = _unpack(vbytes, V_BITS, G, D, DT, MAGIC)
+    o, ps_sum = _dot_split(p * vs[None, :], vc, DT, HILO)
+    pz = tl.sum(p * vz[None, :], 1)
+    if MAGIC:
+        pz -= OFFSET * ps_sum
+    return (o + pz[:, None]) * vcs[None, :]
+
+
+@triton.jit
 def _split_kernel_joined(
     q_ptr, stride_qb, stride_qh, h_ptr,
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
@@ -200,10 +258,12 @@ def _split_kernel_joined(
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
-    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr, MAGIC: tl.constexpr = False,
+    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
+    MAGIC: tl.constexpr = False, HILO: tl.constexpr = False, UNROLL: tl.constexpr = 1,
 ):
     """Same contract as _split_kernel; unpacks whole [G, D] code tiles (one dot each for K
-    and V) instead of one dot per bit position."""
+    and V) instead of one dot per bit position. UNROLL=2 handles two blocks per iteration
+    (their loads independent, so twice the bytes in flight per program)."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
@@ -220,39 +280,38 @@ def _split_kernel_joined(
     nblk = tl.load(nblk_ptr + b)
     start = s * blocks_per_split
     end = tl.minimum(start + blocks_per_split, nblk)
-    kb_cols = tl.arange(0, D * K_BITS // 8)
-    vb_cols = tl.arange(0, D * V_BITS // 8)
-    for blk_i in range(start, end):
-        blk = tl.load(bt_ptr + b.to(tl.int64) * stride_btb + blk_i).to(tl.int64)
-        rec = rec_ptr + blk * stride_rb + kvh * stride_rh
-        rec_f32 = rec.to(tl.pointer_type(tl.float32))
-        rec_f16 = rec.to(tl.pointer_type(tl.float16))
-        kbytes = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
-        vbytes = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
-        ks = fp8_bits_to_f32(tl.load(rec + OFF_K_SCALE + d)) * tl.load(rec_f32 + OFF_K_SCALE_MULT // 4)
-        kz = tl.load(rec_f16 + OFF_K_ZERO // 2 + d).to(tl.float32) * tl.load(rec_f32 + OFF_K_ZERO_MULT // 4)
-        kts = fp8_bits_to_f32(tl.load(rec + OFF_K_TOKEN_SCALE + t)) * tl.load(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4)
-        vs = fp8_bits_to_f32(tl.load(rec + OFF_V_SCALE + t)) * tl.load(rec_f32 + OFF_V_SCALE_MULT // 4)
-        vz = tl.load(rec_f16 + OFF_V_ZERO // 2 + t).to(tl.float32) * tl.load(rec_f32 + OFF_V_ZERO_MULT // 4)
-        vcs = fp8_bits_to_f32(tl.load(rec + OFF_V_CHANNEL_SCALE + d)) * tl.load(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4)
-
-        kc = _unpack(kbytes, K_BITS, G, D, DT, MAGIC)
-        qs = (qr * ks[None, :]).to(DT)
-        qz = tl.sum(qr * kz[None, :], 1)
-        if MAGIC:
-            qz -= OFFSET * tl.sum(qs.to(tl.float32), 1)
-        scores = (tl.dot(qs, tl.trans(kc)) + qz[:, None]) * kts[None, :]
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
+    bt_row = bt_ptr + b.to(tl.int64) * stride_btb
+    head_off = kvh * stride_rh
+    for blk_i in range(start, end, UNROLL):
+        s1, vb1, vs1, vz1, vcs1 = _block_scores(
+            qr, bt_row, blk_i, rec_ptr, stride_rb, head_off, t, d, D, G, K_BITS, V_BITS, DT, MAGIC, HILO, OFFSET,
+            OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
+            OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, OFF_K_ZERO_MULT, OFF_K_TOKEN_SCALE_MULT, OFF_V_SCALE_MULT,
+            OFF_V_ZERO_MULT, OFF_V_CHANNEL_SCALE_MULT)
+        if UNROLL == 2:
+            # the second block of the pair; past the end it re-reads the last block, masked out
+            has2 = blk_i + 1 < end
+            s2, vb2, vs2, vz2, vcs2 = _block_scores(
+                qr, bt_row, tl.minimum(blk_i + 1, end - 1), rec_ptr, stride_rb, head_off, t, d, D, G, K_BITS,
+                V_BITS, DT, MAGIC, HILO, OFFSET,
+                OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
+                OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, OFF_K_ZERO_MULT, OFF_K_TOKEN_SCALE_MULT, OFF_V_SCALE_MULT,
+                OFF_V_ZERO_MULT, OFF_V_CHANNEL_SCALE_MULT)
+            s2 = tl.where(has2, s2, NEG_BIG)
+            m_new = tl.maximum(m, tl.maximum(tl.max(s1, 1), tl.max(s2, 1)))
+            alpha = tl.exp2(m - m_new)
+            p1 = tl.exp2(s1 - m_new[:, None])
+            p2 = tl.exp2(s2 - m_new[:, None])
+            l = l * alpha + tl.sum(p1, 1) + tl.sum(p2, 1)
+            acc = acc * alpha[:, None] + _block_values(p1, vb1, vs1, vz1, vcs1, G, D, V_BITS, DT, MAGIC, HILO, OFFSET)
+            acc += _block_values(p2, vb2, vs2, vz2, vcs2, G, D, V_BITS, DT, MAGIC, HILO, OFFSET)
+        else:
+            m_new = tl.maximum(m, tl.max(s1, 1))
+            alpha = tl.exp2(m - m_new)
+            p1 = tl.exp2(s1 - m_new[:, None])
+            l = l * alpha + tl.sum(p1, 1)
+            acc = acc * alpha[:, None] + _block_values(p1, vb1, vs1, vz1, vcs1, G, D, V_BITS, DT, MAGIC, HILO, OFFSET)
         m = m_new
-        ps = (p * vs[None, :]).to(DT)
-        pz = tl.sum(p * vz[None, :], 1)
-        if MAGIC:
-            pz -= OFFSET * tl.sum(ps.to(tl.float32), 1)
-        vc = _unpack(vbytes, V_BITS, G, D, DT, MAGIC)
-        acc = acc * alpha[:, None] + (tl.dot(ps, vc) + pz[:, None]) * vcs[None, :]
 
     part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
     tl.store(ws_acc_ptr + part * GP * D + g[:, None] * D + d[None, :], acc)
@@ -294,7 +353,7 @@ def _reduce_kernel(
     if NUM_SIDE > 0:
         q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
                     mask=g[:, None] < GQA, other=0.0).to(tl.float32)
-        q_rot = (_rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale).to(DT)
+        q_rot = _rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale
         for si in range(NUM_SIDE):
             slot = tl.load(side_slot_ptr + b.to(tl.int64) * stride_side + si)
             n = tl.load(side_len_ptr + b.to(tl.int64) * stride_side + si)
@@ -304,7 +363,7 @@ def _reduce_kernel(
             off = slot * stride_ss + kvh * stride_sh + t[:, None] * stride_st + d[None, :]
             k = tl.load(sk_ptr + off, mask=valid[:, None], other=0.0).to(DT)
             v = tl.load(sv_ptr + off, mask=valid[:, None], other=0.0).to(DT)
-            scores = tl.dot(q_rot, tl.trans(k))
+            scores, _ = _dot_split(q_rot, tl.trans(k), DT, True)
             scores = tl.where(valid[None, :], scores, NEG_BIG)
             m_new = tl.maximum(m, tl.max(scores, 1))
             alpha = tl.exp2(m - m_new)
@@ -320,12 +379,26 @@ def _reduce_kernel(
              out.to(out_ptr.dtype.element_ty), mask=g[:, None] < GQA)
 
 
+#: Split-kernel versions (benchmarks/GPU_NOTES.md has their timings); "fast" is the default.
+VARIANTS: dict[str, dict[str, object]] = {
+    "chunked": {},
+    "joined": {},
+    "magic": {"MAGIC": True},
+    "hilo": {"MAGIC": True, "HILO": True},
+    "fast": {"MAGIC": True, "HILO": True, "UNROLL": 2},
+}
+
+
 def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int) -> int:
-    """Splits per (sequence, KV head) so that the grid has about 4 programs per SM."""
-    if max_blocks <= 1:
+    """Splits per (sequence, KV head): about 8 programs per SM, at least 2 blocks per split.
+
+    Measured on the H100 (benchmarks/GPU_NOTES.md): the kernel is latency-bound with ~4
+    resident programs per SM, so more, shorter programs help until the reduce's cost shows.
+    """
+    if max_blocks <= 2:
         return 1
-    want = math.ceil(4 * num_sms / max(1, batch * kv_heads))
-    return max(1, min(want, max_blocks))
+    want = math.ceil(8 * num_sms / max(1, batch * kv_heads))
+    return max(1, min(want, max_blocks // 2))
 
 
 def decode_attention(
@@ -344,7 +417,7 @@ def decode_attention(
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     num_warps: int = 4,
     num_stages: int = 3,
-    variant: str = "joined",
+    variant: str = "fast",
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its quantized blocks and 16-bit slots.
 
@@ -382,7 +455,10 @@ def decode_attention(
     use_fp16 = dot_in_fp16(query.device)
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
-    kernel = {"joined": _split_kernel_joined, "magic": _split_kernel_joined, "chunked": _split_kernel}[variant]
+    flags = VARIANTS.get(variant)
+    if flags is None:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    kernel = _split_kernel if variant == "chunked" else _split_kernel_joined
     args = (
         query, query.stride(0), query.stride(1), h,
         records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks,
@@ -390,8 +466,7 @@ def decode_attention(
     )
     consts = dict(GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
                   NUM_SPLITS=num_splits, DT=dt, num_warps=num_warps, **lay.args())
-    if variant == "magic":
-        consts["MAGIC"] = True
+    consts.update(flags)
     try:
         kernel[(batch, kv_heads, num_splits)](*args, num_stages=num_stages, **consts)
     except triton.runtime.errors.OutOfResources:
