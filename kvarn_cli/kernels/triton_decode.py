@@ -379,7 +379,10 @@ def _reduce_kernel(
              out.to(out_ptr.dtype.element_ty), mask=g[:, None] < GQA)
 
 
-#: Split-kernel versions (benchmarks/GPU_NOTES.md has their timings); "fast" is the default.
+#: Split-kernel versions (benchmarks/GPU_NOTES.md has their timings and accuracy). "hilo" is
+#: the default: the versions without HILO round q * k_scale and p * v_scale to bf16 and are
+#: off by 1-2.5e-2 (relative) on the GPU where K's zero points cancel large terms; they stay
+#: as speed references.
 VARIANTS: dict[str, dict[str, object]] = {
     "chunked": {},
     "joined": {},
@@ -417,7 +420,7 @@ def decode_attention(
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     num_warps: int = 4,
     num_stages: int = 3,
-    variant: str = "fast",
+    variant: str = "hilo",
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its quantized blocks and 16-bit slots.
 

@@ -1,6 +1,7 @@
 """Triton flush: Hadamard rotation + VarN + RTN + bit packing of full tiles into KVarN records.
 
-One program per (tile, KV head); one launch covers every tile that filled in a step. It
+One program per (tile, KV head, K or V half); one launch covers every tile that filled in
+a step. It
 writes the record bytes exactly as kernels.layout describes them (the same function as
 `make_quantizer(...).quantize_batch` on the rotated, fp8-scaled KVarN presets), straight
 into the paged cache [num_blocks, kv_heads, record_bytes] at the given block ids.
@@ -139,42 +140,42 @@ def _flush_kernel(
 ):
     f = tl.program_id(0)
     h = tl.program_id(1)
+    side = tl.program_id(2)  # 0: K, 1: V (independent halves of the record, one program each)
     t = tl.arange(0, G)
     d = tl.arange(0, D)
-    k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(tl.float32)
-    v = tl.load(v_ptr + f.to(tl.int64) * stride_vf + h * stride_vh + t[:, None] * stride_vt + d[None, :]).to(tl.float32)
     rot = tl.load(rot_ptr + d[:, None] * D + d[None, :])
-    k = tl.dot(k, rot, input_precision="ieee")
-    v = tl.dot(v, rot, input_precision="ieee")
-
     blk = tl.load(block_ptr + f).to(tl.int64)
     rec = rec_ptr + blk * stride_rb + h * stride_rh
     rec_f16 = rec.to(tl.pointer_type(tl.float16))
     rec_f32 = rec.to(tl.pointer_type(tl.float32))
 
-    # K: rows are channels (per-channel RTN over the tile's tokens), columns tokens
-    kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(tl.trans(k), D, G, K_BITS, ITERS)
-    _pack_store(tl.trans(kc), rec + OFF_K_CODES, G, D, K_BITS)
-    tl.store(rec_f16 + OFF_K_ZERO // 2 + d, kzero)
-    tl.store(rec + OFF_K_SCALE + d, kstep.to(tl.uint8))
-    tl.store(rec + OFF_K_TOKEN_SCALE + t, kcol.to(tl.uint8))
-    tl.store(rec_f32 + OFF_K_SCALE_MULT // 4, kstep_mult)
-    tl.store(rec_f32 + OFF_K_ZERO_MULT // 4, kzero_mult)
-    tl.store(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4, kcol_mult)
-
-    # V: rows are tokens, columns channels
-    vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(v, G, D, V_BITS, ITERS)
-    _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
-    tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
-    tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
-    tl.store(rec + OFF_V_CHANNEL_SCALE + d, vcol.to(tl.uint8))
-    tl.store(rec_f32 + OFF_V_SCALE_MULT // 4, vstep_mult)
-    tl.store(rec_f32 + OFF_V_ZERO_MULT // 4, vzero_mult)
-    tl.store(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4, vcol_mult)
-
-    if PAD_LEN > 0:
-        p = tl.arange(0, PAD_BLOCK)
-        tl.store(rec + PAD_START + p, tl.zeros([PAD_BLOCK], dtype=tl.uint8), mask=p < PAD_LEN)
+    if side == 0:
+        k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(tl.float32)
+        k = tl.dot(k, rot, input_precision="ieee")
+        # K: rows are channels (per-channel RTN over the tile's tokens), columns tokens
+        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(tl.trans(k), D, G, K_BITS, ITERS)
+        _pack_store(tl.trans(kc), rec + OFF_K_CODES, G, D, K_BITS)
+        tl.store(rec_f16 + OFF_K_ZERO // 2 + d, kzero)
+        tl.store(rec + OFF_K_SCALE + d, kstep.to(tl.uint8))
+        tl.store(rec + OFF_K_TOKEN_SCALE + t, kcol.to(tl.uint8))
+        tl.store(rec_f32 + OFF_K_SCALE_MULT // 4, kstep_mult)
+        tl.store(rec_f32 + OFF_K_ZERO_MULT // 4, kzero_mult)
+        tl.store(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4, kcol_mult)
+        if PAD_LEN > 0:
+            p = tl.arange(0, PAD_BLOCK)
+            tl.store(rec + PAD_START + p, tl.zeros([PAD_BLOCK], dtype=tl.uint8), mask=p < PAD_LEN)
+    else:
+        v = tl.load(v_ptr + f.to(tl.int64) * stride_vf + h * stride_vh + t[:, None] * stride_vt + d[None, :]).to(tl.float32)
+        v = tl.dot(v, rot, input_precision="ieee")
+        # V: rows are tokens, columns channels
+        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(v, G, D, V_BITS, ITERS)
+        _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
+        tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
+        tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
+        tl.store(rec + OFF_V_CHANNEL_SCALE + d, vcol.to(tl.uint8))
+        tl.store(rec_f32 + OFF_V_SCALE_MULT // 4, vstep_mult)
+        tl.store(rec_f32 + OFF_V_ZERO_MULT // 4, vzero_mult)
+        tl.store(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4, vcol_mult)
 
 
 def flush_tiles(
@@ -187,7 +188,7 @@ def flush_tiles(
 ) -> None:
     """Quantize full tiles k, v [F, H, G, D] (unrotated, any float dtype, last dim contiguous)
     into records[block_ids[f], h] of the paged cache `records` [num_blocks, H, record_bytes]
-    (uint8, last dim contiguous). One launch, one program per (tile, head)."""
+    (uint8, last dim contiguous). One launch, one program per (tile, head, K or V)."""
     lay = kernel_layout(quantizer.layout)
     n_tiles, heads, g, d = k.shape
     if v.shape != k.shape or g != lay.block_size or d != lay.head_dim:
@@ -202,7 +203,7 @@ def flush_tiles(
         return
     rot = rotation_on(d, k.device)
     pad_len = lay.record_bytes - lay.end_of_fields
-    _flush_kernel[(n_tiles, heads)](
+    _flush_kernel[(n_tiles, heads, 2)](
         k, v, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32),
         G=g, D=d, K_BITS=lay.k_bits, V_BITS=lay.v_bits, ITERS=VARN_ITERS,
