@@ -11,6 +11,7 @@ import sys
 import typer
 
 from kvarn_cli import __version__
+from kvarn_cli.commands import analyze as analyze_cmd
 from kvarn_cli.commands import jobs as jobs_cmd
 from kvarn_cli.commands import model as model_cmd
 from kvarn_cli.commands import run as run_cmd
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.command("run")(run_cmd.run)
 app.command("score")(score_cmd.score)
 app.add_typer(jobs_cmd.app, name="jobs")
+app.command("analyze")(analyze_cmd.analyze)
 app.add_typer(model_cmd.app, name="model")
 
 

@@ -27,7 +27,7 @@ def summary_table(analysis: dict[str, Any]) -> Table:
     """One row per method and mode: the numbers a user compares presets by."""
     meta = analysis["metadata"]
     table = Table(
-        title=f"KV-cache error vs 16-bit: {meta['model']}, {meta['total_tokens']} tokens in "
+        title=f"KV-cache error vs 16-bit: {Path(meta['model']).name}, {meta['total_tokens']} tokens in "
         f"{meta['num_texts']} text(s), block {meta['block']}, scored from position {meta['first_scored_position']}",
     )
     for name, justify in [("method", "left"), ("bits/el", "right"), ("mode", "left"), ("KL mean", "right"),
@@ -40,10 +40,9 @@ def summary_table(analysis: dict[str, Any]) -> Table:
             knorm = s["key_norm_rel_error"]
             table.add_row(
                 method if i == 0 else "", _fmt(bits, ".3f") if i == 0 else "", mode,
-                _fmt(s["kl_mean"], ".4g"), _fmt(s["kl_p99"], ".4g"), _fmt(s["kl_max"], ".4g"),
-                _fmt(s["top1_agreement"], ".4f"), _fmt(s["attn_mae_mean"], ".4g"),
-                _fmt(knorm["mean_abs"], ".2%") if knorm["mean_abs"] is not None else "-",
-                _fmt(knorm["p99_abs"], ".2%") if knorm["p99_abs"] is not None else "-",
+                _fmt(s["kl_mean"], ".3g"), _fmt(s["kl_p99"], ".3g"), _fmt(s["kl_max"], ".3g"),
+                _fmt(s["top1_agreement"], ".1%"), _fmt(s["attn_mae_mean"], ".3g"),
+                _fmt(knorm["mean_abs"], ".2%"), _fmt(knorm["p99_abs"], ".2%"),
             )
     return table
 

@@ -61,6 +61,8 @@ def analyze(
 
     import torch
 
+    from rich.console import Console
+
     from kvarn_cli.analyze import core, report, texts
     from kvarn_cli.console import console, err_console
 
@@ -135,5 +137,7 @@ def analyze(
     out.mkdir(parents=True, exist_ok=True)
     json_path = report.write_json(out, analysis)
     plots = report.write_plots(out, analysis)
-    console.print(report.summary_table(analysis))
+    # Piped output (logs, CI) would be cut to 80 columns; give it room for every column.
+    table_console = console if console.is_terminal else Console(width=132)
+    table_console.print(report.summary_table(analysis))
     console.print(f"wrote {json_path} and {', '.join(p.name for p in plots)}")
