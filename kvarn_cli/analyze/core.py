@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -73,13 +73,13 @@ def analyze_token_texts(
     block: int,
     modes: tuple[str, ...] = MODES,
     factory: QuantizerFactory | None = None,
-    progress: Any = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Every method in every mode over every text, pooled.
 
     Returns {"methods": {name: {mode: summary}}, "bin_size", "position_bins",
     "first_scored_position", "bits_per_element": {name: float}}; progress, if given, is
-    called with (text_index, num_texts) before each text.
+    called with (blocks_done, blocks_total) over all texts, after each block.
     """
     make = factory or default_factory()
     head_dim = head_dim_of(model)
@@ -89,12 +89,20 @@ def analyze_token_texts(
     num_bins = (max_len + bin_size - 1) // bin_size
     first_scored = 2 * block
     per_track: dict[tuple[str, str], list[TextMetrics]] = {}
+    blocks_total = sum(-(-len(ids) // block) for ids in texts)
+    blocks_done = 0
+
+    def on_block() -> None:
+        nonlocal blocks_done
+        blocks_done += 1
+        if progress is not None:
+            progress(blocks_done, blocks_total)
+
     recorder = capture.AttentionRecorder(model)
     try:
-        for index, ids in enumerate(texts):
-            if progress is not None:
-                progress(index, len(texts))
-            result = pseudo_decode(model, torch.tensor(ids), quantizers, block=block, modes=modes, recorder=recorder)
+        for ids in texts:
+            result = pseudo_decode(model, torch.tensor(ids), quantizers, block=block, modes=modes,
+                                   recorder=recorder, on_block=on_block)
             for key, metrics in result.items():
                 per_track.setdefault(key, []).append(metrics)
     finally:
@@ -131,12 +139,15 @@ def shadow_check(
     Texts are tokenized as given (pass the chat-rendered prompt plus a completion where there is
     one). Only positions at or after 2*block can see a quantized block, so short prompts score
     nothing; continue_tokens > 0 first extends each text greedily with the 16-bit model, which is
-    the pseudo-decode of the model's own continuation. Returns {"preset", "kl_mean", "kl_p99",
-    "top1_agreement", "scored_positions", "texts", "tokens", "block"}; kl/top1 are None when no
-    position was scored.
+    the pseudo-decode of the model's own continuation (it may stop early at EOS). Returns
+    {"preset", "kl_mean", "kl_p99", "top1_agreement", "scored_positions", "texts", "tokens",
+    "tokens_per_text", "block"}; kl/top1 are None when no position was scored.
     """
+    if preset not in known_methods():
+        raise InputError(f"unknown preset {preset!r} for the shadow check; expected one of: {', '.join(known_methods())}")
     dev = resolve_device(device)
     hf_model, tokenizer = load_model(model, dev, resolve_dtype("auto", dev))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     token_texts: list[list[int]] = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=True, return_tensors="pt")["input_ids"][:, :max_tokens]
@@ -144,7 +155,7 @@ def shadow_check(
             with torch.inference_mode():
                 ids = hf_model.generate(
                     ids.to(dev), max_new_tokens=min(continue_tokens, max_tokens - ids.shape[1]),
-                    do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                    do_sample=False, pad_token_id=pad_id,
                 ).cpu()
         token_texts.append(ids[0].tolist())
     if not token_texts:
@@ -159,5 +170,6 @@ def shadow_check(
         "scored_positions": summary["scored_positions"],
         "texts": len(token_texts),
         "tokens": sum(len(t) for t in token_texts),
+        "tokens_per_text": [len(t) for t in token_texts],
         "block": block,
     }

@@ -88,8 +88,12 @@ def pseudo_decode(
     block: int,
     modes: tuple[str, ...] = MODES,
     recorder: capture.AttentionRecorder | None = None,
+    on_block: Callable[[], None] | None = None,
 ) -> dict[tuple[str, str], TextMetrics]:
-    """Run every (method, mode) over one text (1-D token ids) and return its per-position errors."""
+    """Run every (method, mode) over one text (1-D token ids) and return its per-position errors.
+
+    on_block, if given, is called after each block (for progress display).
+    """
     own_recorder = recorder is None
     rec = recorder or capture.AttentionRecorder(model)
     num_layers = rec.num_layers
@@ -129,6 +133,8 @@ def pseudo_decode(
                     capture.write_block(track.cache, start, end, stored)
                 if full:
                     capture.write_block(ref_cache, start, end, [(to_16bit(k), to_16bit(v)) for k, v in ref_kv])
+                if on_block is not None:
+                    on_block()
     finally:
         if own_recorder:
             rec.close()

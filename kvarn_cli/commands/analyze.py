@@ -88,12 +88,15 @@ def analyze(
         f"{len(usable)} text(s), {total} tokens; {len(method_names)} methods x 2 modes, block {block}"
     )
 
-    def progress(index: int, count: int) -> None:
-        err_console.print(f"text {index + 1}/{count}: {len(usable[index].ids)} tokens")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    result = core.analyze_token_texts(
-        hf_model, [t.ids for t in usable], method_names, block=block, progress=progress
-    )
+    with Progress(TextColumn("blocks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task("blocks", total=None)
+        result = core.analyze_token_texts(
+            hf_model, [t.ids for t in usable], method_names, block=block,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     import transformers
 
     analysis = {
