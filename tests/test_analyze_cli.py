@@ -113,3 +113,14 @@ def test_too_short_text_and_missing_model_are_input_errors(
                              "--out", str(tmp_path / "o")], monkeypatch, capsys)
     assert code == 2, stderr
     assert "cannot load model" in stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_an_input_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("hello", encoding="utf-8")
+    code, stderr = run_main(["analyze", "--model", "/nonexistent/model", "--text", str(text),
+                             "--out", str(tmp_path / "o"), "--device", "cuda"], monkeypatch, capsys)
+    assert code == 2 and "torch sees no CUDA device" in stderr
