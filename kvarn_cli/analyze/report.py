@@ -12,10 +12,21 @@ from rich.table import Table
 PLOT_FILES = ("error_vs_position.png", "kl_by_method.png", "kl_vs_position.png")
 
 
+def _finite(value: Any) -> Any:
+    """NaN/inf (e.g. from a model whose bf16 logits overflow) become null: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(out_dir: Path, analysis: dict[str, Any]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "analysis.json"
-    path.write_text(json.dumps(analysis, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(_finite(analysis), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -32,7 +43,7 @@ def summary_table(analysis: dict[str, Any]) -> Table:
     )
     for name, justify in [("method", "left"), ("bits/el", "right"), ("mode", "left"), ("KL mean", "right"),
                           ("KL p99", "right"), ("KL max", "right"), ("top-1", "right"), ("attn MAE", "right"),
-                          ("|dK norm| mean", "right"), ("|dK norm| p99", "right")]:
+                          ("K-norm rel err mean", "right"), ("K-norm rel err p99", "right")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for method, modes in analysis["methods"].items():
         bits = analysis["bits_per_element"].get(method)
