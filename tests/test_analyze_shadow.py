@@ -23,10 +23,18 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """2 shared cores: see test_analyze_model."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def gsm8k_texts() -> list[str]:
     """Two GSM8K questions with their worked answers: ~100-200 tokens each."""
-    torch.set_num_threads(1)  # 2 shared cores, see test_analyze_model
     rows = [json.loads(line) for line in (DATA / "gsm8k_test.jsonl").read_text(encoding="utf-8").splitlines()[:2]]
     return [r["question"] + "\n" + r["answer"] for r in rows]
 
@@ -34,8 +42,8 @@ def gsm8k_texts() -> list[str]:
 def test_shadow_check_summary(gsm8k_texts: list[str]) -> None:
     from kvarn_cli.analyze import shadow_check
 
-    # Each text is extended by 100 greedy tokens so that every text has positions past 2 blocks.
-    got = shadow_check(str(MODEL), gsm8k_texts, "k2v2", block=64, device="cpu", continue_tokens=100)
+    # Each text is extended by 60 greedy tokens so that every text has positions past 2 blocks.
+    got = shadow_check(str(MODEL), gsm8k_texts, "k2v2", block=64, device="cpu", continue_tokens=60)
     assert set(got) >= {"preset", "kl_mean", "kl_p99", "top1_agreement", "scored_positions", "texts", "tokens"}
     assert got["preset"] == "k2v2" and got["texts"] == 2 and got["block"] == 64
     assert got["scored_positions"] == sum(max(0, n - 2 * 64) for n in got["tokens_per_text"]) > 0
