@@ -11,6 +11,7 @@ import sys
 import typer
 
 from kvarn_cli import __version__
+from kvarn_cli.commands import compare as compare_cmd
 from kvarn_cli.commands import jobs as jobs_cmd
 from kvarn_cli.commands import model as model_cmd
 from kvarn_cli.commands import run as run_cmd
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 app.command("run")(run_cmd.run)
 app.command("score")(score_cmd.score)
+app.command("compare")(compare_cmd.compare)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(model_cmd.app, name="model")
 
