@@ -135,6 +135,8 @@ def _plain_number(text: str) -> Decimal | None:
     cleaned = cleaned.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     cleaned = cleaned.replace("\\!", "").replace("\\,", "").replace("{,}", "").replace(",", "")
     cleaned = cleaned.replace(" ", "").rstrip(".")
+    if cleaned.startswith("(") and cleaned.endswith(")"):
+        cleaned = cleaned[1:-1]  # a multiple-choice style "(073)"
     if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)", cleaned):
         return None
     try:

@@ -55,12 +55,12 @@ class _Worker:
             self.kill()
             raise RuntimeError("math checker worker did not start")
 
-    def check(self, item: MathItem, timeout_s: int) -> MathVerdict | None:
+    def check(self, item: MathItem, timeout_s: int, deadline_s: float) -> MathVerdict | None:
         """The verdict, or None if the worker overran its deadline or died (it is then dead)."""
         task, completion, answer = item
         try:
             self.conn.send((task, completion, answer, timeout_s))
-            if not self.conn.poll(item_deadline(timeout_s)):
+            if not self.conn.poll(deadline_s):
                 self.kill()
                 return None
             return MathVerdict(**self.conn.recv())
@@ -97,8 +97,12 @@ def check_math_items(
     workers: int,
     timeout_s: int = 5,
     on_done: Callable[[int, MathVerdict], None] | None = None,
+    deadline_s: float | None = None,
 ) -> list[MathVerdict]:
-    """Checks every item; workers=0 checks in this process (main thread only, no outside bound)."""
+    """Checks every item; workers=0 checks in this process (main thread only, no outside bound).
+
+    deadline_s overrides the outside bound per check (default: item_deadline(timeout_s))."""
+    deadline = deadline_s if deadline_s is not None else item_deadline(timeout_s)
     results: list[MathVerdict | None] = [None] * len(items)
     if workers <= 0:
         for index, item in enumerate(items):
@@ -124,7 +128,7 @@ def check_math_items(
                 try:
                     if worker is None:
                         worker = _Worker()
-                    verdict = worker.check(items[index], timeout_s)
+                    verdict = worker.check(items[index], timeout_s, deadline)
                     if verdict is None:
                         worker = None  # killed; the next item gets a fresh one
                         verdict = _fallback(items[index], "timeout")

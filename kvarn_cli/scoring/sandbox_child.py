@@ -5,8 +5,10 @@ working directory. It speaks to the parent through one pipe (fd in the config), 
 per event: {"event": "ready", "layers": {...}} once confined (the parent's wall clock for the
 program starts then), and {"event": "done", "passed": bool, "error": str} when the program has
 run. A program that exits, crashes or is killed before "done" has not passed, whatever it did:
-sys.exit(0) and os._exit(0) cannot fake a pass. The untrusted code's stdin, stdout and stderr
-are /dev/null, so output floods cost time only.
+sys.exit(0) and os._exit(0) cannot fake a pass. (The verdict is honest for generated code, not
+proof against a program written to forge it: that would run in this very process. What the
+sandbox guarantees is that the program cannot harm the machine or the scorer.) The untrusted
+code's stdin, stdout and stderr are /dev/null, so output floods cost time only.
 
 Only the standard library and the two confinement modules are imported here.
 """
@@ -31,10 +33,13 @@ def _report(fd: int, message: dict[str, object]) -> None:
 
 def _describe(exc: BaseException) -> str:
     """The error line for the report; the exception's own __str__ is untrusted code too."""
+    text = type(exc).__name__
     try:
-        text = f"{type(exc).__name__}: {exc}"
+        message = str(exc)
     except BaseException:  # noqa: BLE001 - a broken __str__ must not lose the verdict
-        text = type(exc).__name__
+        message = ""
+    if message:
+        text += f": {message}"
     return text[:500]
 
 
@@ -66,6 +71,7 @@ def main() -> None:
     python_guard.install(workdir)
     layers["python_guard"] = True
 
+    sys.argv = [program_path]  # the program sees an ordinary argv, not the sandbox's config
     _report(status_fd, {"event": "ready", "layers": layers})
     try:
         code = compile(source, program_path, "exec")
