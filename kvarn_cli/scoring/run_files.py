@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from kvarn_cli.errors import InputError
+from kvarn_cli.run_dir import write_json_atomic
+
+__all__ = ["write_json_atomic", "read_outputs", "read_json_file", "require_run_dir", "RunOutputs"]
 
 OUTPUTS = "outputs.jsonl"
 STATS = "stats.json"
@@ -83,10 +86,3 @@ def read_json_file(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise InputError("expected a JSON object", str(path))
     return data
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Writes through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
