@@ -71,7 +71,8 @@ def _print_tables(result: dict[str, Any]) -> None:
     if len(tasks) > 1:
         for task in tasks:
             row(f"  {task}", [pct(run["by_task"].get(task)) for run in runs])
-    row("maj@k", ["-" if run["maj@k"] is None else f"{pct(run['maj@k'])} (k={run['k']})" for run in runs])
+    if any(run["maj@k"] is not None and run["k"] > 1 for run in runs):
+        row("maj@k", ["-" if run["maj@k"] is None else f"{pct(run['maj@k'])} (k={run['k']})" for run in runs])
     row("generated tokens", [count(run["generated_tokens"]) for run in runs])
     row("generated tokens/s", [count(run["generated_tokens_per_s"]) for run in runs])
     row("KV capacity (tokens)", [count(run["kv_capacity_tokens"]) for run in runs])
@@ -88,7 +89,8 @@ def _print_tables(result: dict[str, Any]) -> None:
     if not differing:
         console.print("No problem has a different verdict between these runs.")
         return
-    listed = Table(title=f"{len(differing)} problem(s) with different verdicts", title_justify="left")
+    console.print(f"{len(differing)} problem(s) with different verdicts:")
+    listed = Table()
     listed.add_column("id")
     listed.add_column("task")
     for name in names:

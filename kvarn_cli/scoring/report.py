@@ -28,32 +28,38 @@ def _k_columns(groups: list[dict[str, Any]]) -> list[str]:
 
 
 def score_table(summary: dict[str, Any], title: str) -> Table:
-    """Per task and overall: records, completions, pass@1, pass@k, maj@k, not scored."""
+    """Per task and overall: records, samples (completions), pass@1, pass@k, maj@k, not scored (with
+    the reasons in the caption)."""
     rows = list(summary["by_task"].items()) + [("overall", summary["overall"])]
     ks = _k_columns([group for _task, group in rows])
-    table = Table(title=title, title_justify="left")
-    table.add_column("task")
+    sample_counts = {group["k"] for _task, group in rows if group["maj@k"] is not None}
+    show_maj = any(k > 1 for k in sample_counts)  # with one sample per problem, maj@1 = pass@1
+    maj_header = f"maj@{sample_counts.pop()}" if len(sample_counts) == 1 else "maj@k"
+    reasons = summary["overall"]["not_scored_reasons"]
+    caption = "not scored: " + ", ".join(f"{reason} ({n})" for reason, n in reasons.items()) if reasons else None
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    table.add_column("task", no_wrap=True)
     table.add_column("records", justify="right")
-    table.add_column("completions", justify="right")
-    table.add_column("pass@1 (acc)", justify="right")
+    table.add_column("samples", justify="right")
+    table.add_column("pass@1", justify="right")
     for k in ks:
         table.add_column(f"pass@{k}", justify="right")
-    table.add_column("maj@k", justify="right")
+    if show_maj:
+        table.add_column(maj_header, justify="right")
     table.add_column("not scored", justify="right")
+    last_task = list(summary["by_task"])[-1] if summary["by_task"] else None
     for name, group in rows:
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in group["not_scored_reasons"].items())
-        not_scored = count(group["not_scored"]) + (f" ({reasons})" if reasons else "")
         maj = group["maj@k"]
-        maj_text = "-" if maj is None else f"{pct(maj)} (k={group['k']})"
+        maj_text = pct(maj) if maj_header != "maj@k" or maj is None else f"{pct(maj)} (k={group['k']})"
         table.add_row(
-            f"[bold]{name}[/]" if name == "overall" else name,
+            "[bold]overall[/]" if name == "overall" else ("(no task)" if name == "none" else name),
             count(group["records"]),
             count(group["completions"]),
             pct(group["pass@1"]),
             *[pct(group["pass@k"].get(k)) for k in ks],
-            maj_text,
-            not_scored,
-            end_section=name == list(summary["by_task"])[-1],
+            *([maj_text] if show_maj else []),
+            count(group["not_scored"]),
+            end_section=name == last_task,
         )
     return table
 
