@@ -116,10 +116,12 @@ def check_math_items(
         pending.put(index)
     count = max(1, min(workers, -(-len(items) // _ITEMS_PER_WORKER)))
 
+    stop = threading.Event()
+
     def drive() -> None:
         worker: _Worker | None = None
         try:
-            while True:
+            while not stop.is_set():
                 try:
                     index = pending.get_nowait()
                 except queue.Empty:
@@ -144,6 +146,9 @@ def check_math_items(
     threads = [threading.Thread(target=drive, name=f"kvarn-math-{i}", daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    finally:
+        stop.set()  # on Ctrl-C: no new checks; workers are daemons and die with us
     return [r if r is not None else _fallback(items[i], "not checked") for i, r in enumerate(results)]

@@ -125,9 +125,13 @@ def run_programs(
         if on_done is not None:
             on_done(index, result)
 
-    with ThreadPoolExecutor(max_workers=max(1, count)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix="kvarn-sandbox")
+    try:
         for future in [pool.submit(one, i) for i in range(len(sources))]:
             future.result()
+    finally:
+        # On Ctrl-C, programs not started yet are dropped; running ones end within their timeout.
+        pool.shutdown(wait=True, cancel_futures=True)
     return [r if r is not None else ExecResult("crashed", "not run") for r in results]
 
 
