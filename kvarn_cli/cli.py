@@ -53,11 +53,7 @@ def _root(
 def main() -> None:
     """Entry point: turns KvarnError into a one-line message and its exit code, never a traceback."""
     try:
-        result = app(standalone_mode=False)
-        if isinstance(result, int) and result:  # Typer returns 130 after Ctrl-C in this mode
-            if result == 130:
-                err_console.print("[bold red]aborted[/]")
-            sys.exit(result)
+        app(standalone_mode=False)
     except KvarnError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
