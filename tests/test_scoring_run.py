@@ -152,6 +152,20 @@ def test_malformed_outputs_are_input_errors_naming_the_line(tmp_path: Path, cont
     assert where in str(caught.value) and what in str(caught.value)
 
 
+def test_lone_surrogates_in_completions_do_not_break_scoring(tmp_path: Path) -> None:
+    records = [
+        output_record("m", ["\\boxed{\ud800}", "\\boxed{3}"], task="math", answer="3"),
+        add_record("c", ["    return a + b  # \udcff\n", "    raise ValueError('\ud800')\n"]),
+    ]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # json.dumps escapes the surrogates as \\udXXX, which json.loads turns back into lone surrogates
+    (run_dir / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    scores = score_run(run_dir, OPTIONS)
+    assert [r["correct"] for r in scores["records"]] == [[False, True], [True, False]]
+    assert json.loads((run_dir / "scores.json").read_text())["summary"]["overall"]["correct"] == 2
+
+
 def test_missing_run_dir_and_missing_outputs_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         score_run(tmp_path / "nope", OPTIONS)

@@ -61,11 +61,22 @@ class ExecResult:
 
 
 def run_program(source: str, limits: SandboxLimits = SandboxLimits()) -> ExecResult:
-    """Runs one program in a fresh sandbox and says whether it ran to the end without error."""
+    """Runs one program in a fresh sandbox and says whether it ran to the end without error.
+
+    Never raises for anything the program does; a sandbox that cannot even be started (no
+    file descriptors or processes left on this machine) is reported as "crashed" with the cause."""
+    try:
+        return _run_program(source, limits)
+    except OSError as exc:
+        return ExecResult("crashed", f"could not run the sandbox: {exc}")
+
+
+def _run_program(source: str, limits: SandboxLimits) -> ExecResult:
     workdir = tempfile.mkdtemp(prefix="kvarn-sandbox-")
     read_fd, write_fd = os.pipe()
     try:
-        Path(workdir, "program.py").write_text(source, encoding="utf-8")
+        # errors="replace": a completion may hold lone surrogates, which UTF-8 cannot encode.
+        Path(workdir, "program.py").write_text(source, encoding="utf-8", errors="replace")
         config = {
             "dir": workdir,
             "program": "program.py",

@@ -153,6 +153,11 @@ def score_run(
     return scores
 
 
+def _clean(text: str | None) -> str | None:
+    """Text taken from completions, made encodable (lone surrogates can come out of JSON)."""
+    return None if text is None else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _record_entry(plan: _Plan) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": plan.record["id"], "task": None if plan.task == NO_TASK else plan.task}
     if plan.reason is not None:
@@ -165,8 +170,8 @@ def _record_entry(plan: _Plan) -> dict[str, Any]:
             {
                 "scored": True,
                 "correct": correct,
-                "extracted": [v.extracted for v in plan.math_results],
-                "majority": majority,
+                "extracted": [_clean(v.extracted) for v in plan.math_results],
+                "majority": _clean(majority),
                 "majority_correct": majority_correct,
             }
         )
@@ -180,7 +185,7 @@ def _record_entry(plan: _Plan) -> dict[str, Any]:
                 "scored": True,
                 "correct": correct,
                 "status": [r.status for r in plan.code_results],
-                "errors": [r.detail[:200] for r in plan.code_results],
+                "errors": [_clean(r.detail[:200]) for r in plan.code_results],
             }
         )
     n = len(correct)
