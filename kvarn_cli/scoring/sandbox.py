@@ -159,14 +159,15 @@ def _supervise(proc: subprocess.Popen[bytes], read_fd: int, limits: SandboxLimit
     layers: dict[str, object] = {}
     ready = False
     deadline = time.monotonic() + limits.startup_timeout_s
+    poller = select.poll()  # not select.select: descriptors above 1024 are fine here
+    poller.register(read_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             if ready:
                 return ExecResult("timeout", f"no verdict within {limits.timeout_s:g}s", layers)
             return ExecResult("crashed", f"sandbox did not start within {limits.startup_timeout_s:g}s", layers)
-        readable, _, _ = select.select([read_fd], [], [], remaining)
-        if not readable:
+        if not poller.poll(max(1, int(remaining * 1000))):
             continue
         chunk = os.read(read_fd, 8192)
         if not chunk:
