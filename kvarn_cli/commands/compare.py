@@ -21,9 +21,9 @@ def compare(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="For runs not scored yet: checks to run at once."),
     timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="For runs not scored yet: seconds per HumanEval completion."),
 ) -> None:
-    """Compare runs: accuracy, generated tokens, tokens/s, KV cache capacity and peak usage,
-    and the problems whose verdict differs. Runs without an up-to-date scores.json are scored
-    first (as `kvarn score` would).
+    """Compare runs: accuracy, generated tokens, tokens/s, KV cache capacity and peak usage, and the problems whose verdict differs.
+
+    Runs without an up-to-date scores.json are scored first, as `kvarn score` would.
 
     Example: kvarn compare runs/fp16 runs/kvarn2
     """

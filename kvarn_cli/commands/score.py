@@ -20,10 +20,7 @@ def score(
 ) -> None:
     """Check every completion against its record's answer and write DIR/scores.json.
 
-    Math tasks (math, aime, gsm8k) compare the final answer (last \\boxed{}, or for GSM8K the
-    last number) with math-verify; humaneval runs the code with the record's tests in a sandbox.
-    Reports pass@1, unbiased pass@k and majority-vote accuracy per task; records without a task
-    or an answer are counted as not scored.
+    Math tasks (math, aime, gsm8k) compare the final answer (the last \\boxed{}, or for GSM8K the last number) with math-verify; humaneval runs the code with the record's tests in a sandbox. Reports pass@1, unbiased pass@k and majority-vote accuracy per task; records without a task or an answer are counted as not scored.
 
     Example: kvarn score runs/r1 --workers 8
     """
