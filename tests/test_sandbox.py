@@ -7,8 +7,10 @@ them; the tests then check each one's verdict and the files it tried to harm.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import socket
 import textwrap
 import threading
@@ -283,3 +285,61 @@ def test_seccomp_filter_jumps_stay_inside_the_program() -> None:
             if code & 0x07 == 0x05:  # BPF_JMP
                 assert index + 1 + max(jt, jf) < len(program)
         assert program[-1] == (0x06, 0, 0, 0x7FFF0000)  # default: allow
+
+
+def _children_of(parent_pid: int) -> list[int]:
+    """Sandbox children started by parent_pid (their config names it), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"sandbox_child" in cmdline and f'"parent_pid": {parent_pid}'.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_sleeping_program_dies_with_a_scorer_that_is_killed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    scorer = textwrap.dedent(
+        """
+        import os, sys, threading, time
+        sys.path.insert(0, sys.argv[1])
+        from kvarn_cli.scoring.sandbox import SandboxLimits, run_program
+        threading.Thread(target=run_program, args=("import time\\ntime.sleep(600)", SandboxLimits(timeout_s=600)), daemon=True).start()
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", scorer, str(Path(__file__).resolve().parents[1])])
+    try:
+        for _ in range(600):  # wait until its sandbox child is running
+            if _children_of(proc.pid):
+                break
+            time.sleep(0.1)
+        children = _children_of(proc.pid)
+        assert children, "the sandbox child never started"
+        # Let the child get past its set-up (which would die of SIGPIPE reporting "ready" to a
+        # dead parent) into the sleeping program: its seccomp filter is installed just before.
+        for _ in range(100):
+            status = Path(f"/proc/{children[0]}/status").read_text()
+            if "Seccomp:\t2" in status:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
+        cmdline = Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")
+        workdir = json.loads(next(arg for arg in cmdline if arg.startswith(b"{")))["dir"]
+    finally:
+        proc.kill()
+        proc.wait()
+    for _ in range(100):
+        if not _children_of(proc.pid):
+            break
+        time.sleep(0.1)
+    assert _children_of(proc.pid) == []
+    shutil.rmtree(workdir, ignore_errors=True)  # a killed scorer cannot clean up after itself

@@ -22,12 +22,14 @@ import errno
 import os
 import platform
 import resource
+import signal
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
 
+PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -93,6 +95,11 @@ def machine() -> str:
     """The syscall table to use: 'x86_64', 'aarch64', or something we have no table for."""
     name = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(name, name)
+
+
+def die_with_parent() -> bool:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills this process when its parent thread exits."""
+    return _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
 
 
 def set_limits(memory_bytes: int, cpu_seconds: int, file_bytes: int, open_files: int = 256) -> None:

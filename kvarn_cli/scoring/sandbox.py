@@ -85,6 +85,7 @@ def _run_program(source: str, limits: SandboxLimits) -> ExecResult:
             "memory_bytes": limits.memory_bytes,
             "file_bytes": limits.file_bytes,
             "isolate": limits.isolate,
+            "parent_pid": os.getpid(),
         }
         with tempfile.TemporaryFile() as stderr_file:
             try:

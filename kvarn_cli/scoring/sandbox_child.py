@@ -43,8 +43,17 @@ def _describe(exc: BaseException) -> str:
     return text[:500]
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this child when the thread that started it goes away (a scorer that was killed
+    or interrupted), so that a sleeping program cannot outlive its supervisor."""
+    confinement.die_with_parent()
+    if os.getppid() != parent_pid:  # the parent was already gone before the line above
+        os._exit(1)
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
+    _die_with_parent(config["parent_pid"])
     status_fd: int = config["status_fd"]
     workdir: str = config["dir"]
     program_path = os.path.join(workdir, config["program"])
