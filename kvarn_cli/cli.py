@@ -12,6 +12,7 @@ import typer
 
 from kvarn_cli import __version__
 from kvarn_cli.commands import jobs as jobs_cmd
+from kvarn_cli.commands import merge as merge_cmd
 from kvarn_cli.commands import model as model_cmd
 from kvarn_cli.commands import run as run_cmd
 from kvarn_cli.errors import KvarnError
@@ -29,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("run")(run_cmd.run)
+app.command("merge")(merge_cmd.merge)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(model_cmd.app, name="model")
 

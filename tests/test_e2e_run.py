@@ -135,3 +135,20 @@ def test_sigterm_midway_then_resume_gives_the_full_set(tmp_path, test_model, dat
     assert final[: len(partial)] == partial  # what was written before the kill is kept as it was
     attempts = [orjson.loads(l)["status"] for l in (out / "attempts.jsonl").read_bytes().splitlines()]
     assert attempts == ["interrupted", "completed"]
+
+
+def test_slurm_array_shards_merge_to_the_whole_job(tmp_path, test_model, sample_job_file):
+    """Two shards, one chosen by --shard and one by Slurm's array variables, merge to every record."""
+    common = ("--model", test_model, "--temperature", "0", "--max-tokens", "8", "--kv-cache-memory", "64MiB",
+              "--max-model-len", "512")
+    first = kvarn("run", sample_job_file, "--out", tmp_path / "s0", "--shard", "0/2", *common)
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "0"}
+    second = kvarn("run", sample_job_file, "--out", tmp_path / "s1", *common, env=env)
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr[-1500:], second.stderr[-1500:])
+    assert orjson.loads((tmp_path / "s1" / "run.json").read_bytes())["shard"] == [1, 2]
+    s0, s1 = ({o["id"] for o in read_outputs(tmp_path / d)} for d in ("s0", "s1"))
+    assert s0 and s1 and not s0 & s1
+    merged = kvarn("merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "all")
+    assert merged.returncode == 0, merged.stderr
+    ids = [o["id"] for o in read_outputs(tmp_path / "all")]
+    assert ids == [r.id for r in read_jobs(sample_job_file).records]
