@@ -19,7 +19,7 @@ from typing import Any
 from kvarn_cli import __version__, exit_codes
 from kvarn_cli.console import err_console
 from kvarn_cli.errors import EngineError, InputError
-from kvarn_cli.jobs import JobRecord, LineProblem, read_jobs, shard_records
+from kvarn_cli.jobs import JobRecord, read_jobs, shard_entries
 from kvarn_cli.run_dir import (
     FORMAT_VERSION,
     OutputLog,
@@ -150,13 +150,7 @@ def _write_skipped(out: Path, skipped: list[dict[str, Any]]) -> None:
 def execute(req: RunRequest) -> int:
     """Run the job; returns the process exit code."""
     jobs = read_jobs(req.input)
-    # Shard over every non-blank line (good or bad) so each line belongs to exactly one shard.
-    entries: list[JobRecord | LineProblem] = sorted([*jobs.records, *jobs.problems], key=lambda e: e.line)
-    if req.shard is not None:
-        i, n = req.shard
-        entries = [e for pos, e in enumerate(entries) if pos % n == i]
-    records = [e for e in entries if isinstance(e, JobRecord)]
-    problems = [e for e in entries if isinstance(e, LineProblem)]
+    records, problems = shard_entries(jobs, *(req.shard or (0, 1)))
     if problems and req.on_error == "fail":
         p = problems[0]
         more = f" (and {len(problems) - 1} more; --on-error skip runs the rest)" if len(problems) > 1 else " (--on-error skip runs the rest)"
