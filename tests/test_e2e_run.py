@@ -152,3 +152,21 @@ def test_slurm_array_shards_merge_to_the_whole_job(tmp_path, test_model, sample_
     assert merged.returncode == 0, merged.stderr
     ids = [o["id"] for o in read_outputs(tmp_path / "all")]
     assert ids == [r.id for r in read_jobs(sample_job_file).records]
+
+
+def test_score_a_real_run(fp16_run, sample_job_file):
+    """`kvarn score` on the engine's own outputs: every record accounted for, verdicts consistent."""
+    proc = kvarn("score", fp16_run, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = orjson.loads((fp16_run / "scores.json").read_bytes())
+    assert orjson.loads(proc.stdout) == scores
+    by_id = {r["id"]: r for r in scores["records"]}
+    inputs = {r.id: r.data for r in read_jobs(sample_job_file).records}
+    assert set(by_id) == set(inputs)
+    for rid, rec in by_id.items():
+        if inputs[rid].get("task") in ("math", "gsm8k"):
+            assert len(rec["correct"]) == 1 and rec["pass@1"] == float(rec["correct"][0])
+    scored = [r for r in by_id.values() if r.get("correct")]
+    overall = scores["summary"]["overall"]
+    assert overall["pass@1"] == pytest.approx(sum(r["pass@1"] for r in scored) / len(scored))
+    assert "gsm8k" in scores["summary"]["by_task"] and "math" in scores["summary"]["by_task"]
