@@ -32,3 +32,9 @@ def engine_kwargs(preset: str) -> dict[str, Any]:
 def bits_per_element(preset: str) -> float:
     check_preset(preset)
     return 16.0
+
+
+def bytes_per_token(preset: str, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype_bytes: int) -> float:
+    """KV bytes one token occupies across all layers (K and V) in the paged cache."""
+    check_preset(preset)
+    return float(2 * num_layers * num_kv_heads * head_dim * dtype_bytes)
