@@ -11,9 +11,13 @@ import sys
 import typer
 
 from kvarn_cli import __version__
+from kvarn_cli.commands import analyze as analyze_cmd
+from kvarn_cli.commands import compare as compare_cmd
 from kvarn_cli.commands import jobs as jobs_cmd
+from kvarn_cli.commands import merge as merge_cmd
 from kvarn_cli.commands import model as model_cmd
 from kvarn_cli.commands import run as run_cmd
+from kvarn_cli.commands import score as score_cmd
 from kvarn_cli.errors import KvarnError
 from kvarn_cli.console import err_console
 
@@ -29,7 +33,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("run")(run_cmd.run)
+app.command("score")(score_cmd.score)
+app.command("compare")(compare_cmd.compare)
+app.command("merge")(merge_cmd.merge)
 app.add_typer(jobs_cmd.app, name="jobs")
+app.command("analyze")(analyze_cmd.analyze)
 app.add_typer(model_cmd.app, name="model")
 
 

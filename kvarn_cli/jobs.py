@@ -136,6 +136,12 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return i, n
 
 
-def shard_records(records: list[JobRecord], index: int, count: int) -> list[JobRecord]:
-    """Round-robin slice in file order: deterministic, balanced, and independent of run history."""
-    return [r for pos, r in enumerate(records) if pos % count == index]
+def shard_entries(jobs: JobFile, index: int, count: int) -> tuple[list[JobRecord], list[LineProblem]]:
+    """Slice I of N, round-robin over every non-blank line (good or bad) in file order.
+
+    Deterministic and balanced, and each line (a bad one too) belongs to exactly one shard,
+    so `kvarn merge` can prove that shards cover the input with no gaps.
+    """
+    entries: list[JobRecord | LineProblem] = sorted([*jobs.records, *jobs.problems], key=lambda e: e.line)
+    mine = [e for pos, e in enumerate(entries) if pos % count == index]
+    return [e for e in mine if isinstance(e, JobRecord)], [e for e in mine if isinstance(e, LineProblem)]

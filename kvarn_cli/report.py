@@ -25,4 +25,12 @@ def print_run_summary(stats: dict[str, Any]) -> None:
     table.add_row("requests", f"{tp['requests']:,}" + (f" ({stats['skipped']} skipped)" if stats.get("skipped") else ""))
     table.add_row("tokens", f"{tp['prompt_tokens']:,} prompt, {tp['generated_tokens']:,} generated")
     table.add_row("throughput", f"{tp['generated_tokens_per_s']:,.1f} generated tok/s over {tp['wall_s']:.1f} s")
+    shadow = stats.get("shadow_check")
+    if shadow:
+        if shadow.get("kl_mean") is None:
+            table.add_row("expected fidelity", "not measured: sampled records too short to reach quantized history")
+        else:
+            table.add_row("expected fidelity", f"next-token KL {shadow['kl_mean']:.4f} (p99 {shadow['kl_p99']:.3f}), "
+                          f"top-1 agreement {shadow['top1_agreement']:.1%} vs 16-bit "
+                          f"({shadow['scored_positions']} positions, {shadow['texts']} records)")
     console.print(table)

@@ -19,7 +19,7 @@ from typing import Any
 from kvarn_cli import __version__, exit_codes
 from kvarn_cli.console import err_console
 from kvarn_cli.errors import EngineError, InputError
-from kvarn_cli.jobs import JobRecord, LineProblem, read_jobs, shard_records
+from kvarn_cli.jobs import JobRecord, read_jobs, shard_entries
 from kvarn_cli.run_dir import (
     FORMAT_VERSION,
     OutputLog,
@@ -52,6 +52,7 @@ class RunRequest:
     shard: tuple[int, int] | None = None
     on_error: str = "fail"  # or "skip"
     enforce_eager: bool | None = None
+    shadow_check: int = 0  # records to analyze with transformers before the run (0 = off)
 
 
 def request_seed(base_seed: int, record_id: str) -> int:
@@ -150,13 +151,7 @@ def _write_skipped(out: Path, skipped: list[dict[str, Any]]) -> None:
 def execute(req: RunRequest) -> int:
     """Run the job; returns the process exit code."""
     jobs = read_jobs(req.input)
-    # Shard over every non-blank line (good or bad) so each line belongs to exactly one shard.
-    entries: list[JobRecord | LineProblem] = sorted([*jobs.records, *jobs.problems], key=lambda e: e.line)
-    if req.shard is not None:
-        i, n = req.shard
-        entries = [e for pos, e in enumerate(entries) if pos % n == i]
-    records = [e for e in entries if isinstance(e, JobRecord)]
-    problems = [e for e in entries if isinstance(e, LineProblem)]
+    records, problems = shard_entries(jobs, *(req.shard or (0, 1)))
     if problems and req.on_error == "fail":
         p = problems[0]
         more = f" (and {len(problems) - 1} more; --on-error skip runs the rest)" if len(problems) > 1 else " (--on-error skip runs the rest)"
@@ -176,6 +171,8 @@ def execute(req: RunRequest) -> int:
     skipped = [{"line": p.line, "id": p.record_id, "reason": p.reason} for p in problems]
     if resuming:
         err_console.print(f"resuming {req.out}: {len(done_ids)} of {len(records)} records already done, {len(todo)} to go")
+
+    shadow = _shadow_check(req, records) if req.shadow_check > 0 else None
 
     started = time.time()
     stop = StopFlag()
@@ -215,7 +212,7 @@ def execute(req: RunRequest) -> int:
         wall = time.time() - started
         append_line(req.out / "attempts.jsonl", attempt_record(status, started, wall_s=round(wall, 3), skipped=len(skipped), **counters))
         if engine is not None:
-            _write_stats(req, engine, counters, skipped, status)
+            _write_stats(req, engine, counters, skipped, status, shadow)
     if status == "interrupted":
         err_console.print(f"[yellow]interrupted: {counters['records_finished']} records saved this attempt; run the same command again to resume[/]")
     return exit_code
@@ -305,7 +302,45 @@ def _generate(engine: Any, req: RunRequest, runnable: list[tuple[JobRecord, list
     return False
 
 
-def _write_stats(req: RunRequest, engine: Any, counters: dict[str, Any], skipped: list[dict[str, Any]], status: str) -> None:
+def _shadow_check(req: RunRequest, records: list[JobRecord]) -> dict[str, Any] | None:
+    """Measure the preset's expected fidelity on a few records before the engine is built.
+
+    Runs first, and frees its transformers model before vLLM starts, so the two never share
+    GPU memory. Each sampled prompt is extended greedily by the 16-bit model, because only
+    positions past the first two blocks ever read quantized history.
+    """
+    import gc
+    import random
+
+    from kvarn_cli import kvcache
+
+    if req.preset == "fp16":
+        err_console.print("shadow check skipped: the fp16 preset stores the cache unquantized")
+        return None
+    if not records:
+        return None
+    import torch
+    from transformers import AutoTokenizer
+
+    from kvarn_cli.analyze import shadow_check
+
+    chosen = random.Random(req.sampling.seed).sample(records, min(req.shadow_check, len(records)))
+    tokenizer = AutoTokenizer.from_pretrained(req.model)
+    texts = [tokenizer.apply_chat_template(r.messages(), tokenize=False, add_generation_prompt=True) for r in chosen]
+    block = kvcache.get_preset(req.preset).block_size or 128
+    with err_console.status(f"shadow check: {req.preset} vs 16-bit on {len(texts)} records ..."):
+        result = shadow_check(req.model, texts, req.preset, block=block,
+                              continue_tokens=min(req.sampling.max_tokens, 4 * block))
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    result["record_ids"] = [r.id for r in chosen]
+    write_json_atomic(req.out / "shadow_check.json", result)
+    return result
+
+
+def _write_stats(req: RunRequest, engine: Any, counters: dict[str, Any], skipped: list[dict[str, Any]], status: str,
+                 shadow: dict[str, Any] | None = None) -> None:
     wall = counters.get("gen_wall_s", 0.0)
     stats = {
         "status": status,
@@ -322,6 +357,8 @@ def _write_stats(req: RunRequest, engine: Any, counters: dict[str, Any], skipped
         "num_preemptions": counters.get("num_preemptions", 0),
         "skipped": len(skipped),
     }
+    if shadow is not None:
+        stats["shadow_check"] = {k: shadow.get(k) for k in ("preset", "kl_mean", "kl_p99", "top1_agreement", "scored_positions", "texts")}
     write_json_atomic(req.out / "stats.json", stats)
     from kvarn_cli.report import print_run_summary
 

@@ -135,3 +135,38 @@ def test_sigterm_midway_then_resume_gives_the_full_set(tmp_path, test_model, dat
     assert final[: len(partial)] == partial  # what was written before the kill is kept as it was
     attempts = [orjson.loads(l)["status"] for l in (out / "attempts.jsonl").read_bytes().splitlines()]
     assert attempts == ["interrupted", "completed"]
+
+
+def test_slurm_array_shards_merge_to_the_whole_job(tmp_path, test_model, sample_job_file):
+    """Two shards, one chosen by --shard and one by Slurm's array variables, merge to every record."""
+    common = ("--model", test_model, "--temperature", "0", "--max-tokens", "8", "--kv-cache-memory", "64MiB",
+              "--max-model-len", "512")
+    first = kvarn("run", sample_job_file, "--out", tmp_path / "s0", "--shard", "0/2", *common)
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "0"}
+    second = kvarn("run", sample_job_file, "--out", tmp_path / "s1", *common, env=env)
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr[-1500:], second.stderr[-1500:])
+    assert orjson.loads((tmp_path / "s1" / "run.json").read_bytes())["shard"] == [1, 2]
+    s0, s1 = ({o["id"] for o in read_outputs(tmp_path / d)} for d in ("s0", "s1"))
+    assert s0 and s1 and not s0 & s1
+    merged = kvarn("merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "all")
+    assert merged.returncode == 0, merged.stderr
+    ids = [o["id"] for o in read_outputs(tmp_path / "all")]
+    assert ids == [r.id for r in read_jobs(sample_job_file).records]
+
+
+def test_score_a_real_run(fp16_run, sample_job_file):
+    """`kvarn score` on the engine's own outputs: every record accounted for, verdicts consistent."""
+    proc = kvarn("score", fp16_run, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = orjson.loads((fp16_run / "scores.json").read_bytes())
+    assert orjson.loads(proc.stdout) == scores
+    by_id = {r["id"]: r for r in scores["records"]}
+    inputs = {r.id: r.data for r in read_jobs(sample_job_file).records}
+    assert set(by_id) == set(inputs)
+    for rid, rec in by_id.items():
+        if inputs[rid].get("task") in ("math", "gsm8k"):
+            assert len(rec["correct"]) == 1 and rec["pass@1"] == float(rec["correct"][0])
+    scored = [r for r in by_id.values() if r.get("correct")]
+    overall = scores["summary"]["overall"]
+    assert overall["pass@1"] == pytest.approx(sum(r["pass@1"] for r in scored) / len(scored))
+    assert "gsm8k" in scores["summary"]["by_task"] and "math" in scores["summary"]["by_task"]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from kvarn_cli.errors import InputError
-from kvarn_cli.jobs import read_jobs, shard_records, JobRecord, parse_shard
+from kvarn_cli.jobs import JobFile, JobRecord, LineProblem, parse_shard, read_jobs, shard_entries
 
 
 def write(tmp_path: Path, lines: list[str]) -> Path:
@@ -65,13 +65,19 @@ def test_missing_and_empty_files(tmp_path):
         read_jobs(tmp_path / "empty.jsonl")
 
 
-@given(n_records=st.integers(0, 40), count=st.integers(1, 7))
-def test_shards_partition_records(n_records, count):
-    records = [JobRecord(id=str(i), line=i + 1, data={}) for i in range(n_records)]
-    shards = [shard_records(records, i, count) for i in range(count)]
-    ids = [r.id for s in shards for r in s]
-    assert sorted(ids, key=int) == [r.id for r in records]  # every record once, none twice
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1  # balanced
+@given(bad=st.lists(st.booleans(), max_size=40), count=st.integers(1, 7))
+def test_shards_partition_every_line(bad, count):
+    jf = JobFile(path=Path("j.jsonl"))
+    for i, is_bad in enumerate(bad):
+        if is_bad:
+            jf.problems.append(LineProblem(line=i + 1, reason="bad"))
+        else:
+            jf.records.append(JobRecord(id=str(i), line=i + 1, data={}))
+    shards = [shard_entries(jf, i, count) for i in range(count)]
+    lines = sorted(e.line for recs, probs in shards for e in [*recs, *probs])
+    assert lines == list(range(1, len(bad) + 1))  # every line in exactly one shard
+    sizes = [len(r) + len(p) for r, p in shards]
+    assert max(sizes) - min(sizes) <= 1  # balanced
 
 
 @pytest.mark.parametrize("spec", ["3/3", "-1/2", "a/b", "1", "0/0"])

@@ -25,6 +25,7 @@ def run(
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Most sequences in flight at once (vLLM's default if unset)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Run only slice I of N (I/N, round-robin over input lines). Default: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set."),
     on_error: str = typer.Option("fail", "--on-error", help="fail: stop before generating if any record is bad. skip: run the good ones, list the bad in DIR/skipped.jsonl, exit 3."),
+    shadow_check: int = typer.Option(0, "--shadow-check", help="Before the run, measure the preset's next-token KL and top-1 agreement against a 16-bit cache on N random records (transformers; see `kvarn analyze`). Written to DIR/shadow_check.json and shown with the run's stats."),
     enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="Run the model eagerly (no torch.compile / CUDA graphs). Default: eager on CPU, compiled on GPU."),
 ) -> None:
     """Generate completions for every record of INPUT and write DIR/outputs.jsonl and DIR/stats.json.
@@ -47,7 +48,7 @@ def run(
     chosen = kvcache.check_preset(preset or from_bits or "fp16")
     if on_error not in ("fail", "skip"):
         raise InputError(f"--on-error must be 'fail' or 'skip', got {on_error!r}")
-    for name, value, low in (("--max-tokens", max_tokens, 1), ("--n", n, 1)):
+    for name, value, low in (("--max-tokens", max_tokens, 1), ("--n", n, 1), ("--shadow-check", shadow_check, 0)):
         if value < low:
             raise InputError(f"{name} must be at least {low}, got {value}")
     if temperature < 0 or not 0 < top_p <= 1:
@@ -69,6 +70,7 @@ def run(
         shard=parse_shard(shard_spec) if shard_spec else None,
         on_error=on_error,
         enforce_eager=enforce_eager,
+        shadow_check=shadow_check,
     )
     code = execute(req)
     raise typer.Exit(code)
