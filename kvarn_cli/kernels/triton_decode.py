@@ -430,6 +430,12 @@ def decode_attention(
     [num_slots, Hkv, G, D] in the rotated domain (kvarn's staging slots), side_slots and
     side_lens [B, S] int32 (slot -1 = none; the first side_lens tokens of the slot count).
     Returns out [B, Hq, D] in query's dtype (unrotated).
+
+    With kvarn_cli.kvcache (issue 4): records = LayerCache.records, side_k/side_v =
+    LayerCache.slot_k/slot_v, side_slots[b] = (sink slot, tail slot) with side_lens = (G or
+    0, tokens in the tail, the step's own token included once written), and block_table[b]
+    = the sequence's flushed blocks minus the one whose 16-bit sink copy is in a slot.
+    Pass preallocated `out` and `workspace` (and a fixed `num_splits`) under CUDA graphs.
     """
     lay = kernel_layout(quantizer.layout)
     batch, q_heads, d = query.shape

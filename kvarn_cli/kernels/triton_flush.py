@@ -188,7 +188,11 @@ def flush_tiles(
 ) -> None:
     """Quantize full tiles k, v [F, H, G, D] (unrotated, any float dtype, last dim contiguous)
     into records[block_ids[f], h] of the paged cache `records` [num_blocks, H, record_bytes]
-    (uint8, last dim contiguous). One launch, one program per (tile, head, K or V)."""
+    (uint8, last dim contiguous). One launch, one program per (tile, head, K or V).
+
+    With kvarn_cli.kvcache (issue 4) this replaces step 5 of compute.update_cache:
+    flush_tiles(quantizer, tk, tv, cache.records, plan.flush_block).
+    """
     lay = kernel_layout(quantizer.layout)
     n_tiles, heads, g, d = k.shape
     if v.shape != k.shape or g != lay.block_size or d != lay.head_dim:
