@@ -19,6 +19,7 @@ current vLLM config.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -33,6 +34,13 @@ from kvarn_cli.kvcache.records import quantizer_for
 from kvarn_cli.kvcache.staging import StagingPool, StepPlan
 
 _api = vllm_compat.backend_api()
+
+#: Staging pools of the builders alive in this process (diagnostics: spills, restores).
+_POOLS: "weakref.WeakSet[StagingPool]" = weakref.WeakSet()
+
+
+def live_pools() -> list[StagingPool]:
+    return list(_POOLS)
 
 
 def active_codec() -> tuple[str, int]:
@@ -107,6 +115,7 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
     def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self.pool = StagingPool(staging_slots(vllm_config.scheduler_config.max_num_seqs), kv_cache_spec.block_size)
+        _POOLS.add(self.pool)
 
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> KVarNMetadata:
         cam = common_attn_metadata
