@@ -13,6 +13,7 @@ import typer
 from kvarn_cli import __version__
 from kvarn_cli.commands import jobs as jobs_cmd
 from kvarn_cli.commands import model as model_cmd
+from kvarn_cli.commands import plan as plan_cmd
 from kvarn_cli.commands import run as run_cmd
 from kvarn_cli.commands import score as score_cmd
 from kvarn_cli.errors import KvarnError
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 app.command("run")(run_cmd.run)
 app.command("score")(score_cmd.score)
+app.command("plan")(plan_cmd.plan)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(model_cmd.app, name="model")
 

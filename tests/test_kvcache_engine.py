@@ -175,14 +175,15 @@ def test_quantized_presets_allocate_the_promised_capacity(runs: dict[str, Run]) 
     assert k4v4 >= 3.5 * fp16
 
 
-def test_the_layout_code_predicts_the_engine_allocation(runs: dict[str, Run]) -> None:
-    from kvarn_cli import kvcache
+def test_kvarn_plan_predicts_the_engine_allocation(runs: dict[str, Run]) -> None:
+    """`kvarn plan` (model config + kvarn_cli.kvcache layout) gives the blocks vLLM allocated."""
+    from kvarn_cli.commands.plan import model_shape, plan_rows
 
+    rows = {r["preset"]: r for r in plan_rows(model_shape(str(MODEL), "float32"), KV_BYTES, MAX_LEN, 8)}
     for preset in ("fp16", "k4v4", "k2v2"):
-        alloc = kvcache.allocation(
-            preset, num_layers=30, num_kv_heads=3, head_dim=64, dtype_bytes=4, kv_cache_memory_bytes=KV_BYTES, max_num_seqs=8
-        )
-        assert (alloc.num_blocks, alloc.block_size) == (runs[preset].num_blocks, runs[preset].block_size), preset
+        assert rows[preset]["num_blocks"] == runs[preset].num_blocks, preset
+        assert rows[preset]["block_size"] == runs[preset].block_size, preset
+        assert rows[preset]["capacity_tokens"] == runs[preset].num_blocks * runs[preset].block_size
 
 
 def test_lossless_records_reproduce_vllm_under_chunking_preemption_and_prefix_caching(runs: dict[str, Run]) -> None:
