@@ -193,7 +193,10 @@ def _attend_group(
 ) -> None:
     hist_k = hist_v = None
     if group.hist_block.numel():
-        hist_k, hist_v = codec.decode(cache.records[group.hist_block], rotated=True)
+        # blocks shared through prefix caching are dequantized once per layer and step
+        unique, inverse = torch.unique(group.hist_block, return_inverse=True)
+        hist_k, hist_v = codec.decode(cache.records[unique], rotated=True)
+        hist_k, hist_v = hist_k[inverse], hist_v[inverse]
     K = _assemble(group, codec, cache, k_rot, tiles[0], cache.slot_k, hist_k)
     V = _assemble(group, codec, cache, v_rot, tiles[1], cache.slot_v, hist_v)
     del hist_k, hist_v
