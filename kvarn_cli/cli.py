@@ -11,7 +11,9 @@ import sys
 import typer
 
 from kvarn_cli import __version__
+from kvarn_cli.commands import compare as compare_cmd
 from kvarn_cli.commands import jobs as jobs_cmd
+from kvarn_cli.commands import merge as merge_cmd
 from kvarn_cli.commands import model as model_cmd
 from kvarn_cli.commands import plan as plan_cmd
 from kvarn_cli.commands import run as run_cmd
@@ -32,6 +34,8 @@ app = typer.Typer(
 )
 app.command("run")(run_cmd.run)
 app.command("score")(score_cmd.score)
+app.command("compare")(compare_cmd.compare)
+app.command("merge")(merge_cmd.merge)
 app.command("plan")(plan_cmd.plan)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(model_cmd.app, name="model")
@@ -53,7 +57,8 @@ def _root(
 def main() -> None:
     """Entry point: turns KvarnError into a one-line message and its exit code, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # Non-standalone click returns a typer.Exit's code instead of raising it.
+        code = app(standalone_mode=False)
     except KvarnError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -69,6 +74,7 @@ def main() -> None:
             exc.show()
             sys.exit(2)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

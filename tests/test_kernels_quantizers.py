@@ -332,3 +332,18 @@ def test_fp8_and_fp16_accept_and_ignore_scale_dtype() -> None:
         assert a.layout == b.layout
         assert torch.equal(a.quantize_batch(k, v), b.quantize_batch(k, v))
         assert a.rotation is None and math.isfinite(a.bits_per_element)
+
+
+@pytest.mark.parametrize("name", ["k2v2", "kivi4", "fp8", "fp16"])
+def test_non_contiguous_inputs(name: str) -> None:
+    """The cache may hand over strided views; results must not depend on memory layout."""
+    qz = make_quantizer(name, head_dim=64, block_size=64)
+    k, v = tiles(3, 64, 64, seed=13)
+    k_strided = k.transpose(1, 2).contiguous().transpose(1, 2)
+    v_strided = torch.stack([v, v], dim=-1)[..., 0]
+    assert not k_strided.is_contiguous() and not v_strided.is_contiguous()
+    assert torch.equal(qz.quantize_batch(k_strided, v_strided), qz.quantize_batch(k, v))
+    recs = torch.cat([qz.quantize_batch(k, v)] * 2, dim=1)[:, : qz.record_bytes]
+    assert not recs.is_contiguous()
+    k_hat, _ = qz.dequantize_batch(recs)
+    assert torch.equal(k_hat, qz.dequantize_batch(recs.contiguous())[0])

@@ -66,3 +66,11 @@ def test_clamp_floor_makes_varn_scale_dependent() -> None:
     assert float(sc.flatten()[0]) in (pytest.approx(1.0), pytest.approx(math.exp(-0.3)))
     normalized = tiny / sc / sr
     assert float(normalized.std()) < 0.01  # nowhere near unit variance
+
+
+def test_unbiased_std_matches_torch_std() -> None:
+    from kvarn_cli.kernels.varn import unbiased_std
+
+    x = key_like(3, 128, 64, seed=17, magnitude=20.0)
+    for dim in (-1, -2):
+        assert torch.allclose(unbiased_std(x, dim), x.double().std(dim=dim, keepdim=True).float(), rtol=1e-5)

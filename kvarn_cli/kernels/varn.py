@@ -22,16 +22,29 @@ STD_MAX = 1e3
 IMB_EPS = 1e-8
 
 
+def unbiased_std(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Unbiased standard deviation along dim (keepdim), two-pass (centred, so no cancellation).
+
+    Same value as torch.std; on CPU it is ~6x faster than aten::std for tile-sized inputs.
+    """
+    centred = x - x.mean(dim=dim, keepdim=True)
+    return centred.square().sum(dim=dim, keepdim=True).div(x.shape[dim] - 1).sqrt()
+
+
+def _imbalance_from_stds(col_std: torch.Tensor, row_std: torch.Tensor) -> torch.Tensor:
+    col_std = col_std.flatten(-2)
+    row_std = row_std.flatten(-2)
+    return col_std.amax(dim=-1) / col_std.amin(dim=-1).clamp_min(IMB_EPS) + row_std.amax(
+        dim=-1
+    ) / row_std.amin(dim=-1).clamp_min(IMB_EPS)
+
+
 def imbalance(x: torch.Tensor) -> torch.Tensor:
     """imb(x) = max(col_std)/max(min(col_std),1e-8) + max(row_std)/max(min(row_std),1e-8).
 
     x: [..., R, C]; returns [...]. Standard deviations are unbiased.
     """
-    col_std = x.std(dim=-2)
-    row_std = x.std(dim=-1)
-    return col_std.amax(dim=-1) / col_std.amin(dim=-1).clamp_min(IMB_EPS) + row_std.amax(
-        dim=-1
-    ) / row_std.amin(dim=-1).clamp_min(IMB_EPS)
+    return _imbalance_from_stds(unbiased_std(x, -2), unbiased_std(x, -1))
 
 
 def varn_scales(x: torch.Tensor, iters: int = VARN_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,26 +53,34 @@ def varn_scales(x: torch.Tensor, iters: int = VARN_ITERS) -> tuple[torch.Tensor,
     Computed in float32 (as the paper does). Batched: every leading index is its own tile
     and picks its own best iteration; the loop is over the fixed ITERS only.
     The normalized tile is x / Sc* / Sr*.
+
+    Same iteration as the pseudo-code, with two exact identities to halve the passes over
+    the tile (this runs on every cache flush): the row stds of x/exp(Lc)/exp(Lr) are the row
+    stds of y = x/exp(Lc) divided by exp(Lr), and the column stds that end one iteration's
+    imbalance are the ones the next iteration's column step needs.
     """
     x = x.to(torch.float32)
     lead = x.shape[:-2]
     rows, cols = x.shape[-2], x.shape[-1]
     log_c = x.new_zeros(*lead, 1, cols)
     log_r = x.new_zeros(*lead, rows, 1)
-    best = imbalance(x)
+    col_std = unbiased_std(x, -2)
+    row_std = unbiased_std(x, -1)
+    best = _imbalance_from_stds(col_std, row_std)
     best_c = x.new_ones(*lead, 1, cols)
     best_r = x.new_ones(*lead, rows, 1)
-    cur = x
+    scale_r = best_r
     for _ in range(iters):
-        col_std = cur.std(dim=-2, keepdim=True).clamp(STD_MIN, STD_MAX)
-        log_c = (log_c + col_std.log()).clamp(LOG_FLOOR, LOG_CEIL)
-        cur = x / log_c.exp() / log_r.exp()
-        row_std = cur.std(dim=-1, keepdim=True).clamp(STD_MIN, STD_MAX)
-        log_r = (log_r + row_std.log()).clamp(LOG_FLOOR, LOG_CEIL)
+        log_c = (log_c + col_std.clamp(STD_MIN, STD_MAX).log()).clamp(LOG_FLOOR, LOG_CEIL)
         scale_c = log_c.exp()
+        y = x / scale_c
+        y_row_std = unbiased_std(y, -1)
+        row_std = y_row_std / scale_r  # row stds of x / exp(Lc) / exp(Lr)
+        log_r = (log_r + row_std.clamp(STD_MIN, STD_MAX).log()).clamp(LOG_FLOOR, LOG_CEIL)
         scale_r = log_r.exp()
-        cur = x / scale_c / scale_r
-        imb = imbalance(cur)
+        cur = y / scale_r
+        col_std = unbiased_std(cur, -2)
+        imb = _imbalance_from_stds(col_std, y_row_std / scale_r)
         better = imb <= best
         best = torch.where(better, imb, best)
         keep = better[..., None, None]
