@@ -125,6 +125,8 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         table = cam.block_table_tensor.cpu().numpy()
         num_tokens = int(qsl[cam.num_reqs])
         plan = self.pool.plan(qsl[: cam.num_reqs + 1], seq[: cam.num_reqs], table[: cam.num_reqs], num_tokens)
+        if self.device.type != "cpu":
+            plan = plan.to(self.device)
         return KVarNMetadata(num_actual_tokens=num_tokens, plan=plan)
 
 

@@ -83,7 +83,7 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
     if plan.spill_slot.numel():
         sk = codec.unrotate(cache.slot_k[plan.spill_slot].float())
         sv = codec.unrotate(cache.slot_v[plan.spill_slot].float())
-        pos = torch.arange(G).unsqueeze(0) % plan.spill_fill.unsqueeze(1)  # [S, G]
+        pos = torch.arange(G, device=key.device).unsqueeze(0) % plan.spill_fill.unsqueeze(1)  # [S, G]
         idx = pos[:, None, :, None].expand_as(sk)
         recs[plan.spill_block] = codec.encode(sk.gather(2, idx), sv.gather(2, idx))
 
@@ -92,8 +92,8 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
     tk = tv = None
     if nf:
         heads, d = cache.slot_k.shape[1], cache.slot_k.shape[3]
-        tk = torch.zeros(nf, heads, G, d)
-        tv = torch.zeros(nf, heads, G, d)
+        tk = torch.zeros(nf, heads, G, d, device=key.device)
+        tv = torch.zeros(nf, heads, G, d, device=key.device)
         from_slot = plan.flush_prefix_slot >= 0
         if bool(from_slot.any()):
             slots = plan.flush_prefix_slot[from_slot]
@@ -118,7 +118,7 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
         cache.slot_k[slots, :, offs] = codec.rotate(k[to_slot]).to(dtype)
         cache.slot_v[slots, :, offs] = codec.rotate(v[to_slot]).to(dtype)
     if not nf:
-        return torch.empty(0), torch.empty(0)
+        return torch.empty(0, device=key.device), torch.empty(0, device=key.device)
     assert tk is not None and tv is not None
     to_tile = plan.token_tile >= 0
     tiles, offs = plan.token_tile[to_tile], plan.token_offset[to_tile]
@@ -166,7 +166,7 @@ def _assemble(
 ) -> torch.Tensor:
     rows = group.q_tokens.shape[0]
     heads, G, d = slots.shape[1], slots.shape[2], slots.shape[3]
-    out = torch.zeros(rows, heads, group.key_len, d)
+    out = torch.zeros(rows, heads, group.key_len, d, device=slots.device)
     blocks = out.view(rows, heads, group.key_len // G, G, d)
     if hist is not None:
         blocks[group.hist_row, :, group.hist_pos] = hist
@@ -202,11 +202,11 @@ def _attend_group(
     del hist_k, hist_v
     rows, q_len = group.q_tokens.shape
     q = q_rot[group.q_tokens].transpose(1, 2)  # [rows, Hq, q_len, D]
-    key_pos = torch.arange(group.key_len)
+    key_pos = torch.arange(group.key_len, device=q_rot.device)
     gqa = q.shape[1] != K.shape[1]
     for start in range(0, q_len, QUERY_CHUNK):
         stop = min(q_len, start + QUERY_CHUNK)
-        q_pos = group.ctx[:, None] + torch.arange(start, stop)[None, :]  # [rows, chunk]
+        q_pos = group.ctx[:, None] + torch.arange(start, stop, device=q_rot.device)[None, :]  # [rows, chunk]
         mask = (key_pos[None, None, :] <= q_pos[:, :, None]).unsqueeze(1)  # [rows, 1, chunk, L]
         out = F.scaled_dot_product_attention(
             q[:, :, start:stop], K, V, attn_mask=mask, scale=scale, enable_gqa=gqa

@@ -28,7 +28,7 @@ Rules (one vLLM block = one tile of G tokens):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -103,6 +103,12 @@ class StepPlan:
     @property
     def num_flush(self) -> int:
         return int(self.flush_block.numel())
+
+    def to(self, device: torch.device) -> "StepPlan":
+        """The same plan with its index tensors on `device` (for GPU kernels)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        groups = [replace(g, **{f.name: getattr(g, f.name).to(device) for f in fields(g) if isinstance(getattr(g, f.name), torch.Tensor)}) for g in self.groups]
+        return replace(self, groups=groups, **moved)
 
 
 class StagingPool:
