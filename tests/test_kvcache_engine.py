@@ -228,7 +228,7 @@ def test_quantized_history_stays_close_to_fp16_teacher_forced(runs: dict[str, Ru
     k4_agree, k4_delta = _forced_stats(runs["k4v4"], runs["fp16"])
     k2_agree, k2_delta = _forced_stats(runs["k2v2"], runs["fp16"])
     print(f"teacher-forced top-1 agreement: k4v4 {k4_agree:.3f} k2v2 {k2_agree:.3f}; |dlogp| k4v4 {k4_delta:.3f} k2v2 {k2_delta:.3f}")
-    # measured (2026-11-22, 6 prompts, 2,900 positions): k4v4 0.979 / 0.031, k2v2 0.911 / 0.240
+    # measured (2026-11-22, 6 prompts, 2,900 positions): k4v4 0.977 / 0.030, k2v2 0.911 / 0.240
     assert k4_agree >= 0.95 and k4_delta <= 0.06
     assert k2_agree >= 0.85 and k2_delta <= 0.40
 
@@ -238,7 +238,7 @@ def test_greedy_generation_over_quantized_history(runs: dict[str, Run]) -> None:
     k4 = [_agreement(a, b) for a, b in zip(runs["k4v4"].fewshot, ref.fewshot)]
     k2 = [_agreement(a, b) for a, b in zip(runs["k2v2"].fewshot, ref.fewshot)]
     print(f"greedy agreement with fp16 (tokens): k4v4 {k4} k2v2 {k2}")
-    # measured: k4v4 [26, 10, 17, 52, 16, 13], k2v2 [6, 2, 0, 1, 0, 0]. Divergence within
+    # measured: k4v4 [26, 10, 17, 64, 0, 13], k2v2 [6, 7, 3, 3, 0, 1]. Divergence within
     # 64 tokens is the rule on these prompts even for an fp8 cache (this 135M model has many
     # near-ties); what this pins is that k4v4 follows fp16 clearly longer than k2v2.
     assert sum(k4) / len(k4) >= 12
@@ -264,14 +264,25 @@ def _continuation_nll(prompts: list[list[int]], continuations: list[list[int]]) 
     return total / count
 
 
+def _distinct_trigrams(seqs: list[list[int]]) -> float:
+    """Mean share of distinct token 3-grams per sequence: low when text loops."""
+    shares = []
+    for seq in seqs:
+        grams = [tuple(seq[i : i + 3]) for i in range(len(seq) - 2)]
+        shares.append(len(set(grams)) / max(1, len(grams)))
+    return sum(shares) / len(shares)
+
+
 def test_k2v2_generations_are_coherent(runs: dict[str, Run]) -> None:
     """k2v2's greedy text, scored by the unquantized model, is about as likely as fp16's own
-    text and far from what broken attention produces."""
+    text, and does not loop more than fp16's."""
     _, fewshot = _prompts()
     ref = _continuation_nll(fewshot, runs["fp16"].fewshot)
     k2 = _continuation_nll(fewshot, runs["k2v2"].fewshot)
     k4 = _continuation_nll(fewshot, runs["k4v4"].fewshot)
-    print(f"continuation NLL under the fp32 model: fp16 {ref:.3f} k4v4 {k4:.3f} k2v2 {k2:.3f}")
-    # measured: fp16 0.404, k4v4 0.441, k2v2 0.626 nats/token
+    distinct = {name: _distinct_trigrams(runs[name].fewshot) for name in ("fp16", "k4v4", "k2v2")}
+    print(f"continuation NLL under the fp32 model: fp16 {ref:.3f} k4v4 {k4:.3f} k2v2 {k2:.3f}; distinct 3-grams {distinct}")
+    # measured in two runs: fp16 0.404; k4v4 0.441, 0.421; k2v2 0.626, 0.791 nats/token
     assert k4 <= ref + 0.15
-    assert k2 <= ref + 0.5
+    assert k2 <= ref + 0.8
+    assert distinct["k2v2"] >= 0.8 * distinct["fp16"]
