@@ -129,7 +129,8 @@ BACKEND_SYMBOLS: tuple[tuple[str, str], ...] = (
     ("vllm.v1.kv_cache_interface", "AttentionSpec"),
     ("vllm.v1.kv_cache_interface", "KVCacheLayout"),
     ("vllm.config", "get_current_vllm_config"),
-    ("vllm.platforms", "current_platform"),
+    ("vllm.platforms", "current_platform.is_cpu"),
+    ("vllm.platforms", "current_platform.is_cuda_alike"),
 )
 
 
