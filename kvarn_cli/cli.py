@@ -16,6 +16,7 @@ from kvarn_cli.commands import compare as compare_cmd
 from kvarn_cli.commands import jobs as jobs_cmd
 from kvarn_cli.commands import merge as merge_cmd
 from kvarn_cli.commands import model as model_cmd
+from kvarn_cli.commands import plan as plan_cmd
 from kvarn_cli.commands import run as run_cmd
 from kvarn_cli.commands import score as score_cmd
 from kvarn_cli.errors import KvarnError
@@ -36,6 +37,7 @@ app.command("run")(run_cmd.run)
 app.command("score")(score_cmd.score)
 app.command("compare")(compare_cmd.compare)
 app.command("merge")(merge_cmd.merge)
+app.command("plan")(plan_cmd.plan)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.command("analyze")(analyze_cmd.analyze)
 app.add_typer(model_cmd.app, name="model")

@@ -161,13 +161,25 @@ class Engine:
         memory = alloc["kv_cache_memory_bytes"]
         if memory is None:  # GPU sizing by utilization: report what the blocks occupy
             memory = int(capacity * bytes_per_token)
+        # quantized presets keep each sequence's sink and tail block in 16-bit beside the paged cache
+        max_num_seqs = int(vllm_compat.vllm_config(self.llm).scheduler_config.max_num_seqs)
+        staging = kvcache.staging_bytes(
+            preset,
+            num_layers=self.shape["num_layers"],
+            num_kv_heads=self.shape["num_kv_heads"],
+            head_dim=self.shape["head_dim"],
+            dtype_bytes=dtype_bytes,
+            max_num_seqs=max_num_seqs,
+        )
         return {
             "preset": preset,
-            "bits_per_element": kvcache.bits_per_element(preset),
+            "bits_per_element": kvcache.bits_per_element(preset, head_dim=self.shape["head_dim"], dtype_bytes=dtype_bytes),
             "bytes_per_token": bytes_per_token,
             "block_size": alloc["block_size"],
             "num_blocks": alloc["num_blocks"],
             "capacity_tokens": capacity,
             "kv_cache_memory_bytes": int(memory),
+            "staging_bytes": int(staging),
+            "total_kv_bytes": int(memory) + int(staging),
             "cache_dtype": alloc["cache_dtype"],
         }

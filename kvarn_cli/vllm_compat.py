@@ -7,6 +7,7 @@ so an incompatible vLLM fails with one clear line instead of a traceback deep in
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from kvarn_cli.errors import EngineError
@@ -101,3 +102,132 @@ def read_gauges(llm: Any) -> dict[str, float]:
         elif metric.name == "vllm:num_preemptions":
             out["num_preemptions"] = float(metric.value)
     return out
+
+
+# =====================================================================================
+# Backend side (kvarn_cli.kvcache): the attention-backend plug-in points of the paged
+# KVarN cache. kvarn_cli.kvcache.backend imports vLLM internals only through `backend_api()`.
+# =====================================================================================
+
+#: (module, symbol) pairs the KVarN attention backend relies on. `symbol` may be dotted
+#: ("Class.attr") when the backend uses an attribute of a class.
+BACKEND_SYMBOLS: tuple[tuple[str, str], ...] = (
+    ("vllm.v1.attention.backend", "AttentionBackend"),
+    ("vllm.v1.attention.backend", "AttentionBackend.customize_spec"),
+    ("vllm.v1.attention.backend", "AttentionImpl"),
+    ("vllm.v1.attention.backend", "AttentionMetadataBuilder"),
+    ("vllm.v1.attention.backend", "AttentionMetadataBuilder._init_reorder_batch_threshold"),
+    ("vllm.v1.attention.backend", "AttentionType"),
+    ("vllm.v1.attention.backend", "CommonAttentionMetadata"),
+    ("vllm.v1.attention.backends.registry", "AttentionBackendEnum"),
+    ("vllm.v1.attention.backends.registry", "AttentionBackendEnum.CPU_ATTN"),
+    ("vllm.v1.attention.backends.registry", "AttentionBackendEnum.CUSTOM"),
+    ("vllm.v1.attention.backends.registry", "AttentionBackendEnum.is_overridden"),
+    ("vllm.v1.attention.backends.registry", "AttentionBackendEnum.clear_override"),
+    ("vllm.v1.attention.backends.registry", "register_backend"),
+    ("vllm.v1.attention.selector", "_cached_get_attn_backend"),
+    ("vllm.v1.kv_cache_interface", "AttentionSpec"),
+    ("vllm.v1.kv_cache_interface", "KVCacheLayout"),
+    ("vllm.config", "get_current_vllm_config"),
+    ("vllm.platforms", "current_platform.is_cpu"),
+    ("vllm.platforms", "current_platform.is_cuda_alike"),
+)
+
+
+def _resolve(module: str, symbol: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in symbol.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_backend_api() -> str:
+    """Check that every vLLM internal the KVarN backend uses exists; return the vLLM version.
+
+    Raises EngineError naming the first missing symbol, so a vLLM release that moved one of
+    them fails at start-up with one line rather than inside the first forward pass.
+    """
+    version = vllm_version()
+    for module, symbol in BACKEND_SYMBOLS:
+        try:
+            _resolve(module, symbol)
+        except (ImportError, AttributeError):
+            raise EngineError(
+                f"vLLM {version} lacks {module}.{symbol}, which the KVarN paged KV cache needs "
+                "(kvarn's cache presets k2v2/k4v2/k4v4 are tested on vLLM 0.32 CPU; use --preset fp16 "
+                "to run without them)"
+            ) from None
+    return version
+
+
+class BackendAPI:
+    """The vLLM internals the KVarN backend uses, resolved once after `check_backend_api()`."""
+
+    def __init__(self) -> None:
+        check_backend_api()
+        from vllm.config import get_current_vllm_config
+        from vllm.platforms import current_platform
+        from vllm.v1.attention.backend import (
+            AttentionBackend,
+            AttentionImpl,
+            AttentionMetadataBuilder,
+            AttentionType,
+            CommonAttentionMetadata,
+        )
+        from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+        from vllm.v1.attention.selector import _cached_get_attn_backend
+        from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheLayout
+
+        self.AttentionBackend = AttentionBackend
+        self.AttentionImpl = AttentionImpl
+        self.AttentionMetadataBuilder = AttentionMetadataBuilder
+        self.AttentionType = AttentionType
+        self.CommonAttentionMetadata = CommonAttentionMetadata
+        self.AttentionBackendEnum = AttentionBackendEnum
+        self.register_backend = register_backend
+        self.selector_cache = _cached_get_attn_backend
+        self.AttentionSpec = AttentionSpec
+        self.KVCacheLayout = KVCacheLayout
+        self.get_current_vllm_config = get_current_vllm_config
+        self.current_platform = current_platform
+
+
+_BACKEND_API: BackendAPI | None = None
+
+
+def backend_api() -> BackendAPI:
+    global _BACKEND_API
+    if _BACKEND_API is None:
+        _BACKEND_API = BackendAPI()
+    return _BACKEND_API
+
+
+def backend_slot(api: BackendAPI) -> Any:
+    """The registry member the KVarN backend replaces: CPU_ATTN on CPU (the CPU platform
+    always picks it), CUSTOM elsewhere (selected through the attention-backend setting)."""
+    if api.current_platform.is_cpu():
+        return api.AttentionBackendEnum.CPU_ATTN
+    return api.AttentionBackendEnum.CUSTOM
+
+
+def install_backend(class_path: str) -> None:
+    """Point vLLM's attention selection at `class_path` for engines built from now on."""
+    api = backend_api()
+    api.register_backend(backend_slot(api), class_path)
+    api.selector_cache.cache_clear()
+
+
+def uninstall_backend(class_path: str) -> None:
+    """Undo `install_backend` if (and only if) it is our class that is installed."""
+    api = backend_api()
+    changed = False
+    for member in (api.AttentionBackendEnum.CPU_ATTN, api.AttentionBackendEnum.CUSTOM):
+        if member.is_overridden() and member.get_path() == class_path:
+            member.clear_override()
+            changed = True
+    if changed:
+        api.selector_cache.cache_clear()
+
+
+def is_cuda_platform() -> bool:
+    return bool(backend_api().current_platform.is_cuda_alike())

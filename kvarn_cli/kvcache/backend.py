@@ -1,0 +1,208 @@
+"""The KVarN attention backend for vLLM: paged cache of KVarN records + 16-bit sink/tail.
+
+Installed by kvarn_cli.kvcache.activate (in kvarn's process) and the `vllm.general_plugins`
+entry point (in vLLM's worker processes) in place of CPU_ATTN on CPU, or as CUSTOM on CUDA.
+
+- `customize_spec` turns each attention layer's cache into uint8 pages whose per-token cell
+  is record_bytes / G, so vLLM's block manager sizes and allocates the quantized cache
+  itself: one block = one tile of G tokens = one record per KV head and layer.
+- The metadata builder runs once per step and turns the batch into a StepPlan (which tokens
+  go to which staging slot or flush tile, where every key is read from); it owns the
+  staging pool's bookkeeping, which is shared by all layers because they share block ids.
+- The impl applies the plan to its layer: writes, flushes and attention (kvarn_cli.kvcache
+  .compute, PyTorch). A CUDA implementation can consume the same plan with Triton kernels.
+
+The preset travels in environment variables because `customize_spec` runs without a
+current vLLM config.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import torch
+
+from kvarn_cli import vllm_compat
+from kvarn_cli.errors import EngineError
+from kvarn_cli.kvcache import ENV_BLOCK_SIZE, ENV_QUANTIZER
+from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, update_cache
+from kvarn_cli.kvcache.layout import staging_slots, token_bytes
+from kvarn_cli.kvcache.records import quantizer_for
+from kvarn_cli.kvcache.staging import StagingPool, StepPlan
+
+_api = vllm_compat.backend_api()
+
+#: Staging pools of the builders alive in this process (diagnostics: spills, restores).
+_POOLS: "weakref.WeakSet[StagingPool]" = weakref.WeakSet()
+
+
+def live_pools() -> list[StagingPool]:
+    return list(_POOLS)
+
+
+def active_codec() -> tuple[str, int]:
+    """(quantizer name, tile size G) that kvarn asked for, from the environment."""
+    name = os.environ.get(ENV_QUANTIZER)
+    block = os.environ.get(ENV_BLOCK_SIZE)
+    if not name or not block:
+        raise EngineError(
+            f"the KVarN attention backend is installed but {ENV_QUANTIZER}/{ENV_BLOCK_SIZE} are not set; "
+            "build engines through kvarn_cli.kvcache.engine_kwargs"
+        )
+    return name, int(block)
+
+
+class KVarNAttentionBackend(_api.AttentionBackend):  # type: ignore[misc,name-defined]
+    accept_output_buffer: bool = True
+    forward_includes_kv_cache_update: bool = True
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list[Any]] = ["auto"]
+
+    @staticmethod
+    def get_name() -> str:
+        # vLLM looks the name up in AttentionBackendEnum: report the member we replace
+        return str(vllm_compat.backend_slot(_api).name)
+
+    @staticmethod
+    def get_impl_cls() -> type["KVarNAttentionImpl"]:
+        return KVarNAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type["KVarNMetadataBuilder"]:
+        return KVarNMetadataBuilder
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec: Any = None) -> list[Any]:
+        return [active_codec()[1]]
+
+    @classmethod
+    def supports_head_size(cls, head_size: int) -> bool:
+        return head_size > 0 and head_size & (head_size - 1) == 0  # Hadamard needs 2^n
+
+    @classmethod
+    def supported_kv_cache_layouts(cls) -> tuple[Any, ...]:
+        # [layer, block, head, token, cell]: each (block, head) record is contiguous
+        return (_api.KVCacheLayout.LBHNC,)
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type == _api.AttentionType.DECODER
+
+    @classmethod
+    def customize_spec(cls, spec: Any) -> Any:
+        if spec.state_content_bytes is not None:
+            return spec
+        name, block_size = active_codec()
+        if spec.block_size != block_size:
+            raise EngineError(
+                f"the KVarN cache needs vLLM blocks of one tile ({block_size} tokens), got {spec.block_size}; "
+                "pass the block_size from kvarn_cli.kvcache.engine_kwargs"
+            )
+        cell = token_bytes(name, spec.head_size, block_size)
+        return replace(spec, dtype=torch.uint8, state_content_bytes=cell)
+
+
+@dataclass
+class KVarNMetadata:
+    num_actual_tokens: int
+    plan: StepPlan
+
+
+class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,name-defined]
+    def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.pool = StagingPool(staging_slots(vllm_config.scheduler_config.max_num_seqs), kv_cache_spec.block_size)
+        _POOLS.add(self.pool)
+
+    def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> KVarNMetadata:
+        cam = common_attn_metadata
+        qsl = cam.query_start_loc_cpu.numpy()
+        seq_lens = cam.seq_lens_cpu_upper_bound if cam.seq_lens_cpu_upper_bound is not None else cam.seq_lens
+        seq = seq_lens.cpu().numpy()
+        table = cam.block_table_tensor.cpu().numpy()
+        num_tokens = int(qsl[cam.num_reqs])
+        plan = self.pool.plan(qsl[: cam.num_reqs + 1], seq[: cam.num_reqs], table[: cam.num_reqs], num_tokens)
+        if self.device.type != "cpu":
+            plan = plan.to(self.device)
+        return KVarNMetadata(num_actual_tokens=num_tokens, plan=plan)
+
+
+class KVarNAttentionImpl(_api.AttentionImpl):  # type: ignore[misc,name-defined]
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int | None = None,
+        alibi_slopes: list[float] | None = None,
+        sliding_window: int | None = None,
+        kv_cache_dtype: str = "auto",
+        logits_soft_cap: float | None = None,
+        attn_type: str = "decoder",
+        kv_sharing_target_layer_name: str | None = None,
+        **extra: Any,
+    ) -> None:
+        unsupported = {
+            "ALiBi": alibi_slopes is not None,
+            "sliding-window attention": sliding_window is not None,
+            "logit soft-capping": bool(logits_soft_cap),
+            "attention sinks": extra.get("sinks") is not None,
+            "cross-layer KV sharing": kv_sharing_target_layer_name is not None,
+            f"{attn_type} attention": attn_type != _api.AttentionType.DECODER,
+        }
+        missing = [what for what, used in unsupported.items() if used]
+        if missing:
+            raise EngineError(f"the KVarN cache does not support {', '.join(missing)} (use --preset fp16 for this model)")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+        self.kv_sharing_target_layer_name = None
+        name, self.block_size = active_codec()
+        self.quantizer = quantizer_for(name, head_size, self.block_size)
+        config = _api.get_current_vllm_config()
+        self.num_slots = staging_slots(config.scheduler_config.max_num_seqs)
+        self.codec: Codec | None = None
+        self.slot_k: torch.Tensor | None = None
+        self.slot_v: torch.Tensor | None = None
+
+    def _staging(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.slot_k is None or self.slot_v is None:
+            shape = (self.num_slots, self.num_kv_heads, self.block_size, self.head_size)
+            self.slot_k = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            self.slot_v = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        return self.slot_k, self.slot_v
+
+    def forward(
+        self,
+        layer: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: KVarNMetadata | None,
+        output: torch.Tensor | None = None,
+        output_scale: torch.Tensor | None = None,
+        output_block_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        assert output is not None
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("fused output quantization is not supported by the KVarN cache")
+        if attn_metadata is None:  # profiling / warm-up without a batch
+            return output
+        if self.codec is None:
+            self.codec = Codec(self.quantizer, query.device)
+        slot_k, slot_v = self._staging(query)
+        blocks, heads = kv_cache.shape[0], kv_cache.shape[1]
+        records = kv_cache.view(blocks, heads, -1)[:, :, : self.codec.record_bytes]
+        cache = LayerCache(records=records, slot_k=slot_k, slot_v=slot_v)
+        plan = attn_metadata.plan
+        out = output.view(-1, self.num_heads, self.head_size)
+        tiles = update_cache(plan, self.codec, cache, key, value)
+        attend(plan, self.codec, cache, query.view(-1, self.num_heads, self.head_size), key, value, tiles, out, self.scale)
+        return output

@@ -1,0 +1,216 @@
+"""One layer's work on the paged KVarN cache, in PyTorch: apply a step plan
+(kvarn_cli.kvcache.staging) to write the step's K/V, quantize the blocks that filled, and
+attend over quantized history + 16-bit sink/tail + the step's own unquantized tokens.
+
+Attention runs in the Hadamard-rotated domain: records dequantize straight into it
+(`rotated=True`), staging slots hold rotated 16-bit K/V, the query is rotated and the output
+rotated back. H is orthonormal, so q·k and the weighted sum of V are unchanged; this saves
+rotating every history token at every step. Every gather and scatter is batched over the
+whole step; the only Python loops are over attention groups (one batch of decodes, one per
+longer query) and over query chunks of very long prefills.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kvarn_cli.kvcache.staging import AttentionGroup, StepPlan
+
+#: Longer prefill chunks are attended in slices of this many queries (bounds the score memory).
+QUERY_CHUNK = 1024
+
+
+@dataclass
+class LayerCache:
+    """One layer's storage: vLLM's paged records and kvarn's 16-bit staging slots."""
+
+    #: [num_blocks, kv_heads, record_bytes] uint8 view of the layer's vLLM page tensor
+    records: torch.Tensor
+    #: [num_slots, kv_heads, G, D] rotated K / V, model dtype
+    slot_k: torch.Tensor
+    slot_v: torch.Tensor
+
+
+class Codec:
+    """The quantizer plus its rotation, with the few tensor shapes this module uses."""
+
+    def __init__(self, quantizer: Any, device: torch.device) -> None:
+        self.q = quantizer
+        self.record_bytes = int(quantizer.record_bytes)
+        rot = getattr(quantizer, "rotation", None)
+        self.rotation: torch.Tensor | None = None if rot is None else rot.to(device=device, dtype=torch.float32)
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.rotation is None else x @ self.rotation
+
+    def unrotate(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.rotation is None else x @ self.rotation.T
+
+    def encode(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """[n, H, G, D] unrotated float K/V -> [n, H, record_bytes] records."""
+        n, h, g, d = k.shape
+        recs = self.q.quantize_batch(k.reshape(n * h, g, d), v.reshape(n * h, g, d))
+        return recs.view(n, h, self.record_bytes)
+
+    def decode(self, recs: torch.Tensor, *, rotated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n, H, record_bytes] -> float32 K, V [n, H, G, D] (rotated domain if `rotated`)."""
+        n, h, _ = recs.shape
+        k, v = self.q.dequantize_batch(recs.reshape(n * h, self.record_bytes), rotated=rotated)
+        return k.view(n, h, *k.shape[1:]), v.view(n, h, *v.shape[1:])
+
+
+def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the step's K/V [T, H, D] into staging slots and flushed records.
+
+    Returns the flush tiles in the rotated domain ([F, H, G, D] float32, K and V), which this
+    step's attention reads for the blocks that filled. Order matters: every read of a slot
+    (spills, flush prefixes) happens before any write to a slot (restores, token writes,
+    sink copies), because the plan may hand a slot released this step to another block.
+    """
+    G = cache.slot_k.shape[2]
+    dtype = cache.slot_k.dtype
+    T = plan.num_tokens
+    k = key[:T].float()
+    v = value[:T].float()
+    recs = cache.records
+
+    # 1. spills: partial tails whose slot is reclaimed are quantized into their record, the
+    #    missing positions filled by repeating the staged tokens (keeps VarN's statistics sane)
+    if plan.spill_slot.numel():
+        sk = codec.unrotate(cache.slot_k[plan.spill_slot].float())
+        sv = codec.unrotate(cache.slot_v[plan.spill_slot].float())
+        pos = torch.arange(G, device=key.device).unsqueeze(0) % plan.spill_fill.unsqueeze(1)  # [S, G]
+        idx = pos[:, None, :, None].expand_as(sk)
+        recs[plan.spill_block] = codec.encode(sk.gather(2, idx), sv.gather(2, idx))
+
+    # 2. flush tiles: gather the staged prefixes (unrotated, float32)
+    nf = plan.num_flush
+    tk = tv = None
+    if nf:
+        heads, d = cache.slot_k.shape[1], cache.slot_k.shape[3]
+        tk = torch.zeros(nf, heads, G, d, device=key.device)
+        tv = torch.zeros(nf, heads, G, d, device=key.device)
+        from_slot = plan.flush_prefix_slot >= 0
+        if bool(from_slot.any()):
+            slots = plan.flush_prefix_slot[from_slot]
+            tk[from_slot] = codec.unrotate(cache.slot_k[slots].float())
+            tv[from_slot] = codec.unrotate(cache.slot_v[slots].float())
+        from_record = plan.flush_prefix_record > 0
+        if bool(from_record.any()):
+            rk, rv = codec.decode(recs[plan.flush_block[from_record]], rotated=False)
+            tk[from_record] = rk
+            tv[from_record] = rv
+
+    # 3. restores: a spilled tail comes back from its record into its new slot
+    if plan.restore_slot.numel():
+        rk, rv = codec.decode(recs[plan.restore_block], rotated=True)
+        cache.slot_k[plan.restore_slot] = rk.to(dtype)
+        cache.slot_v[plan.restore_slot] = rv.to(dtype)
+
+    # 4. the step's tokens: rotated into their tail slots, unrotated into their flush tiles
+    to_slot = plan.token_slot >= 0
+    if bool(to_slot.any()):
+        slots, offs = plan.token_slot[to_slot], plan.token_offset[to_slot]
+        cache.slot_k[slots, :, offs] = codec.rotate(k[to_slot]).to(dtype)
+        cache.slot_v[slots, :, offs] = codec.rotate(v[to_slot]).to(dtype)
+    if not nf:
+        return torch.empty(0, device=key.device), torch.empty(0, device=key.device)
+    assert tk is not None and tv is not None
+    to_tile = plan.token_tile >= 0
+    tiles, offs = plan.token_tile[to_tile], plan.token_offset[to_tile]
+    tk[tiles, :, offs] = k[to_tile]
+    tv[tiles, :, offs] = v[to_tile]
+
+    # 5. flush: quantize once into the paged records; first blocks keep a 16-bit sink copy
+    recs[plan.flush_block] = codec.encode(tk, tv)
+    tk_rot, tv_rot = codec.rotate(tk), codec.rotate(tv)
+    keep = plan.flush_keep_slot >= 0
+    if bool(keep.any()):
+        cache.slot_k[plan.flush_keep_slot[keep]] = tk_rot[keep].to(dtype)
+        cache.slot_v[plan.flush_keep_slot[keep]] = tv_rot[keep].to(dtype)
+    return tk_rot, tv_rot
+
+
+def attend(
+    plan: StepPlan,
+    codec: Codec,
+    cache: LayerCache,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    tiles: tuple[torch.Tensor, torch.Tensor],
+    output: torch.Tensor,
+    scale: float,
+) -> None:
+    """Causal attention of the step's queries [T, Hq, D] into `output` [T, Hq, D]."""
+    T = plan.num_tokens
+    q_rot = codec.rotate(query[:T].float())
+    k_rot = codec.rotate(key[:T].float())
+    v_rot = codec.rotate(value[:T].float())
+    for group in plan.groups:
+        _attend_group(group, codec, cache, q_rot, k_rot, v_rot, tiles, output, scale)
+
+
+def _assemble(
+    group: AttentionGroup,
+    codec: Codec,
+    cache: LayerCache,
+    new: torch.Tensor,
+    tile: torch.Tensor,
+    slots: torch.Tensor,
+    hist: torch.Tensor | None,
+) -> torch.Tensor:
+    rows = group.q_tokens.shape[0]
+    heads, G, d = slots.shape[1], slots.shape[2], slots.shape[3]
+    out = torch.zeros(rows, heads, group.key_len, d, device=slots.device)
+    blocks = out.view(rows, heads, group.key_len // G, G, d)
+    if hist is not None:
+        blocks[group.hist_row, :, group.hist_pos] = hist
+    if group.sink_row.numel():
+        blocks[group.sink_row, :, torch.zeros_like(group.sink_row)] = slots[group.sink_slot].float()
+    if group.tile_row.numel():
+        blocks[group.tile_row, :, group.tile_pos] = tile[group.tile_index]
+    if group.tail_row.numel():
+        blocks[group.tail_row, :, group.tail_pos] = slots[group.tail_slot].float()
+    out[group.new_row, :, group.new_pos] = new[group.new_token]
+    return out
+
+
+def _attend_group(
+    group: AttentionGroup,
+    codec: Codec,
+    cache: LayerCache,
+    q_rot: torch.Tensor,
+    k_rot: torch.Tensor,
+    v_rot: torch.Tensor,
+    tiles: tuple[torch.Tensor, torch.Tensor],
+    output: torch.Tensor,
+    scale: float,
+) -> None:
+    hist_k = hist_v = None
+    if group.hist_block.numel():
+        # blocks shared through prefix caching are dequantized once per layer and step
+        unique, inverse = torch.unique(group.hist_block, return_inverse=True)
+        hist_k, hist_v = codec.decode(cache.records[unique], rotated=True)
+        hist_k, hist_v = hist_k[inverse], hist_v[inverse]
+    K = _assemble(group, codec, cache, k_rot, tiles[0], cache.slot_k, hist_k)
+    V = _assemble(group, codec, cache, v_rot, tiles[1], cache.slot_v, hist_v)
+    del hist_k, hist_v
+    rows, q_len = group.q_tokens.shape
+    q = q_rot[group.q_tokens].transpose(1, 2)  # [rows, Hq, q_len, D]
+    key_pos = torch.arange(group.key_len, device=q_rot.device)
+    gqa = q.shape[1] != K.shape[1]
+    for start in range(0, q_len, QUERY_CHUNK):
+        stop = min(q_len, start + QUERY_CHUNK)
+        q_pos = group.ctx[:, None] + torch.arange(start, stop, device=q_rot.device)[None, :]  # [rows, chunk]
+        mask = (key_pos[None, None, :] <= q_pos[:, :, None]).unsqueeze(1)  # [rows, 1, chunk, L]
+        out = F.scaled_dot_product_attention(
+            q[:, :, start:stop], K, V, attn_mask=mask, scale=scale, enable_gqa=gqa
+        )
+        out = codec.unrotate(out).transpose(1, 2)  # [rows, chunk, Hq, D]
+        tokens = group.q_tokens[:, start:stop].reshape(-1)
+        output[tokens] = out.reshape(tokens.numel(), out.shape[2], out.shape[3]).to(output.dtype)

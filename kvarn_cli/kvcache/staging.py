@@ -1,0 +1,440 @@
+"""Per-step bookkeeping of the 16-bit sink/tail staging pool: which tokens go where, which
+blocks are quantized ("flushed") this step, and where attention reads every key from.
+
+The plan is computed once per engine step from vLLM's batch description (block tables,
+sequence and query lengths) and then applied by every layer (kvarn_cli.kvcache.compute),
+so the Python work here is paid once per step, not once per layer. It is pure index
+arithmetic on CPU; a GPU kernel can consume the same index tensors.
+
+Rules (one vLLM block = one tile of G tokens):
+- A block that becomes full during a step is quantized once, in that step, from its 16-bit
+  staged tokens plus the step's new tokens, and its record is never rewritten. Tokens of
+  the current step are attended to unquantized, so a block is read from its record only in
+  later steps.
+- A block that is still partial after the step (the tail) keeps its tokens in a staging slot.
+- The first block of a sequence (the sink) keeps its 16-bit copy in a slot after its flush;
+  attention prefers that copy whenever it is still resident.
+- Slots are keyed by physical block id, so prefix-cached blocks shared by several sequences
+  share one sink copy. A write at offset 0 means vLLM handed the block out afresh: any slot
+  still keyed by it is stale and is dropped.
+- When no slot is free, the least recently used slot that the current batch does not
+  reference is reclaimed (sinks before tails on ties). A reclaimed sink simply falls back to
+  its record. A reclaimed tail (its sequence was not scheduled this step, or it has
+  finished and vLLM has not reused the block yet; the pool cannot tell which) is "spilled":
+  its partial tile is quantized into the block's record, and if the sequence writes to the
+  block again the prefix is restored from that record into a new slot. The block is then
+  quantized again when it fills: the only case where a block's record is written twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+import torch
+
+_TAIL = 0
+_SINK = 1
+
+
+class StagingPoolExhausted(RuntimeError):
+    """More sequences in one batch than the pool has tail slots for (a sizing bug)."""
+
+
+def _long(values: list[int] | np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.int64))
+
+
+@dataclass
+class AttentionGroup:
+    """Requests attended together: K/V are assembled into [rows, heads, key_len, D]."""
+
+    #: [rows, q_len] indices (into the step's tokens) of each row's queries
+    q_tokens: torch.Tensor
+    #: [rows] position of each row's first query (= tokens already in the cache)
+    ctx: torch.Tensor
+    #: padded key length, a multiple of G
+    key_len: int
+    # full blocks before this step, read from their records: row, block position, block id
+    hist_row: torch.Tensor
+    hist_pos: torch.Tensor
+    hist_block: torch.Tensor
+    # block position 0 read from its 16-bit sink slot instead
+    sink_row: torch.Tensor
+    sink_slot: torch.Tensor
+    # blocks flushed this step, read from the step's 16-bit tiles
+    tile_row: torch.Tensor
+    tile_pos: torch.Tensor
+    tile_index: torch.Tensor
+    # the partial block after this step, read from its tail slot
+    tail_row: torch.Tensor
+    tail_pos: torch.Tensor
+    tail_slot: torch.Tensor
+    # this step's tokens, laid over the above unquantized: row, key position, token index
+    new_row: torch.Tensor
+    new_pos: torch.Tensor
+    new_token: torch.Tensor
+
+
+@dataclass
+class StepPlan:
+    """Everything a layer needs to update the cache and attend, for one engine step."""
+
+    num_tokens: int
+    # per token: tail slot (or -1), flush tile (or -1), offset inside its block
+    token_slot: torch.Tensor
+    token_tile: torch.Tensor
+    token_offset: torch.Tensor
+    # spills, applied first: quantize slot `spill_slot` (first `spill_fill` tokens) into block
+    spill_slot: torch.Tensor
+    spill_block: torch.Tensor
+    spill_fill: torch.Tensor
+    # flush tiles: block id; where its already-staged prefix comes from
+    flush_block: torch.Tensor
+    flush_prefix_slot: torch.Tensor  # slot holding the prefix, or -1
+    flush_prefix_record: torch.Tensor  # 1 when the prefix was spilled to the record
+    flush_prefix_len: torch.Tensor
+    flush_keep_slot: torch.Tensor  # slot that keeps the 16-bit tile as a sink, or -1
+    # restores, applied after flush tiles are gathered: record of block -> slot
+    restore_slot: torch.Tensor
+    restore_block: torch.Tensor
+    groups: list[AttentionGroup] = field(default_factory=list)
+
+    @property
+    def num_flush(self) -> int:
+        return int(self.flush_block.numel())
+
+    def to(self, device: torch.device) -> "StepPlan":
+        """The same plan with its index tensors on `device` (for GPU kernels)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        groups = [replace(g, **{f.name: getattr(g, f.name).to(device) for f in fields(g) if isinstance(getattr(g, f.name), torch.Tensor)}) for g in self.groups]
+        return replace(self, groups=groups, **moved)
+
+
+class StagingPool:
+    """Slot bookkeeping shared by all layers of one KV-cache group (same block ids)."""
+
+    def __init__(self, num_slots: int, block_size: int, *, attention_budget_rows: int = 1 << 16) -> None:
+        if num_slots < 1:
+            raise ValueError("the staging pool needs at least one slot")
+        self.num_slots = num_slots
+        self.block_size = block_size
+        #: decode requests are attended in sub-batches of at most this many (row, key) pairs
+        self.attention_budget_rows = attention_budget_rows
+        self.slot_block = np.full(num_slots, -1, dtype=np.int64)
+        self.slot_kind = np.zeros(num_slots, dtype=np.int8)
+        self.slot_fill = np.zeros(num_slots, dtype=np.int64)
+        self.slot_stamp = np.full(num_slots, -1, dtype=np.int64)
+        self.block_slot: dict[int, int] = {}
+        self.free: list[int] = list(range(num_slots - 1, -1, -1))
+        self.step = 0
+        self._victims: list[int] | None = None
+        # statistics, for tests and reports
+        self.spills = 0
+        self.restores = 0
+        self.sink_fallbacks = 0
+
+    # -- slot primitives ------------------------------------------------------------------
+    def _release(self, slot: int) -> None:
+        block = int(self.slot_block[slot])
+        if block >= 0 and self.block_slot.get(block) == slot:
+            del self.block_slot[block]
+        self.slot_block[slot] = -1
+        self.slot_fill[slot] = 0
+        self.free.append(slot)
+
+    def _touch(self, slot: int) -> None:
+        self.slot_stamp[slot] = self.step
+
+    def _allocate(self, spills: list[tuple[int, int, int]], *, optional: bool) -> int | None:
+        if not self.free:
+            # an optional (sink) slot may displace another sink, never spill a tail
+            self._evict_one(spills, sinks_only=optional)
+        if not self.free:
+            if optional:
+                return None
+            raise StagingPoolExhausted(
+                f"all {self.num_slots} staging slots are referenced by this batch; "
+                "the pool must hold 2 slots per schedulable sequence"
+            )
+        slot = self.free.pop()
+        self._touch(slot)
+        return slot
+
+    def _evict_one(self, spills: list[tuple[int, int, int]], *, sinks_only: bool) -> None:
+        if sinks_only:
+            stale = [
+                s
+                for s in np.nonzero((self.slot_block >= 0) & (self.slot_stamp < self.step) & (self.slot_kind == _SINK))[0]
+            ]
+            if stale:
+                self._release(int(min(stale, key=lambda s: int(self.slot_stamp[s]))))
+            return
+        if self._victims is None:
+            live = np.nonzero((self.slot_block >= 0) & (self.slot_stamp < self.step))[0]
+            # oldest first; on equal age sinks (which have a record to fall back on) first.
+            # Sorted descending so that pop() yields the next victim.
+            self._victims = sorted(
+                (int(s) for s in live),
+                key=lambda s: (int(self.slot_stamp[s]), 0 if self.slot_kind[s] == _SINK else 1),
+                reverse=True,
+            )
+        while self._victims:
+            slot = self._victims.pop()
+            if self.slot_block[slot] < 0 or self.slot_stamp[slot] >= self.step:
+                continue
+            if self.slot_kind[slot] == _TAIL and self.slot_fill[slot] > 0:
+                spills.append((slot, int(self.slot_block[slot]), int(self.slot_fill[slot])))
+                self.spills += 1
+            self._release(slot)
+            return
+
+    # -- the step plan --------------------------------------------------------------------
+    def plan(
+        self,
+        query_start_loc: np.ndarray,
+        seq_lens: np.ndarray,
+        block_table: np.ndarray,
+        num_tokens: int,
+    ) -> StepPlan:
+        """Plan one step. Arrays are CPU numpy: query_start_loc [R+1], seq_lens [R],
+        block_table [R, max_blocks] (physical block ids), num_tokens = query_start_loc[-1]."""
+        self.step += 1
+        self._victims = None
+        G = self.block_size
+        qsl = query_start_loc.astype(np.int64)
+        seq = seq_lens.astype(np.int64)
+        num_reqs = int(seq.shape[0])
+        qlen = qsl[1:] - qsl[:-1]
+        ctx = seq - qlen
+        full_before = ctx // G  # blocks complete before this step
+        staged_before = ctx % G  # tokens of block `full_before` staged before this step
+        full_after = seq // G
+        staged_after = seq % G
+        bt = block_table
+
+        spills: list[tuple[int, int, int]] = []
+
+        # 1. blocks written from offset 0 this step were handed out afresh: drop stale slots
+        for r in range(num_reqs):
+            if qlen[r] <= 0:
+                continue
+            first_fresh = full_before[r] + (1 if staged_before[r] > 0 else 0)
+            last = (seq[r] - 1) // G
+            for j in range(first_fresh, last + 1):
+                slot = self.block_slot.get(int(bt[r, j]))
+                if slot is not None:
+                    self._release(slot)
+
+        # 2. slots the batch reads: continuing tails and sinks of context blocks
+        for r in range(num_reqs):
+            if staged_before[r] > 0 and qlen[r] > 0:
+                slot = self.block_slot.get(int(bt[r, full_before[r]]))
+                if slot is not None:
+                    self._touch(slot)
+            if full_before[r] >= 1:
+                slot = self.block_slot.get(int(bt[r, 0]))
+                if slot is not None and self.slot_kind[slot] == _SINK:
+                    self._touch(slot)
+
+        # 3. flushes: blocks [full_before, full_after) of each request fill up this step
+        flush_block: list[int] = []
+        flush_prefix_slot: list[int] = []
+        flush_prefix_record: list[int] = []
+        flush_prefix_len: list[int] = []
+        flush_keep_slot: list[int] = []
+        tile_base = np.zeros(num_reqs, dtype=np.int64)
+        need_sink: list[int] = []  # flush indices of first blocks without a slot yet
+        for r in range(num_reqs):
+            tile_base[r] = len(flush_block)
+            for j in range(full_before[r], full_after[r]):
+                block = int(bt[r, j])
+                prefix = int(staged_before[r]) if j == full_before[r] else 0
+                slot = self.block_slot.get(block) if prefix > 0 else None
+                flush_block.append(block)
+                flush_prefix_len.append(prefix)
+                flush_prefix_slot.append(-1 if slot is None else slot)
+                flush_prefix_record.append(1 if (prefix > 0 and slot is None) else 0)
+                if j == 0:
+                    if slot is not None:  # the staged first block becomes the sink
+                        self.slot_kind[slot] = _SINK
+                        self.slot_fill[slot] = G
+                        self._touch(slot)
+                        flush_keep_slot.append(slot)
+                    else:
+                        flush_keep_slot.append(-1)
+                        need_sink.append(len(flush_block) - 1)
+                else:
+                    flush_keep_slot.append(-1)
+                    if slot is not None:
+                        # read by this step's tile gather before any reuse overwrites it
+                        self._release(slot)
+
+        # 4. tails: the partial block after this step needs a slot (required)
+        tail_slot = np.full(num_reqs, -1, dtype=np.int64)
+        restore_slot: list[int] = []
+        restore_block: list[int] = []
+        for r in range(num_reqs):
+            if staged_after[r] == 0 or qlen[r] <= 0:
+                if staged_after[r] > 0:  # request in the batch without new tokens: read only
+                    slot = self.block_slot.get(int(bt[r, full_after[r]]))
+                    tail_slot[r] = -1 if slot is None else slot
+                continue
+            block = int(bt[r, full_after[r]])
+            continuing = full_after[r] == full_before[r] and staged_before[r] > 0
+            slot = self.block_slot.get(block) if continuing else None
+            if slot is None:
+                slot = self._allocate(spills, optional=False)
+                assert slot is not None
+                if continuing:  # its prefix was spilled: bring it back from the record
+                    restore_slot.append(slot)
+                    restore_block.append(block)
+                    self.restores += 1
+                self.block_slot[block] = slot
+                self.slot_block[slot] = block
+            self.slot_kind[slot] = _TAIL
+            self.slot_fill[slot] = staged_after[r]
+            self._touch(slot)
+            tail_slot[r] = slot
+
+        # 5. sinks for first blocks flushed straight from the step's tokens (optional)
+        for f in need_sink:
+            slot = self._allocate(spills, optional=True)
+            if slot is None:
+                self.sink_fallbacks += 1
+                continue
+            block = flush_block[f]
+            self.block_slot[block] = slot
+            self.slot_block[slot] = block
+            self.slot_kind[slot] = _SINK
+            self.slot_fill[slot] = G
+            flush_keep_slot[f] = slot
+
+        # 6. token routing
+        token_req = np.repeat(np.arange(num_reqs, dtype=np.int64), np.maximum(qlen, 0))
+        token_pos = ctx[token_req] + (np.arange(num_tokens, dtype=np.int64) - qsl[token_req])
+        token_blk = token_pos // G
+        token_off = token_pos % G
+        flushing = token_blk < full_after[token_req]
+        token_tile = np.where(flushing, tile_base[token_req] + token_blk - full_before[token_req], -1)
+        token_slot = np.where(flushing, -1, tail_slot[token_req])
+
+        plan = StepPlan(
+            num_tokens=num_tokens,
+            token_slot=_long(token_slot),
+            token_tile=_long(token_tile),
+            token_offset=_long(token_off),
+            spill_slot=_long([s[0] for s in spills]),
+            spill_block=_long([s[1] for s in spills]),
+            spill_fill=_long([s[2] for s in spills]),
+            flush_block=_long(flush_block),
+            flush_prefix_slot=_long(flush_prefix_slot),
+            flush_prefix_record=_long(flush_prefix_record),
+            flush_prefix_len=_long(flush_prefix_len),
+            flush_keep_slot=_long(flush_keep_slot),
+            restore_slot=_long(restore_slot),
+            restore_block=_long(restore_block),
+        )
+
+        # 7. attention groups: decodes (one query) batched, each longer query on its own
+        decodes = [r for r in range(num_reqs) if qlen[r] == 1]
+        prefills = [r for r in range(num_reqs) if qlen[r] > 1]
+        for rows in self._decode_batches(decodes, seq):
+            plan.groups.append(self._group(rows, qsl, qlen, ctx, seq, bt, full_before, full_after, staged_after, tile_base, tail_slot))
+        for r in prefills:
+            plan.groups.append(self._group([r], qsl, qlen, ctx, seq, bt, full_before, full_after, staged_after, tile_base, tail_slot))
+        return plan
+
+    def _decode_batches(self, decodes: list[int], seq: np.ndarray) -> list[list[int]]:
+        batches: list[list[int]] = []
+        current: list[int] = []
+        longest = 0
+        for r in decodes:
+            key_len = -(-int(seq[r]) // self.block_size) * self.block_size
+            if current and (len(current) + 1) * max(longest, key_len) > self.attention_budget_rows:
+                batches.append(current)
+                current, longest = [], 0
+            current.append(r)
+            longest = max(longest, key_len)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _group(
+        self,
+        rows: list[int],
+        qsl: np.ndarray,
+        qlen: np.ndarray,
+        ctx: np.ndarray,
+        seq: np.ndarray,
+        bt: np.ndarray,
+        full_before: np.ndarray,
+        full_after: np.ndarray,
+        staged_after: np.ndarray,
+        tile_base: np.ndarray,
+        tail_slot: np.ndarray,
+    ) -> AttentionGroup:
+        G = self.block_size
+        q = int(qlen[rows[0]])
+        hist_row: list[int] = []
+        hist_pos: list[int] = []
+        hist_block: list[int] = []
+        sink_row: list[int] = []
+        sink_slot: list[int] = []
+        tile_row: list[int] = []
+        tile_pos: list[int] = []
+        tile_index: list[int] = []
+        tail_row: list[int] = []
+        tail_pos: list[int] = []
+        tail_slots: list[int] = []
+        new_row: list[int] = []
+        new_pos: list[int] = []
+        new_token: list[int] = []
+        q_tokens = np.zeros((len(rows), q), dtype=np.int64)
+        longest = 0
+        for i, r in enumerate(rows):
+            longest = max(longest, int(seq[r]))
+            q_tokens[i] = np.arange(qsl[r], qsl[r] + q)
+            nb = int(full_before[r])
+            start = 0
+            if nb >= 1:
+                slot = self.block_slot.get(int(bt[r, 0]))
+                if slot is not None and self.slot_kind[slot] == _SINK:
+                    sink_row.append(i)
+                    sink_slot.append(slot)
+                    start = 1
+            for j in range(start, nb):
+                hist_row.append(i)
+                hist_pos.append(j)
+                hist_block.append(int(bt[r, j]))
+            for j in range(nb, int(full_after[r])):
+                tile_row.append(i)
+                tile_pos.append(j)
+                tile_index.append(int(tile_base[r] + j - nb))
+            if staged_after[r] > 0 and tail_slot[r] >= 0:
+                tail_row.append(i)
+                tail_pos.append(int(full_after[r]))
+                tail_slots.append(int(tail_slot[r]))
+            new_row.extend([i] * q)
+            new_pos.extend(range(int(ctx[r]), int(ctx[r]) + q))
+            new_token.extend(range(int(qsl[r]), int(qsl[r]) + q))
+        key_len = -(-longest // G) * G
+        return AttentionGroup(
+            q_tokens=_long(q_tokens),
+            ctx=_long(ctx[rows]),
+            key_len=key_len,
+            hist_row=_long(hist_row),
+            hist_pos=_long(hist_pos),
+            hist_block=_long(hist_block),
+            sink_row=_long(sink_row),
+            sink_slot=_long(sink_slot),
+            tile_row=_long(tile_row),
+            tile_pos=_long(tile_pos),
+            tile_index=_long(tile_index),
+            tail_row=_long(tail_row),
+            tail_pos=_long(tail_pos),
+            tail_slot=_long(tail_slots),
+            new_row=_long(new_row),
+            new_pos=_long(new_pos),
+            new_token=_long(new_token),
+        )

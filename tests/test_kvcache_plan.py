@@ -1,0 +1,72 @@
+"""kvcache's size arithmetic and `kvarn plan`, without an engine (the engine cross-check is in
+test_kvcache_engine.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from kvarn_cli import kvcache
+from kvarn_cli.commands.plan import plan
+from kvarn_cli.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = Path(os.environ.get("KVARN_TEST_MODEL", REPO / "models" / "smollm2-135m"))
+
+SMOL = dict(num_layers=30, num_kv_heads=3, head_dim=64, dtype_bytes=2)
+
+
+def test_bits_map_to_presets_and_presets_are_checked() -> None:
+    assert kvcache.BITS_TO_PRESET == {2: "k2v2", 4: "k4v4", 16: "fp16"}
+    assert set(kvcache.PRESETS) == {"fp16", "k2v2", "k4v2", "k4v4"}
+    with pytest.raises(InputError):
+        kvcache.check_preset("k3v3")
+
+
+def test_bytes_per_token_follow_the_record_layout() -> None:
+    from kvarn_cli.kernels import make_quantizer
+
+    assert kvcache.bytes_per_token("fp16", **SMOL) == 30 * 3 * 2 * 64 * 2
+    for preset in ("k2v2", "k4v2", "k4v4"):
+        rec = make_quantizer(preset, head_dim=64, block_size=128).record_bytes
+        per_head = -(-rec // 128)  # a page cell holds record_bytes / G, rounded up
+        assert kvcache.bytes_per_token(preset, **SMOL) == 30 * 3 * per_head
+    # the record sizes put k2v2 above 6.5x and k4v4 above 3.5x the fp16 capacity
+    fp16 = kvcache.bytes_per_token("fp16", **SMOL)
+    assert fp16 / kvcache.bytes_per_token("k2v2", **SMOL) >= 6.5
+    assert fp16 / kvcache.bytes_per_token("k4v4", **SMOL) >= 3.5
+    assert kvcache.bits_per_element("k2v2", head_dim=64) == pytest.approx(8 * kvcache.bytes_per_token("k2v2", **SMOL) / (30 * 3 * 2 * 64))
+
+
+def test_staging_pool_is_two_16bit_blocks_per_sequence() -> None:
+    slot = 30 * 3 * 128 * 64 * 2 * 2
+    assert kvcache.staging_bytes("k2v2", **SMOL, max_num_seqs=8) == 16 * slot
+    assert kvcache.staging_bytes("fp16", **SMOL, max_num_seqs=8) == 0
+    total = 512 << 20
+    paged = kvcache.paged_budget("k2v2", **SMOL, total_bytes=total, max_num_seqs=8)
+    alloc = kvcache.allocation("k2v2", **SMOL, kv_cache_memory_bytes=paged, max_num_seqs=8)
+    assert alloc.total_bytes <= total
+    assert total - alloc.total_bytes < alloc.block_bytes  # nothing left that would fit a block
+
+
+@pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"test model not found at {MODEL}")
+def test_plan_prints_every_preset_from_the_model_config() -> None:
+    app = typer.Typer()
+    app.command()(plan)
+    result = CliRunner().invoke(
+        app, ["--model", str(MODEL), "--kv-cache-memory", "256MiB", "--max-model-len", "2048", "--max-num-seqs", "8", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["shape"] == {"num_layers": 30, "num_kv_heads": 3, "head_dim": 64, "dtype": "bfloat16", "dtype_bytes": 2}
+    rows = {r["preset"]: r for r in out["presets"]}
+    assert rows["fp16"]["num_blocks"] == (256 << 20) // (30 * 3 * 128 * 256)
+    for r in rows.values():
+        assert r["capacity_tokens"] == r["num_blocks"] * r["block_size"]
+        assert r["max_concurrent_seqs"] == min(8, (r["num_blocks"] - 1) // 16)
+    assert rows["k2v2"]["capacity_tokens"] >= 6.5 * rows["fp16"]["capacity_tokens"]

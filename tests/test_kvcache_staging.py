@@ -1,0 +1,213 @@
+"""The staging plan + layer compute against a reference, on a simulated block manager.
+
+Every test drives the real StagingPool / update_cache / attend code through scenarios a
+vLLM engine produces (chunked prefill, mixed prefill+decode batches, prefix caching, in-step
+prefix sharing, preemption with recompute, sequences that pause while others run) and
+checks each step's attention output against attention computed directly from the KVarN
+rules (tests/kvcache_sim.py). The codec rounds to a 1/4 grid, so any key read from the wrong
+place (a record instead of 16-bit staging or the reverse) shows up as an error of ~0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from kvcache_sim import GridQuantizer, Request, Shape, SimEngine  # noqa: E402
+
+from kvarn_cli.kvcache.staging import StagingPool, StagingPoolExhausted  # noqa: E402
+
+TOL = 1e-4
+
+
+def signed_permutation(d: int, seed: int) -> torch.Tensor:
+    """An orthonormal rotation that is exact in floating point (so grid rounding is too)."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(d, generator=g)
+    signs = torch.randint(0, 2, (d,), generator=g).float() * 2 - 1
+    m = torch.zeros(d, d)
+    m[torch.arange(d), perm] = signs
+    return m
+
+
+def make_engine(num_blocks: int = 64, num_slots: int = 16, *, rotation: bool = True, prefix_caching: bool = True) -> SimEngine:
+    shape = Shape()
+    rot = signed_permutation(shape.head_dim, 3) if rotation else None
+    return SimEngine(shape, num_blocks, num_slots, GridQuantizer(shape.head_dim, shape.block_size, rot), prefix_caching=prefix_caching)
+
+
+def tokens(seed: int, n: int) -> list[int]:
+    return np.random.default_rng(seed).integers(0, 1000, n).tolist()
+
+
+def test_a_block_that_fills_is_read_from_its_record_afterwards_and_the_sink_stays_16bit() -> None:
+    eng = make_engine()
+    req = Request(0, tokens(1, 23))
+    eng.step([(req, 6)])  # blocks 0 full + 2 staged in block 1
+    assert eng.pool.spills == 0
+    for _ in range(17):
+        plan = eng.step([(req, 1)])
+        assert plan is not None
+    assert eng.max_err < TOL
+    # after the run: block 0 is a sink slot, blocks 1..4 are records only, block 5 is a tail
+    blocks = req.blocks
+    assert eng.pool.block_slot.get(blocks[0]) is not None
+    for b in blocks[1:5]:
+        assert b not in eng.pool.block_slot
+    assert eng.pool.block_slot.get(blocks[5]) is not None
+    # the records of flushed blocks hold exactly the rounded K of their tokens
+    k_rec, _ = eng.codec.decode(eng.cache.records[torch.tensor([blocks[2]])], rotated=False)
+    from kvcache_sim import _token_vectors
+
+    expect = torch.stack([_token_vectors(req.hashes[p], eng.shape)[1] for p in range(8, 12)], dim=1)
+    assert torch.allclose(k_rec[0], eng.quantizer.roundtrip(expect), atol=1e-6)
+
+
+def test_reading_the_wrong_representation_is_detected() -> None:
+    """Guard for the harness itself: if attention read the sink from its record, the
+    reference (which expects 16-bit) would disagree by far more than the tolerance."""
+    eng = make_engine()
+    req = Request(0, tokens(2, 12))
+    eng.step([(req, 8)])
+    sink_slot = eng.pool.block_slot[req.blocks[0]]
+    eng.cache.slot_k[sink_slot] = eng.quantizer.grid(eng.cache.slot_k[sink_slot])
+    eng.step([(req, 1)])
+    assert eng.max_err > 1e-2
+
+
+@pytest.mark.parametrize("rotation", [False, True])
+def test_chunked_prefill_and_decode_mixed_in_one_batch(rotation: bool) -> None:
+    eng = make_engine(rotation=rotation)
+    a, b, c = Request(0, tokens(3, 40)), Request(1, tokens(4, 30)), Request(2, tokens(5, 9))
+    eng.step([(a, 7)])
+    eng.step([(a, 5), (b, 3)])
+    eng.step([(a, 1), (b, 13), (c, 9)])  # a decode next to two prefills
+    for _ in range(12):
+        eng.step([(a, 1), (b, 1), (c, 1)])
+    eng.step([(a, 1), (b, 9)])
+    assert eng.steps == 16
+    assert eng.pool.spills == 0
+    assert eng.max_err < TOL
+
+
+def test_prefix_cache_hits_share_records_and_the_sink_copy() -> None:
+    eng = make_engine()
+    prompt = tokens(6, 14)
+    a = Request(0, prompt + tokens(7, 6))
+    eng.step([(a, 14)])
+    for _ in range(6):
+        eng.step([(a, 1)])
+    a_blocks = list(a.blocks)
+    eng.release(a)  # finished: its full blocks stay in the prefix cache
+    b = Request(1, prompt + tokens(8, 5))
+    eng.step([(b, 2)])  # hits blocks 0..2 of a (12 tokens), computes 2 more
+    assert b.num_computed == 14
+    assert b.blocks[:3] == a_blocks[:3]
+    # the shared first block is read from a's 16-bit sink copy, not from its record
+    assert eng.pool.block_slot.get(a_blocks[0]) is not None
+    for _ in range(5):
+        eng.step([(b, 1)])
+    assert eng.max_err < TOL
+
+
+def test_a_block_filled_by_one_request_is_read_by_another_in_the_same_step() -> None:
+    eng = make_engine()
+    prompt = tokens(9, 13)
+    a = Request(0, prompt + [1, 2, 3])
+    b = Request(1, prompt + [4, 5, 6, 7, 8])
+    plan = eng.step([(a, 13), (b, 2)])  # b is admitted after a cached blocks 0..2
+    assert plan is not None
+    assert b.num_computed == 14 and b.blocks[:3] == a.blocks[:3]  # 12 hit + 2 computed
+    for _ in range(3):
+        eng.step([(a, 1), (b, 1)])
+    assert eng.max_err < TOL
+
+
+def test_preemption_with_recompute_and_with_prefix_hits() -> None:
+    for prefix_caching in (False, True):
+        eng = make_engine(prefix_caching=prefix_caching)
+        a, b = Request(0, tokens(10, 30)), Request(1, tokens(11, 30))
+        eng.step([(a, 10), (b, 6)])
+        for _ in range(5):
+            eng.step([(a, 1), (b, 1)])
+        eng.release(b)  # preempted: everything freed
+        for _ in range(3):
+            eng.step([(a, 1)])
+        eng.step([(b, 13)])  # resumed: recomputed (partly from cached blocks)
+        for _ in range(4):
+            eng.step([(a, 1), (b, 1)])
+        assert eng.max_err < TOL, prefix_caching
+        # with prefix caching the two full blocks computed before preemption are hits
+        assert b.num_computed == (8 + 13 + 4 if prefix_caching else 13 + 4)
+
+
+@pytest.mark.parametrize("resume_tokens", [1, 2])
+def test_small_pool_spills_paused_tails_and_brings_them_back(resume_tokens: int) -> None:
+    eng = make_engine(num_slots=4)
+    reqs = [Request(i, tokens(20 + i, 40)) for i in range(5)]
+    eng.step([(reqs[0], 5), (reqs[1], 5)])  # 2 sinks, 2 tails: the pool is full
+    eng.step([(reqs[0], 1), (reqs[1], 1)])  # tails hold 2 of 4 tokens
+    # 0 and 1 pause while three new tails need slots: both sinks and one tail are reclaimed
+    eng.step([(reqs[2], 7), (reqs[3], 2), (reqs[4], 3)])
+    assert eng.pool.spills == 1
+    assert eng.pool.sink_fallbacks == 1  # reqs[2]'s first block found no slot: record only
+    plan = eng.step([(reqs[0], resume_tokens), (reqs[1], resume_tokens)])
+    assert plan is not None
+    if resume_tokens == 1:  # the block stays partial: its prefix is restored into a slot
+        assert eng.pool.restores == 1
+    else:  # the block fills right away: its prefix is read from the spilled record
+        assert eng.pool.restores == 0
+        assert int(plan.flush_prefix_record.sum()) == 1
+    for _ in range(6):
+        eng.step([(reqs[0], 1), (reqs[1], 1)])
+    assert eng.max_err < TOL
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_schedules_match_the_reference(seed: int) -> None:
+    """Many steps of random admissions, chunk sizes, pauses, preemptions and finishes."""
+    rng = np.random.default_rng(seed)
+    eng = make_engine(num_blocks=48, num_slots=8)
+    # requests i and i+5 share prompts, so prefix hits happen
+    waiting = [Request(i, tokens(100 + (i % 5), int(rng.integers(5, 50)))) for i in range(30)]
+    running: list[Request] = []
+    finished = 0
+    for _ in range(400):
+        while waiting and len(running) < 4 and rng.random() < 0.5:
+            running.append(waiting.pop(0))
+        if not running and not waiting:
+            break
+        sched = []
+        for r in running:
+            if rng.random() < 0.15:
+                continue  # not scheduled this step
+            in_prefill = r.num_computed < len(r.tokens) // 2
+            sched.append((r, int(rng.integers(1, 9)) if in_prefill else 1))
+        eng.step(sched)
+        for r in list(running):
+            if r.num_computed >= len(r.tokens):
+                eng.release(r)
+                running.remove(r)
+                finished += 1
+            elif rng.random() < 0.03:
+                eng.release(r)  # preempted; recomputed later
+                running.remove(r)
+                waiting.insert(0, r)
+    assert finished == 30
+    assert eng.pool.spills > 0  # finished sequences' tails are reclaimed under pressure
+    assert eng.max_err < TOL
+
+
+def test_the_pool_refuses_a_batch_it_cannot_stage() -> None:
+    pool = StagingPool(num_slots=1, block_size=4)
+    qsl = np.array([0, 2, 4])
+    seq = np.array([2, 2])
+    bt = np.array([[1], [2]])
+    with pytest.raises(StagingPoolExhausted):
+        pool.plan(qsl, seq, bt, 4)
