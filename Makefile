@@ -28,10 +28,15 @@ test: setup test-model
 	KVARN_DATA=$(DATA) $(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: setup test-model
-	rm -rf $(DEMO)/fp16
+	rm -rf $(DEMO)
+	$(BIN)/kvarn plan --model $(MODEL) --kv-cache-memory 64MiB --max-model-len 1024
 	$(BIN)/kvarn run sample_jobs/word_problems.jsonl --model $(MODEL) --out $(DEMO)/fp16 \
-		--preset fp16 --max-tokens 256 --kv-cache-memory 256MiB
+		--bits 16 --temperature 0 --max-tokens 256 --kv-cache-memory 64MiB --max-model-len 1024
+	$(BIN)/kvarn run sample_jobs/word_problems.jsonl --model $(MODEL) --out $(DEMO)/k2v2 \
+		--bits 2 --temperature 0 --max-tokens 256 --kv-cache-memory 64MiB --max-model-len 1024 --max-num-seqs 8
 	$(BIN)/kvarn score $(DEMO)/fp16
+	$(BIN)/kvarn score $(DEMO)/k2v2
+	$(BIN)/kvarn compare $(DEMO)/fp16 $(DEMO)/k2v2
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

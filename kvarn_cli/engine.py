@@ -77,6 +77,8 @@ class Engine:
             kwargs["max_model_len"] = settings.max_model_len
         if settings.max_num_seqs is not None:
             kwargs["max_num_seqs"] = settings.max_num_seqs
+        elif kvcache.get_preset(settings.preset).quantized:
+            kwargs["max_num_seqs"] = kvcache.default_max_num_seqs(settings.preset)
         kv_bytes = settings.kv_cache_memory_bytes
         if kv_bytes is None and not cuda_available():
             kv_bytes = DEFAULT_CPU_KV_BYTES

@@ -17,7 +17,9 @@ def print_run_summary(stats: dict[str, Any]) -> None:
     table.add_column("value")
     table.add_row("status", str(stats.get("status")))
     table.add_row("KV preset", f"{kv['preset']} ({kv['bits_per_element']:.3g} bits/element)")
-    table.add_row("KV memory", format_size(kv["kv_cache_memory_bytes"]))
+    staging = kv.get("staging_bytes", 0)
+    table.add_row("KV memory", format_size(kv["kv_cache_memory_bytes"]) + (
+        f" paged + {format_size(staging)} 16-bit sink/tail staging = {format_size(kv['total_kv_bytes'])}" if staging else ""))
     table.add_row("KV bytes/token", f"{kv['bytes_per_token']:,.0f}")
     table.add_row("KV capacity", f"{kv['capacity_tokens']:,} tokens ({kv['num_blocks']:,} blocks of {kv['block_size']})")
     table.add_row("peak KV usage", f"{stats['peak_kv_usage']:.1%}")

@@ -306,8 +306,8 @@ def _shadow_check(req: RunRequest, records: list[JobRecord]) -> dict[str, Any] |
     """Measure the preset's expected fidelity on a few records before the engine is built.
 
     Runs first, and frees its transformers model before vLLM starts, so the two never share
-    GPU memory. Each sampled prompt is extended greedily by the 16-bit model, because only
-    positions past the first two blocks ever read quantized history.
+    GPU memory. Each sampled prompt is extended greedily by the 16-bit model to about four
+    blocks, because only positions past the first two blocks ever read quantized history.
     """
     import gc
     import random
@@ -329,8 +329,7 @@ def _shadow_check(req: RunRequest, records: list[JobRecord]) -> dict[str, Any] |
     texts = [tokenizer.apply_chat_template(r.messages(), tokenize=False, add_generation_prompt=True) for r in chosen]
     block = kvcache.get_preset(req.preset).block_size or 128
     with err_console.status(f"shadow check: {req.preset} vs 16-bit on {len(texts)} records ..."):
-        result = shadow_check(req.model, texts, req.preset, block=block,
-                              continue_tokens=min(req.sampling.max_tokens, 4 * block))
+        result = shadow_check(req.model, texts, req.preset, block=block, continue_tokens=4 * block)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

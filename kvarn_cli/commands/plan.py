@@ -7,7 +7,7 @@ attention backend sizes vLLM's cache with, so the numbers are what `kvarn run` a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
@@ -42,11 +42,13 @@ def model_shape(model: str, dtype: str | None = None) -> dict[str, Any]:
     }
 
 
-def plan_rows(shape: dict[str, Any], kv_cache_memory_bytes: int, max_model_len: int, max_num_seqs: int) -> list[dict[str, Any]]:
+def plan_rows(shape: dict[str, Any], kv_cache_memory_bytes: int, max_model_len: int, max_num_seqs: int | None) -> list[dict[str, Any]]:
+    """One row per preset; `max_num_seqs=None` means each preset's `kvarn run` default."""
     from kvarn_cli import kvcache
 
     rows = []
     for preset in kvcache.PRESETS:
+        seqs = max_num_seqs if max_num_seqs is not None else kvcache.default_max_num_seqs(preset)
         alloc = kvcache.allocation(
             preset,
             num_layers=shape["num_layers"],
@@ -54,7 +56,7 @@ def plan_rows(shape: dict[str, Any], kv_cache_memory_bytes: int, max_model_len: 
             head_dim=shape["head_dim"],
             dtype_bytes=shape["dtype_bytes"],
             kv_cache_memory_bytes=kv_cache_memory_bytes,
-            max_num_seqs=max_num_seqs,
+            max_num_seqs=seqs,
         )
         rows.append(
             {
@@ -64,7 +66,8 @@ def plan_rows(shape: dict[str, Any], kv_cache_memory_bytes: int, max_model_len: 
                 "block_size": alloc.block_size,
                 "num_blocks": alloc.num_blocks,
                 "capacity_tokens": alloc.capacity_tokens,
-                "max_concurrent_seqs": alloc.max_concurrent_seqs(max_model_len, max_num_seqs),
+                "max_num_seqs": seqs,
+                "max_concurrent_seqs": alloc.max_concurrent_seqs(max_model_len, seqs),
                 "staging_bytes": alloc.staging_bytes,
             }
         )
@@ -75,7 +78,7 @@ def plan(
     model: str = typer.Option(..., "--model", help="Local model directory or Hugging Face hub id."),
     kv_cache_memory: str = typer.Option(..., "--kv-cache-memory", help="Paged KV cache budget, e.g. 4GiB."),
     max_model_len: int = typer.Option(..., "--max-model-len", help="Longest sequence (prompt + output) in tokens."),
-    max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="Sequences the engine may schedule at once."),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Sequences the engine may schedule at once. Default: what `kvarn run` uses, 32 for quantized presets and 256 for fp16."),
     dtype: str = typer.Option(None, "--dtype", help="Model dtype (default: the config's)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -93,7 +96,7 @@ def plan(
     from kvarn_cli.sizes import format_size, parse_size
 
     budget = parse_size(kv_cache_memory, "--kv-cache-memory")
-    if max_model_len <= 0 or max_num_seqs <= 0:
+    if max_model_len <= 0 or (max_num_seqs is not None and max_num_seqs <= 0):
         raise InputError("--max-model-len and --max-num-seqs must be positive")
     shape = model_shape(model, dtype)
     rows = plan_rows(shape, budget, max_model_len, max_num_seqs)

@@ -44,6 +44,18 @@ ENV_BLOCK_SIZE = "KVARN_KV_BLOCK_SIZE"
 BACKEND_CLASS = "kvarn_cli.kvcache.backend.KVarNAttentionBackend"
 
 
+#: Sequences in flight for a quantized preset when the user sets none. Each running sequence
+#: holds two 16-bit staging blocks (sink + tail) beside the paged cache, so vLLM's default of 256
+#: sequences would reserve 512 of them up front.
+QUANTIZED_MAX_NUM_SEQS = 32
+#: vLLM's own default, used for the unquantized preset.
+VLLM_MAX_NUM_SEQS = 256
+
+
+def default_max_num_seqs(preset: str) -> int:
+    return QUANTIZED_MAX_NUM_SEQS if get_preset(preset).quantized else VLLM_MAX_NUM_SEQS
+
+
 def check_preset(preset: str) -> str:
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; expected one of: {', '.join(PRESETS)}")
