@@ -151,13 +151,8 @@ class Engine:
         """The KV cache as allocated: block counts come from the engine, sizes from its model shape."""
         preset = self.settings.preset
         dtype_bytes = 4 if self.shape["dtype"] == "float32" else 2
-        bytes_per_token = kvcache.bytes_per_token(
-            preset,
-            num_layers=self.shape["num_layers"],
-            num_kv_heads=self.shape["num_kv_heads"],
-            head_dim=self.shape["head_dim"],
-            dtype_bytes=dtype_bytes,
-        )
+        shape = {key: self.shape[key] for key in ("num_layers", "num_kv_heads", "head_dim")}
+        bytes_per_token = kvcache.bytes_per_token(preset, dtype_bytes=dtype_bytes, **shape)
         alloc = self.allocation
         capacity = alloc["num_blocks"] * alloc["block_size"]
         memory = alloc["kv_cache_memory_bytes"]
@@ -165,14 +160,7 @@ class Engine:
             memory = int(capacity * bytes_per_token)
         # quantized presets keep each sequence's sink and tail block in 16-bit beside the paged cache
         max_num_seqs = int(vllm_compat.vllm_config(self.llm).scheduler_config.max_num_seqs)
-        staging = kvcache.staging_bytes(
-            preset,
-            num_layers=self.shape["num_layers"],
-            num_kv_heads=self.shape["num_kv_heads"],
-            head_dim=self.shape["head_dim"],
-            dtype_bytes=dtype_bytes,
-            max_num_seqs=max_num_seqs,
-        )
+        staging = kvcache.staging_bytes(preset, dtype_bytes=dtype_bytes, max_num_seqs=max_num_seqs, **shape)
         return {
             "preset": preset,
             "bits_per_element": kvcache.bits_per_element(preset, head_dim=self.shape["head_dim"], dtype_bytes=dtype_bytes),
