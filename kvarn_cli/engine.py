@@ -15,9 +15,9 @@ from typing import Any
 from kvarn_cli import kvcache, vllm_compat
 from kvarn_cli.errors import EngineError, InputError
 
-# vLLM logs every engine detail at INFO; a batch tool's stderr should carry progress and
+# vLLM logs engine details and tuning hints at INFO/WARNING; a batch tool's stderr should carry progress and
 # problems. Users who want the engine's log set VLLM_LOGGING_LEVEL themselves.
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 #: CPU engines need an explicit KV size (vLLM's default takes a fraction of RAM and fails when
 #: that much is not free); GPUs default to vLLM's own gpu_memory_utilization sizing.
