@@ -13,6 +13,14 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("KVARN_DATA", REPO.parent / "shared" / "data"))
 TEST_MODEL = Path(os.environ.get("KVARN_TEST_MODEL", REPO / "models" / "smollm2-135m"))
 
+# Without a GPU the Triton kernels run in Triton's interpreter. Triton decides per @triton.jit
+# function at decoration time, and vLLM imports triton as soon as any test imports vLLM, so the
+# variable must be set here, before every test module, not in the Triton test module.
+import torch  # noqa: E402  (torch itself does not import triton)
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # One-process CPU engine on both cores: start-up in seconds instead of a minute.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")

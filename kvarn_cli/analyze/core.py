@@ -138,8 +138,9 @@ def shadow_check(
 
     Texts are tokenized as given (pass the chat-rendered prompt plus a completion where there is
     one). Only positions at or after 2*block can see a quantized block, so short prompts score
-    nothing; continue_tokens > 0 first extends each text greedily with the 16-bit model, which is
-    the pseudo-decode of the model's own continuation (it may stop early at EOS). Returns
+    nothing; continue_tokens > 0 first extends each text greedily with the 16-bit model by exactly
+    that many tokens (EOS suppressed: a short chat answer would otherwise end before any
+    position reads quantized history), the pseudo-decode of the model's own continuation. Returns
     {"preset", "kl_mean", "kl_p99", "top1_agreement", "scored_positions", "texts", "tokens",
     "tokens_per_text", "block"}; kl/top1 are None when no position was scored.
     """
@@ -153,8 +154,9 @@ def shadow_check(
         ids = tokenizer(text, add_special_tokens=True, return_tensors="pt")["input_ids"][:, :max_tokens]
         if continue_tokens > 0 and ids.shape[1] < max_tokens:
             with torch.inference_mode():
+                new = min(continue_tokens, max_tokens - ids.shape[1])
                 ids = hf_model.generate(
-                    ids.to(dev), max_new_tokens=min(continue_tokens, max_tokens - ids.shape[1]),
+                    ids.to(dev), max_new_tokens=new, min_new_tokens=new,
                     do_sample=False, pad_token_id=pad_id,
                 ).cpu()
         token_texts.append(ids[0].tolist())
