@@ -117,7 +117,13 @@ class SimEngine:
         *,
         prefix_caching: bool = True,
         seed: int = 0,
+        triton: bool | None = False,
+        reference: bool = True,
     ) -> None:
+        """`triton` goes to the Codec (False: the PyTorch path); `reference` compares each
+        step with the rule-based reference, which needs a quantizer with `roundtrip` (the
+        grid codec). With triton, every step's output is also compared with the PyTorch
+        attention on the same cache state (`shadow_err`, relative)."""
         self.shape = shape
         self.G = shape.block_size
         self.num_blocks = num_blocks
@@ -128,7 +134,9 @@ class SimEngine:
         self.block_hash: dict[int, bytes] = {}
         self.pool = StagingPool(num_slots, self.G)
         self.quantizer = quantizer
-        self.codec = Codec(quantizer, torch.device("cpu"))
+        self.codec = Codec(quantizer, torch.device("cpu"), triton=triton)
+        self.torch_codec = Codec(quantizer, torch.device("cpu"), triton=False)
+        self.reference = reference
         self.cache = LayerCache(
             records=torch.zeros(num_blocks, shape.kv_heads, quantizer.record_bytes, dtype=torch.uint8),
             slot_k=torch.zeros(num_slots, shape.kv_heads, self.G, shape.head_dim),
@@ -138,6 +146,8 @@ class SimEngine:
         self.degraded: dict[int, set[int]] = {}
         self.rng = np.random.default_rng(seed)
         self.max_err = 0.0
+        self.shadow_err = 0.0
+        self.last_out = torch.empty(0)
         self.steps = 0
 
     # -- block manager ----------------------------------------------------------------------
@@ -240,9 +250,17 @@ class SimEngine:
 
         out = torch.zeros(T, s.q_heads, s.head_dim)
         tiles = update_cache(plan, self.codec, self.cache, k, v)
-        attend(plan, self.codec, self.cache, q, k, v, tiles, out, scale=1.0 / math.sqrt(s.head_dim))
-        expected = self._reference(batch, plan)
-        self.max_err = max(self.max_err, float((out - expected).abs().max()))
+        scale = 1.0 / math.sqrt(s.head_dim)
+        attend(plan, self.codec, self.cache, q, k, v, tiles, out, scale=scale)
+        self.last_out = out
+        if self.codec.triton:
+            shadow = torch.zeros_like(out)
+            attend(plan, self.torch_codec, self.cache, q, k, v, tiles, shadow, scale=scale)
+            rel = (out - shadow).norm(dim=-1) / shadow.norm(dim=-1).clamp(min=1e-6)
+            self.shadow_err = max(self.shadow_err, float(rel.max()))
+        if self.reference:
+            expected = self._reference(batch, plan)
+            self.max_err = max(self.max_err, float((out - expected).abs().max()))
         for r, n in batch:
             r.num_computed += n
         self.steps += 1
