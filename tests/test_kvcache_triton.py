@@ -6,8 +6,12 @@ so shapes are the smallest the real KVarN quantizers take: G = 64, D = 64. Two c
 - every step, the Triton engine's output matches the PyTorch attention computed on the very
   same cache state (`shadow_err`): this isolates the decode kernel and the block table /
   side slots / fill-step tiles the backend feeds it;
+- every record the Triton flush wrote reconstructs its true tile as well as the PyTorch
+  quantizer's record of that tile (the flush is not bit-exact: VarN near-ties can pick other
+  scales, so records are compared by quality, not bytes);
 - a Triton engine and a PyTorch engine run the same schedule side by side and their outputs
-  agree within what quantization leaves (the Triton flush is not bit-exact: VarN near-ties).
+  agree loosely (records that differ through near-ties move outputs by up to ~0.14 relative
+  at k2v2 on these random tiles; a key read from the wrong place moves them by ~1).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ pytest.importorskip("triton")
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from kvcache_sim import GridQuantizer, Request, Shape, SimEngine  # noqa: E402
+from kvcache_sim import GridQuantizer, Request, Shape, SimEngine, _token_vectors  # noqa: E402
 
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kvcache.compute import ENV_FORCE_TRITON, Codec  # noqa: E402
@@ -32,6 +36,9 @@ SHAPE = Shape(block_size=64, kv_heads=2, q_heads=4, head_dim=64)
 #: the decode kernel against PyTorch SDPA on the same records: test_triton_kernels bounds it
 #: at 1e-2 relative (measured < 1e-3 under the interpreter)
 SHADOW_TOL = 1e-2
+#: Triton engine vs PyTorch engine, max over steps of the relative output difference
+#: (measured max 0.137 for k2v2, 0.061 for k4v4 on the mixed schedule)
+PAIR_TOL = {"k2v2": 0.3, "k4v4": 0.15}
 
 
 def tokens(seed: int, n: int) -> list[int]:
@@ -47,14 +54,55 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def schedule(a: Request, b: Request, c: Request) -> list[list[tuple[Request, int]]]:
-    """Chunked prefills, a decode next to prefills, decodes filling blocks (first and later
-    ones, so the fill-step tile path runs with and without a sink), a prefix hit."""
-    steps: list[list[tuple[Request, int]]] = [[(a, 40)], [(a, 23), (b, 30)]]  # a: 63 tokens
-    steps.append([(a, 1), (b, 40)])  # a's decode fills block 0 (becomes the sink); b: 70
-    steps += [[(a, 1), (b, 1)] for _ in range(3)]
-    steps.append([(a, 1), (b, 50), (c, 70)])  # c shares a's first block (prefix hit)
-    steps += [[(a, 1), (b, 1), (c, 1)] for _ in range(2)]
+Schedule = list[list[tuple[Request, int]]]
+
+
+def run_pair(preset: str, reqs: list[Request], steps: Schedule, num_slots: int = 8) -> tuple[SimEngine, float]:
+    """Run `steps` on a Triton engine (with `reqs`) and on a PyTorch engine (with copies).
+
+    Returns the Triton engine and the worst relative difference between the two outputs."""
+    eng_t = engine(preset, triton=True, num_slots=num_slots)
+    eng_p = engine(preset, triton=False, num_slots=num_slots)
+    twin = {id(r): Request(r.rid, list(r.tokens)) for r in reqs}
+    worst = 0.0
+    for step in steps:
+        plan = eng_t.step(step)
+        eng_p.step([(twin[id(r)], n) for r, n in step])
+        assert plan is not None
+        worst = max(worst, rel(eng_t.last_out, eng_p.last_out))
+    assert [r.blocks for r in reqs] == [twin[id(r)].blocks for r in reqs]
+    return eng_t, worst
+
+
+def check_records(eng: SimEngine, reqs: list[Request]) -> None:
+    """Each full block's record against the PyTorch quantizer's record of the true tile."""
+    G = SHAPE.block_size
+    for r in reqs:
+        for j in range(r.num_computed // G):
+            kv = [_token_vectors(r.hashes[p], SHAPE) for p in range(j * G, (j + 1) * G)]
+            k = torch.stack([x[1] for x in kv], dim=1)  # [H, G, D]
+            v = torch.stack([x[2] for x in kv], dim=1)
+            ref = eng.quantizer.quantize_batch(k, v)
+            got = eng.cache.records[r.blocks[j]]
+            for side, truth in enumerate((k, v)):
+                err_got = (eng.quantizer.dequantize_batch(got)[side] - truth).norm(dim=(1, 2)) / truth.norm(dim=(1, 2))
+                err_ref = (eng.quantizer.dequantize_batch(ref)[side] - truth).norm(dim=(1, 2)) / truth.norm(dim=(1, 2))
+                assert bool((err_got <= err_ref * 1.10 + 1e-6).all()), (r.rid, j, side, err_got, err_ref)
+            assert float((got == ref).float().mean()) > 0.9, (r.rid, j)
+
+
+def mixed_schedule(a: Request, b: Request, c: Request) -> Schedule:
+    """Chunked prefills, a decode next to prefills, decodes that fill a first block (it
+    becomes the sink) and a later one (its 16-bit tile is attended in the fill step, then its
+    record), a prefix hit on a shared first block, and decodes over several record blocks."""
+    steps: Schedule = [[(a, 40)], [(a, 23), (b, 30)]]  # a: 63 tokens
+    steps.append([(a, 1), (b, 70)])  # a's decode fills block 0; b: 100, block 0 flushed
+    steps.append([(a, 60), (b, 27)])  # a: 124, b: 127
+    steps += [[(a, 1), (b, 1)] for _ in range(5)]  # b fills block 1 by decode, a after 4
+    steps.append([(a, 1), (b, 1), (c, 100)])  # c: 64-token prefix hit, then 100 more (164)
+    steps += [[(a, 1), (b, 1), (c, 1)] for _ in range(3)]
+    steps.append([(c, 20)])  # c: 187
+    steps += [[(a, 1), (c, 1)] for _ in range(3)]
     return steps
 
 
@@ -73,20 +121,26 @@ def test_codec_picks_the_kernels_by_device_env_and_quantizer(monkeypatch: pytest
 
 
 @pytest.mark.parametrize("preset", ["k2v2", "k4v4"])
-def test_triton_path_matches_the_pytorch_path_on_a_mixed_schedule(preset: str) -> None:
-    eng_t = engine(preset, triton=True)
-    eng_p = engine(preset, triton=False)
-    reqs_t = [Request(0, tokens(1, 90)), Request(1, tokens(2, 90)), Request(2, tokens(1, 64) + tokens(3, 30))]
-    reqs_p = [Request(r.rid, list(r.tokens)) for r in reqs_t]
-    worst = 0.0
-    for step in schedule(*reqs_t):
-        index = {id(r): i for i, r in enumerate(reqs_t)}
-        plan = eng_t.step(step)
-        eng_p.step([(reqs_p[index[id(r)]], n) for r, n in step])
-        assert plan is not None
-        worst = max(worst, rel(eng_t.last_out, eng_p.last_out))
-    assert reqs_t[2].blocks[0] == reqs_t[0].blocks[0]  # the prefix hit happened
-    assert [r.blocks for r in reqs_t] == [r.blocks for r in reqs_p]
-    assert eng_t.shadow_err < SHADOW_TOL, eng_t.shadow_err
-    # different records (VarN near-ties) move outputs by a fraction of the quantization error
-    assert worst < (0.05 if preset == "k2v2" else 0.01), worst
+def test_triton_path_on_a_mixed_schedule(preset: str) -> None:
+    a, b = Request(0, tokens(1, 200)), Request(1, tokens(2, 200))
+    c = Request(2, tokens(1, 64) + tokens(3, 140))  # shares a's first block
+    eng, worst = run_pair(preset, [a, b, c], mixed_schedule(a, b, c))
+    assert c.blocks[0] == a.blocks[0]  # the prefix hit happened
+    assert eng.shadow_err < SHADOW_TOL, eng.shadow_err
+    check_records(eng, [a, b, c])
+    assert worst < PAIR_TOL[preset], worst
+
+
+def test_triton_path_with_spills_restores_and_lost_sinks() -> None:
+    """A pool of 4 slots: paused tails are spilled through the Triton flush and restored,
+    sinks are reclaimed so first blocks are read from their records by the decode kernel."""
+    G = SHAPE.block_size
+    reqs = [Request(i, tokens(20 + i, 2 * G + 10)) for i in range(5)]
+    r0, r1, r2, r3, r4 = reqs
+    steps: Schedule = [[(r0, G + 1), (r1, G + 1)], [(r0, 1), (r1, 1)], [(r2, G + 3), (r3, 2), (r4, 3)]]
+    steps += [[(r0, 1), (r1, 1)] for _ in range(6)]
+    eng, worst = run_pair("k2v2", reqs, steps, num_slots=4)
+    assert eng.pool.spills >= 1 and eng.pool.restores >= 1 and eng.pool.sink_fallbacks >= 1
+    assert eng.shadow_err < SHADOW_TOL, eng.shadow_err
+    check_records(eng, reqs)
+    assert worst < PAIR_TOL["k2v2"], worst
