@@ -105,6 +105,25 @@ class Request:
             self.hashes.append(h)
 
 
+def check_decode_inputs(plan: StepPlan, G: int) -> None:
+    """The Triton decode inputs of every decode group say what its row lists say: the record
+    blocks in order, the sink slot with G tokens, the tail slot with its fill (= seq % G)."""
+    for group in plan.groups:
+        rows = group.q_tokens.shape[0]
+        if group.q_tokens.shape[1] != 1:
+            assert group.dec_nblk.numel() == 0
+            continue
+        for i in range(rows):
+            blocks = group.hist_block[group.hist_row == i].tolist()
+            assert group.dec_table[i, : int(group.dec_nblk[i])].tolist() == blocks
+            sink = group.sink_slot[group.sink_row == i].tolist()
+            assert group.dec_side_slot[i, 0].item() == (sink[0] if sink else -1)
+            assert group.dec_side_len[i, 0].item() == (G if sink else 0)
+            tail = group.tail_slot[group.tail_row == i].tolist()
+            assert group.dec_side_slot[i, 1].item() == (tail[0] if tail else -1)
+            assert group.dec_side_len[i, 1].item() == ((int(group.ctx[i]) + 1) % G if tail else 0)
+
+
 class SimEngine:
     """Block manager + one attention layer driven through the real plan/update/attend code."""
 
@@ -241,6 +260,7 @@ class SimEngine:
                 t += 1
 
         plan = self.pool.plan(qsl, seq, bt, T)
+        check_decode_inputs(plan, G)
         # blocks this step writes from offset 0 hold fresh tokens only
         for r, n in batch:
             for j in range(math.ceil(r.num_computed / G), math.ceil((r.num_computed + n) / G)):
