@@ -193,14 +193,14 @@ def attend(
 ) -> None:
     """Causal attention of the step's queries [T, Hq, D] into `output` [T, Hq, D]."""
     T = plan.num_tokens
-    q_rot = codec.rotate(query[:T].float())
-    k_rot = codec.rotate(key[:T].float())
-    v_rot = codec.rotate(value[:T].float())
+    rotated: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     for group in plan.groups:
         if codec.triton and group.q_tokens.shape[1] == 1:
             _decode_group_triton(group, codec, cache, query, tiles, output, scale)
-        else:
-            _attend_group(group, codec, cache, q_rot, k_rot, v_rot, tiles, output, scale)
+            continue
+        if rotated is None:  # a pure-decode step on the Triton path never needs these
+            rotated = (codec.rotate(query[:T].float()), codec.rotate(key[:T].float()), codec.rotate(value[:T].float()))
+        _attend_group(group, codec, cache, *rotated, tiles, output, scale)
 
 
 def _decode_group_triton(
