@@ -144,3 +144,31 @@ def test_triton_path_with_spills_restores_and_lost_sinks() -> None:
     assert eng.shadow_err < SHADOW_TOL, eng.shadow_err
     check_records(eng, reqs)
     assert worst < PAIR_TOL["k2v2"], worst
+
+
+@pytest.mark.engine
+@pytest.mark.skipif(not os.environ.get("KVARN_TRITON_ENGINE_TEST"), reason="slow under the interpreter (minutes): set KVARN_TRITON_ENGINE_TEST=1")
+def test_triton_path_inside_vllm_generates_like_the_pytorch_path(test_model, data_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SmolLM2 + k2v2 in a real engine (200-token prompt, G = 128): the prefill flush and
+    60 decode steps (one of which fills block 1) through the kernels give the PyTorch path's
+    greedy tokens."""
+    import subprocess
+
+    script = os.path.join(os.path.dirname(__file__), "triton_engine_smoke.py")
+    results = {}
+    for name, force in (("torch", "0"), ("triton", "1")):
+        out = tmp_path / f"{name}.json"
+        env = dict(os.environ, KVARN_FORCE_TRITON=force)
+        subprocess.run([sys.executable, script, str(test_model), str(data_dir), str(out), "60"], env=env, check=True,
+                       timeout=1800, capture_output=True)
+        results[name] = __import__("json").loads(out.read_text())
+    torch_run, triton_run = results["torch"], results["triton"]
+    assert triton_run["tokens"] == torch_run["tokens"]
+    diff = np.abs(np.array(triton_run["logprobs"]) - np.array(torch_run["logprobs"]))
+    # tokens 0..56 attend only to 16-bit slots and tiles (block 0 is the sink; token 56's
+    # step fills block 1 and reads its tile): measured max 1.6e-3. Later steps read block 1
+    # from its record: measured 0.22 at token 57, mean 0.005 over all 60 tokens (2026-11-22,
+    # interpreter). Of that 0.22, 0.014 is the Triton flush's different record and the rest
+    # the decode kernel's reading of records on real-model magnitudes (docs/KV_CACHE.md).
+    assert float(diff[:57].max()) < 1e-2, diff[:57]
+    assert float(diff.mean()) < 0.05, diff
