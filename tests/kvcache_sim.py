@@ -105,6 +105,25 @@ class Request:
             self.hashes.append(h)
 
 
+def check_decode_inputs(plan: StepPlan, G: int) -> None:
+    """The Triton decode inputs of every decode group say what its row lists say: the record
+    blocks in order, the sink slot with G tokens, the tail slot with its fill (= seq % G)."""
+    for group in plan.groups:
+        rows = group.q_tokens.shape[0]
+        if group.q_tokens.shape[1] != 1:
+            assert group.dec_nblk.numel() == 0
+            continue
+        for i in range(rows):
+            blocks = group.hist_block[group.hist_row == i].tolist()
+            assert group.dec_table[i, : int(group.dec_nblk[i])].tolist() == blocks
+            sink = group.sink_slot[group.sink_row == i].tolist()
+            assert group.dec_side_slot[i, 0].item() == (sink[0] if sink else -1)
+            assert group.dec_side_len[i, 0].item() == (G if sink else 0)
+            tail = group.tail_slot[group.tail_row == i].tolist()
+            assert group.dec_side_slot[i, 1].item() == (tail[0] if tail else -1)
+            assert group.dec_side_len[i, 1].item() == ((int(group.ctx[i]) + 1) % G if tail else 0)
+
+
 class SimEngine:
     """Block manager + one attention layer driven through the real plan/update/attend code."""
 
@@ -117,7 +136,13 @@ class SimEngine:
         *,
         prefix_caching: bool = True,
         seed: int = 0,
+        triton: bool | None = False,
+        reference: bool = True,
     ) -> None:
+        """`triton` goes to the Codec (False: the PyTorch path); `reference` compares each
+        step with the rule-based reference, which needs a quantizer with `roundtrip` (the
+        grid codec). With triton, every step's output is also compared with the PyTorch
+        attention on the same cache state (`shadow_err`, relative)."""
         self.shape = shape
         self.G = shape.block_size
         self.num_blocks = num_blocks
@@ -128,7 +153,9 @@ class SimEngine:
         self.block_hash: dict[int, bytes] = {}
         self.pool = StagingPool(num_slots, self.G)
         self.quantizer = quantizer
-        self.codec = Codec(quantizer, torch.device("cpu"))
+        self.codec = Codec(quantizer, torch.device("cpu"), triton=triton)
+        self.torch_codec = Codec(quantizer, torch.device("cpu"), triton=False)
+        self.reference = reference
         self.cache = LayerCache(
             records=torch.zeros(num_blocks, shape.kv_heads, quantizer.record_bytes, dtype=torch.uint8),
             slot_k=torch.zeros(num_slots, shape.kv_heads, self.G, shape.head_dim),
@@ -138,6 +165,8 @@ class SimEngine:
         self.degraded: dict[int, set[int]] = {}
         self.rng = np.random.default_rng(seed)
         self.max_err = 0.0
+        self.shadow_err = 0.0
+        self.last_out = torch.empty(0)
         self.steps = 0
 
     # -- block manager ----------------------------------------------------------------------
@@ -231,6 +260,7 @@ class SimEngine:
                 t += 1
 
         plan = self.pool.plan(qsl, seq, bt, T)
+        check_decode_inputs(plan, G)
         # blocks this step writes from offset 0 hold fresh tokens only
         for r, n in batch:
             for j in range(math.ceil(r.num_computed / G), math.ceil((r.num_computed + n) / G)):
@@ -240,9 +270,17 @@ class SimEngine:
 
         out = torch.zeros(T, s.q_heads, s.head_dim)
         tiles = update_cache(plan, self.codec, self.cache, k, v)
-        attend(plan, self.codec, self.cache, q, k, v, tiles, out, scale=1.0 / math.sqrt(s.head_dim))
-        expected = self._reference(batch, plan)
-        self.max_err = max(self.max_err, float((out - expected).abs().max()))
+        scale = 1.0 / math.sqrt(s.head_dim)
+        attend(plan, self.codec, self.cache, q, k, v, tiles, out, scale=scale)
+        self.last_out = out
+        if self.codec.triton:
+            shadow = torch.zeros_like(out)
+            attend(plan, self.torch_codec, self.cache, q, k, v, tiles, shadow, scale=scale)
+            rel = (out - shadow).norm(dim=-1) / shadow.norm(dim=-1).clamp(min=1e-6)
+            self.shadow_err = max(self.shadow_err, float(rel.max()))
+        if self.reference:
+            expected = self._reference(batch, plan)
+            self.max_err = max(self.max_err, float((out - expected).abs().max()))
         for r, n in batch:
             r.num_computed += n
         self.steps += 1

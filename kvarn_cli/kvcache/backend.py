@@ -10,7 +10,8 @@ entry point (in vLLM's worker processes) in place of CPU_ATTN on CPU, or as CUST
   go to which staging slot or flush tile, where every key is read from); it owns the
   staging pool's bookkeeping, which is shared by all layers because they share block ids.
 - The impl applies the plan to its layer: writes, flushes and attention (kvarn_cli.kvcache
-  .compute, PyTorch). A CUDA implementation can consume the same plan with Triton kernels.
+  .compute): PyTorch on CPU; on CUDA the flushes and the decode attention go through the
+  Triton kernels (kvarn_cli.kernels.triton_flush / triton_decode), prefill chunks stay PyTorch.
 
 The preset travels in environment variables because `customize_spec` runs without a
 current vLLM config.

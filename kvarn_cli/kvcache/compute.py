@@ -8,10 +8,17 @@ rotated back. H is orthonormal, so q·k and the weighted sum of V are unchanged;
 rotating every history token at every step. Every gather and scatter is batched over the
 whole step; the only Python loops are over attention groups (one batch of decodes, one per
 longer query) and over query chunks of very long prefills.
+
+On CUDA (or with KVARN_FORCE_TRITON=1, which runs them in Triton's interpreter when
+TRITON_INTERPRET=1) the two hot paths use the Triton kernels of kvarn_cli.kernels: flushes
+and spills quantize straight into the paged records (triton_flush.flush_tiles), and decode
+groups attend with triton_decode.decode_attention over records + sink/tail slots. Prefill
+chunks, flush prefixes read back from a record and restores stay in PyTorch.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from kvarn_cli.kvcache.staging import AttentionGroup, StepPlan
+
+#: Set to 1 to use the Triton kernels on a CPU tensor too (tests, under TRITON_INTERPRET=1).
+ENV_FORCE_TRITON = "KVARN_FORCE_TRITON"
 
 #: Longer prefill chunks are attended in slices of this many queries (bounds the score memory).
 QUERY_CHUNK = 1024
@@ -35,14 +45,40 @@ class LayerCache:
     slot_v: torch.Tensor
 
 
-class Codec:
-    """The quantizer plus its rotation, with the few tensor shapes this module uses."""
+def triton_kernels_apply(quantizer: Any) -> bool:
+    """Whether the Triton kernels handle this quantizer's records (KVarN, fp8 scales, 2/4 bits)."""
+    layout = getattr(quantizer, "layout", None)
+    if layout is None:
+        return False
+    try:
+        from kvarn_cli.kernels.triton_common import kernel_layout
+    except ImportError:  # no triton installed
+        return False
+    try:
+        kernel_layout(layout)
+    except ValueError:
+        return False
+    return True
 
-    def __init__(self, quantizer: Any, device: torch.device) -> None:
+
+class Codec:
+    """The quantizer plus its rotation, with the few tensor shapes this module uses.
+
+    `triton` picks the kernels: None decides by device (CUDA, or KVARN_FORCE_TRITON=1) and
+    by whether the kernels handle the quantizer; other codecs always take the PyTorch path.
+    """
+
+    def __init__(self, quantizer: Any, device: torch.device, *, triton: bool | None = None) -> None:
         self.q = quantizer
         self.record_bytes = int(quantizer.record_bytes)
         rot = getattr(quantizer, "rotation", None)
         self.rotation: torch.Tensor | None = None if rot is None else rot.to(device=device, dtype=torch.float32)
+        if triton is None:
+            wanted = device.type == "cuda" or os.environ.get(ENV_FORCE_TRITON, "0") == "1"
+            triton = wanted and triton_kernels_apply(quantizer)
+        elif triton and not triton_kernels_apply(quantizer):
+            raise ValueError(f"the Triton kernels do not handle {quantizer!r}")
+        self.triton = triton
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.rotation is None else x @ self.rotation
@@ -55,6 +91,15 @@ class Codec:
         n, h, g, d = k.shape
         recs = self.q.quantize_batch(k.reshape(n * h, g, d), v.reshape(n * h, g, d))
         return recs.view(n, h, self.record_bytes)
+
+    def flush(self, k: torch.Tensor, v: torch.Tensor, records: torch.Tensor, blocks: torch.Tensor) -> None:
+        """Quantize [n, H, G, D] unrotated float K/V into records[blocks] (paged cache, in place)."""
+        if self.triton:
+            from kvarn_cli.kernels.triton_flush import flush_tiles
+
+            flush_tiles(self.q, k.contiguous(), v.contiguous(), records, blocks)
+        else:
+            records[blocks] = self.encode(k, v)
 
     def decode(self, recs: torch.Tensor, *, rotated: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """[n, H, record_bytes] -> float32 K, V [n, H, G, D] (rotated domain if `rotated`)."""
@@ -85,7 +130,7 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
         sv = codec.unrotate(cache.slot_v[plan.spill_slot].float())
         pos = torch.arange(G, device=key.device).unsqueeze(0) % plan.spill_fill.unsqueeze(1)  # [S, G]
         idx = pos[:, None, :, None].expand_as(sk)
-        recs[plan.spill_block] = codec.encode(sk.gather(2, idx), sv.gather(2, idx))
+        codec.flush(sk.gather(2, idx), sv.gather(2, idx), recs, plan.spill_block)
 
     # 2. flush tiles: gather the staged prefixes (unrotated, float32)
     nf = plan.num_flush
@@ -126,7 +171,7 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
     tv[tiles, :, offs] = v[to_tile]
 
     # 5. flush: quantize once into the paged records; first blocks keep a 16-bit sink copy
-    recs[plan.flush_block] = codec.encode(tk, tv)
+    codec.flush(tk, tv, recs, plan.flush_block)
     tk_rot, tv_rot = codec.rotate(tk), codec.rotate(tv)
     keep = plan.flush_keep_slot >= 0
     if bool(keep.any()):
@@ -148,11 +193,55 @@ def attend(
 ) -> None:
     """Causal attention of the step's queries [T, Hq, D] into `output` [T, Hq, D]."""
     T = plan.num_tokens
-    q_rot = codec.rotate(query[:T].float())
-    k_rot = codec.rotate(key[:T].float())
-    v_rot = codec.rotate(value[:T].float())
+    rotated: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     for group in plan.groups:
-        _attend_group(group, codec, cache, q_rot, k_rot, v_rot, tiles, output, scale)
+        if codec.triton and group.q_tokens.shape[1] == 1:
+            _decode_group_triton(group, codec, cache, query, tiles, output, scale)
+            continue
+        if rotated is None:  # a pure-decode step on the Triton path never needs these
+            rotated = (codec.rotate(query[:T].float()), codec.rotate(key[:T].float()), codec.rotate(value[:T].float()))
+        _attend_group(group, codec, cache, *rotated, tiles, output, scale)
+
+
+def _decode_group_triton(
+    group: AttentionGroup,
+    codec: Codec,
+    cache: LayerCache,
+    query: torch.Tensor,
+    tiles: tuple[torch.Tensor, torch.Tensor],
+    output: torch.Tensor,
+    scale: float,
+) -> None:
+    """One query per row, with the Triton decode kernel: records in the block table, the
+    sink and the tail (the step's token already written there) from the staging slots.
+
+    A row whose block filled in this step (its token is that block's last) has the block's
+    16-bit tile instead of a tail slot; the tile lives only in this step's flush tensors, so
+    those rows are attended again with a small side tensor of (sink, tile) and overwritten.
+    """
+    from kvarn_cli.kernels.triton_decode import decode_attention
+
+    tokens = group.q_tokens[:, 0]
+    q = query[tokens].contiguous()
+    out = decode_attention(
+        codec.q, q, cache.records, group.dec_table, group.dec_nblk,
+        cache.slot_k, cache.slot_v, group.dec_side_slot, group.dec_side_len, scale=scale,
+    )
+    if group.tile_row.numel():
+        rows = group.tile_row
+        n = rows.shape[0]
+        G = cache.slot_k.shape[2]
+        sink = group.dec_side_slot[rows, 0]
+        side_k = torch.stack([cache.slot_k[sink.clamp(min=0)].float(), tiles[0][group.tile_index]], dim=1)
+        side_v = torch.stack([cache.slot_v[sink.clamp(min=0)].float(), tiles[1][group.tile_index]], dim=1)
+        pair = torch.arange(n, device=rows.device, dtype=torch.int32) * 2
+        side_slot = torch.stack([torch.where(sink >= 0, pair, -1), pair + 1], dim=1).to(torch.int32)
+        side_len = torch.full((n, 2), G, dtype=torch.int32, device=rows.device)
+        out[rows] = decode_attention(
+            codec.q, q[rows], cache.records, group.dec_table[rows], group.dec_nblk[rows],
+            side_k.flatten(0, 1), side_v.flatten(0, 1), side_slot, side_len, scale=scale,
+        )
+    output[tokens] = out.to(output.dtype)
 
 
 def _assemble(

@@ -74,6 +74,15 @@ class AttentionGroup:
     new_row: torch.Tensor
     new_pos: torch.Tensor
     new_token: torch.Tensor
+    # decode groups only (one query per row), in the form the Triton decode kernel takes
+    # (kvarn_cli.kernels.triton_decode.decode_attention); empty for prefill groups.
+    #: [rows, width] int32 record blocks of each row (the hist blocks, in order), 0-padded
+    dec_table: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0, dtype=torch.int32))
+    #: [rows] int32 number of valid entries of dec_table per row
+    dec_nblk: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int32))
+    #: [rows, 2] int32 16-bit slots (sink, tail), -1 = none, and how many of their tokens count
+    dec_side_slot: torch.Tensor = field(default_factory=lambda: torch.empty(0, 2, dtype=torch.int32))
+    dec_side_len: torch.Tensor = field(default_factory=lambda: torch.empty(0, 2, dtype=torch.int32))
 
 
 @dataclass
@@ -419,6 +428,10 @@ class StagingPool:
             new_pos.extend(range(int(ctx[r]), int(ctx[r]) + q))
             new_token.extend(range(int(qsl[r]), int(qsl[r]) + q))
         key_len = -(-longest // G) * G
+        decode: dict[str, torch.Tensor] = {}
+        if q == 1:
+            decode = self._decode_inputs(len(rows), hist_row, hist_block, sink_row, sink_slot, tail_row, tail_slots,
+                                         [int(staged_after[r]) for r in rows])
         return AttentionGroup(
             q_tokens=_long(q_tokens),
             ctx=_long(ctx[rows]),
@@ -437,4 +450,39 @@ class StagingPool:
             new_row=_long(new_row),
             new_pos=_long(new_pos),
             new_token=_long(new_token),
+            **decode,
         )
+
+    def _decode_inputs(
+        self,
+        rows: int,
+        hist_row: list[int],
+        hist_block: list[int],
+        sink_row: list[int],
+        sink_slot: list[int],
+        tail_row: list[int],
+        tail_slot: list[int],
+        tail_len: list[int],
+    ) -> dict[str, torch.Tensor]:
+        """Block table and side slots of a decode group, built once per step here rather than
+        once per layer on the device. A block that fills in this step is in neither: its
+        16-bit tile exists only during the step (compute attends to it separately)."""
+        h_row = np.asarray(hist_row, dtype=np.int64)
+        s_row = np.asarray(sink_row, dtype=np.int64)
+        t_row = np.asarray(tail_row, dtype=np.int64)
+        nblk = np.bincount(h_row, minlength=rows)
+        table = np.zeros((rows, max(1, int(nblk.max(initial=0)))), dtype=np.int32)
+        col = np.arange(h_row.shape[0]) - (np.cumsum(nblk) - nblk)[h_row]  # rows are in order
+        table[h_row, col] = np.asarray(hist_block, dtype=np.int64)
+        side_slot = np.full((rows, 2), -1, dtype=np.int32)
+        side_len = np.zeros((rows, 2), dtype=np.int32)
+        side_slot[s_row, 0] = np.asarray(sink_slot, dtype=np.int64)
+        side_len[s_row, 0] = self.block_size
+        side_slot[t_row, 1] = np.asarray(tail_slot, dtype=np.int64)
+        side_len[t_row, 1] = np.asarray(tail_len, dtype=np.int64)[t_row]
+        return {
+            "dec_table": torch.from_numpy(table),
+            "dec_nblk": torch.from_numpy(nblk.astype(np.int32)),
+            "dec_side_slot": torch.from_numpy(side_slot),
+            "dec_side_len": torch.from_numpy(side_len),
+        }
