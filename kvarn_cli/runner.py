@@ -77,10 +77,15 @@ class StopFlag:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        # Only set the flag: the handler can interrupt the main thread anywhere, even inside an
+        # import or a print, and re-entering those from here fails. The loop reports the signal.
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
-        err_console.print(f"[yellow]received {signal.Signals(signum).name}: finishing the current step, saving, exiting[/]")
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else ""
 
 
 class Progress:
@@ -254,6 +259,7 @@ def _generate(engine: Any, req: RunRequest, runnable: list[tuple[JobRecord, list
     try:
         while engine.has_unfinished():
             if stop.signal is not None:
+                err_console.print(f"[yellow]received {stop.name}: saving finished records and exiting[/]")
                 engine.abort(list(pending))
                 return True
             try:
