@@ -26,6 +26,7 @@ from kvarn_cli.run_dir import (
     append_line,
     attempt_record,
     check_resumable,
+    read_json,
     write_json_atomic,
 )
 
@@ -325,6 +326,11 @@ def _shadow_check(req: RunRequest, records: list[JobRecord]) -> dict[str, Any] |
         return None
     if not records:
         return None
+    saved = req.out / "shadow_check.json"
+    if saved.exists():  # a resumed run: same model and preset (run.json), so the measure stands
+        previous = read_json(saved)
+        if len(previous.get("record_ids", [])) == min(req.shadow_check, len(records)):
+            return previous
     import torch
     from transformers import AutoTokenizer
 
