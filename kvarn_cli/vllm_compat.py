@@ -8,6 +8,7 @@ so an incompatible vLLM fails with one clear line instead of a traceback deep in
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from kvarn_cli.errors import EngineError
@@ -113,7 +114,6 @@ def read_gauges(llm: Any) -> dict[str, float]:
 #: ("Class.attr") when the backend uses an attribute of a class.
 BACKEND_SYMBOLS: tuple[tuple[str, str], ...] = (
     ("vllm.v1.attention.backend", "AttentionBackend"),
-    ("vllm.v1.attention.backend", "AttentionBackend.customize_spec"),
     ("vllm.v1.attention.backend", "AttentionImpl"),
     ("vllm.v1.attention.backend", "AttentionMetadataBuilder"),
     ("vllm.v1.attention.backend", "AttentionMetadataBuilder._init_reorder_batch_threshold"),
@@ -127,10 +127,26 @@ BACKEND_SYMBOLS: tuple[tuple[str, str], ...] = (
     ("vllm.v1.attention.backends.registry", "register_backend"),
     ("vllm.v1.attention.selector", "_cached_get_attn_backend"),
     ("vllm.v1.kv_cache_interface", "AttentionSpec"),
-    ("vllm.v1.kv_cache_interface", "KVCacheLayout"),
     ("vllm.config", "get_current_vllm_config"),
     ("vllm.platforms", "current_platform.is_cpu"),
     ("vllm.platforms", "current_platform.is_cuda_alike"),
+)
+
+#: How the backend sizes vLLM's pages. Newer vLLM (0.32) lets a backend rewrite its layers'
+#: cache spec (`customize_spec`) and lay pages out by `KVCacheLayout`.
+PAGE_SPEC_HOOK_SYMBOLS: tuple[tuple[str, str], ...] = (
+    ("vllm.v1.attention.backend", "AttentionBackend.customize_spec"),
+    ("vllm.v1.kv_cache_interface", "KVCacheLayout"),
+)
+#: Older vLLM (0.26) has no such hook: the attention layer builds the spec itself and the
+#: runner views pages through the backend's `get_kv_cache_shape`. There kvarn wraps
+#: `Attention.get_kv_cache_spec` and describes its pages with `TQFullAttentionSpec`, vLLM's
+#: own spec for a fixed number of bytes per (token, KV head) (made for its TurboQuant cache).
+LEGACY_PAGE_SPEC_SYMBOLS: tuple[tuple[str, str], ...] = (
+    ("vllm.model_executor.layers.attention.attention", "Attention.get_kv_cache_spec"),
+    ("vllm.v1.kv_cache_interface", "FullAttentionSpec"),
+    ("vllm.v1.kv_cache_interface", "TQFullAttentionSpec"),
+    ("vllm.v1.attention.backend", "AttentionBackend.get_kv_cache_shape"),
 )
 
 
@@ -141,6 +157,20 @@ def _resolve(module: str, symbol: str) -> Any:
     return obj
 
 
+def _missing(symbols: tuple[tuple[str, str], ...]) -> str | None:
+    for module, symbol in symbols:
+        try:
+            _resolve(module, symbol)
+        except (ImportError, AttributeError):
+            return f"{module}.{symbol}"
+    return None
+
+
+def has_page_spec_hook() -> bool:
+    """Whether this vLLM lets a backend rewrite its layers' cache spec (0.32 and later)."""
+    return _missing(PAGE_SPEC_HOOK_SYMBOLS) is None
+
+
 def check_backend_api() -> str:
     """Check that every vLLM internal the KVarN backend uses exists; return the vLLM version.
 
@@ -148,15 +178,15 @@ def check_backend_api() -> str:
     them fails at start-up with one line rather than inside the first forward pass.
     """
     version = vllm_version()
-    for module, symbol in BACKEND_SYMBOLS:
-        try:
-            _resolve(module, symbol)
-        except (ImportError, AttributeError):
-            raise EngineError(
-                f"vLLM {version} lacks {module}.{symbol}, which the KVarN paged KV cache needs "
-                "(kvarn's cache presets k2v2/k4v2/k4v4 are tested on vLLM 0.32 CPU; use --preset fp16 "
-                "to run without them)"
-            ) from None
+    missing = _missing(BACKEND_SYMBOLS)
+    if missing is None and not has_page_spec_hook():
+        missing = _missing(LEGACY_PAGE_SPEC_SYMBOLS)
+    if missing is not None:
+        raise EngineError(
+            f"vLLM {version} lacks {missing}, which the KVarN paged KV cache needs "
+            "(kvarn's cache presets k2v2/k4v2/k4v4 are tested on vLLM 0.32 CPU and 0.26 CUDA; use --preset fp16 "
+            "to run without them)"
+        )
     return version
 
 
@@ -176,7 +206,7 @@ class BackendAPI:
         )
         from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
         from vllm.v1.attention.selector import _cached_get_attn_backend
-        from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheLayout
+        from vllm.v1.kv_cache_interface import AttentionSpec
 
         self.AttentionBackend = AttentionBackend
         self.AttentionImpl = AttentionImpl
@@ -187,7 +217,9 @@ class BackendAPI:
         self.register_backend = register_backend
         self.selector_cache = _cached_get_attn_backend
         self.AttentionSpec = AttentionSpec
-        self.KVCacheLayout = KVCacheLayout
+        #: None on vLLM without the page-spec hook (the backend then never reports layouts)
+        self.KVCacheLayout = getattr(importlib.import_module("vllm.v1.kv_cache_interface"), "KVCacheLayout", None)
+        self.has_page_spec_hook = has_page_spec_hook()
         self.get_current_vllm_config = get_current_vllm_config
         self.current_platform = current_platform
 
@@ -215,6 +247,7 @@ def install_backend(class_path: str) -> None:
     api = backend_api()
     api.register_backend(backend_slot(api), class_path)
     api.selector_cache.cache_clear()
+    install_page_spec_hook()
 
 
 def uninstall_backend(class_path: str) -> None:
@@ -231,3 +264,62 @@ def uninstall_backend(class_path: str) -> None:
 
 def is_cuda_platform() -> bool:
     return bool(backend_api().current_platform.is_cuda_alike())
+
+
+def install_page_spec_hook() -> None:
+    """On vLLM without `customize_spec` (0.26), let the KVarN backend size its layers' pages.
+
+    Wraps `Attention.get_kv_cache_spec` so that a layer whose backend defines
+    `kvarn_page_spec(spec)` reports the spec that method returns. Layers of other backends
+    are untouched, so the wrapper may stay installed for the life of the process.
+    """
+    api = backend_api()
+    if api.has_page_spec_hook:
+        return
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    current = Attention.get_kv_cache_spec
+    if getattr(current, "__kvarn_hook__", False):
+        return
+
+    def get_kv_cache_spec(self: Any, vllm_config: Any) -> Any:
+        spec = current(self, vllm_config)
+        page_spec = getattr(self.attn_backend, "kvarn_page_spec", None)
+        return spec if spec is None or page_spec is None else page_spec(spec)
+
+    get_kv_cache_spec.__kvarn_hook__ = True  # type: ignore[attr-defined]
+    get_kv_cache_spec.__wrapped__ = current  # type: ignore[attr-defined]
+    Attention.get_kv_cache_spec = get_kv_cache_spec
+
+
+def fixed_cell_spec(spec: Any, cell_bytes: int) -> Any:
+    """`spec` with uint8 pages of `cell_bytes` per (token, KV head): how vLLM's block manager
+    sizes and allocates the quantized cache itself."""
+    import dataclasses
+
+    import torch
+
+    api = backend_api()
+    if api.has_page_spec_hook:
+        if spec.state_content_bytes is not None:
+            return spec
+        return dataclasses.replace(spec, dtype=torch.uint8, state_content_bytes=cell_bytes)
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, TQFullAttentionSpec
+
+    if type(spec) is not FullAttentionSpec:
+        raise EngineError(f"the KVarN cache handles full-attention layers only, got {type(spec).__name__}")
+    values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
+    values.update(dtype=torch.uint8, tq_slot_size=cell_bytes)
+    return TQFullAttentionSpec(**values)
+
+
+def prefer_v1_model_runner() -> None:
+    """vLLM 0.26 runs Llama-style models on its new (V2) GPU model runner by default; the
+    KVarN backend plans each step on the host from the batch's CPU-side lengths, which the
+    long-standing (V1) runner provides, so kvarn asks for that one unless the user chose."""
+    try:
+        import vllm.envs as envs
+    except ImportError:
+        return
+    if "VLLM_USE_V2_MODEL_RUNNER" in getattr(envs, "environment_variables", {}):
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")

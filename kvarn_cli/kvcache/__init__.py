@@ -90,6 +90,7 @@ def activate(quantizer: str, block_size: int) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"block_size": block_size}
     if vllm_compat.is_cuda_platform():
         kwargs["attention_config"] = {"backend": "CUSTOM"}
+        vllm_compat.prefer_v1_model_runner()
     return kwargs
 
 

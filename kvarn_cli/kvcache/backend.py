@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -29,7 +29,7 @@ import torch
 from kvarn_cli import vllm_compat
 from kvarn_cli.errors import EngineError
 from kvarn_cli.kvcache import ENV_BLOCK_SIZE, ENV_QUANTIZER
-from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, update_cache
+from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, update_cache, use_triton
 from kvarn_cli.kvcache.layout import staging_slots, token_bytes
 from kvarn_cli.kvcache.records import quantizer_for
 from kvarn_cli.kvcache.staging import StagingPool, StepPlan
@@ -85,8 +85,16 @@ class KVarNAttentionBackend(_api.AttentionBackend):  # type: ignore[misc,name-de
 
     @classmethod
     def supported_kv_cache_layouts(cls) -> tuple[Any, ...]:
-        # [layer, block, head, token, cell]: each (block, head) record is contiguous
+        # [layer, block, head, token, cell]: each (block, head) record is contiguous (vLLM 0.32)
         return (_api.KVCacheLayout.LBHNC,)
+
+    @staticmethod
+    def get_kv_cache_shape(
+        num_blocks: int, block_size: int, num_kv_heads: int, head_size: int, cache_dtype_str: str = "auto"
+    ) -> tuple[int, ...]:
+        # vLLM 0.26 views each layer's uint8 pages through this shape: one record per (block, head)
+        name, _ = active_codec()
+        return (num_blocks, num_kv_heads, block_size * token_bytes(name, head_size, block_size))
 
     @classmethod
     def supports_attn_type(cls, attn_type: str) -> bool:
@@ -94,16 +102,16 @@ class KVarNAttentionBackend(_api.AttentionBackend):  # type: ignore[misc,name-de
 
     @classmethod
     def customize_spec(cls, spec: Any) -> Any:
-        if spec.state_content_bytes is not None:
-            return spec
         name, block_size = active_codec()
         if spec.block_size != block_size:
             raise EngineError(
                 f"the KVarN cache needs vLLM blocks of one tile ({block_size} tokens), got {spec.block_size}; "
                 "pass the block_size from kvarn_cli.kvcache.engine_kwargs"
             )
-        cell = token_bytes(name, spec.head_size, block_size)
-        return replace(spec, dtype=torch.uint8, state_content_bytes=cell)
+        return vllm_compat.fixed_cell_spec(spec, token_bytes(name, spec.head_size, block_size))
+
+    #: vLLM 0.26 has no customize_spec; vllm_compat.install_page_spec_hook calls this instead.
+    kvarn_page_spec = customize_spec
 
 
 @dataclass
@@ -115,8 +123,19 @@ class KVarNMetadata:
 class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,name-defined]
     def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        self.pool = StagingPool(staging_slots(vllm_config.scheduler_config.max_num_seqs), kv_cache_spec.block_size)
+        slots = staging_slots(vllm_config.scheduler_config.max_num_seqs)
+        if self._triton_decodes(device, kv_cache_spec.head_size):
+            # the Triton kernel reads records in place: no reason to split a decode batch
+            self.pool = StagingPool(slots, kv_cache_spec.block_size, attention_budget_rows=1 << 62)
+        else:
+            self.pool = StagingPool(slots, kv_cache_spec.block_size)
         _POOLS.add(self.pool)
+
+    @staticmethod
+    def _triton_decodes(device: torch.device, head_size: int) -> bool:
+        """Whether this process's layers will attend decodes with the Triton kernel (Codec's rule)."""
+        name, block = active_codec()
+        return use_triton(device, quantizer_for(name, head_size, block))
 
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> KVarNMetadata:
         cam = common_attn_metadata

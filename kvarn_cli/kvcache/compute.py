@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from kvarn_cli.kvcache.staging import AttentionGroup, StepPlan
 
-#: Set to 1 to use the Triton kernels on a CPU tensor too (tests, under TRITON_INTERPRET=1).
+#: 1: use the Triton kernels on a CPU tensor too (tests, under TRITON_INTERPRET=1);
+#: 0: use the PyTorch path on CUDA too (to compare the two inside one engine); unset: by device.
 ENV_FORCE_TRITON = "KVARN_FORCE_TRITON"
 
 #: Longer prefill chunks are attended in slices of this many queries (bounds the score memory).
@@ -61,6 +62,14 @@ def triton_kernels_apply(quantizer: Any) -> bool:
     return True
 
 
+def use_triton(device: torch.device, quantizer: Any) -> bool:
+    """The rule for taking the Triton path: CUDA tensors (or KVARN_FORCE_TRITON) and a
+    quantizer the kernels handle."""
+    forced = os.environ.get(ENV_FORCE_TRITON)
+    wanted = device.type == "cuda" if forced not in ("0", "1") else forced == "1"
+    return wanted and triton_kernels_apply(quantizer)
+
+
 class Codec:
     """The quantizer plus its rotation, with the few tensor shapes this module uses.
 
@@ -74,8 +83,7 @@ class Codec:
         rot = getattr(quantizer, "rotation", None)
         self.rotation: torch.Tensor | None = None if rot is None else rot.to(device=device, dtype=torch.float32)
         if triton is None:
-            wanted = device.type == "cuda" or os.environ.get(ENV_FORCE_TRITON, "0") == "1"
-            triton = wanted and triton_kernels_apply(quantizer)
+            triton = use_triton(device, quantizer)
         elif triton and not triton_kernels_apply(quantizer):
             raise ValueError(f"the Triton kernels do not handle {quantizer!r}")
         self.triton = triton
@@ -119,8 +127,6 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
     G = cache.slot_k.shape[2]
     dtype = cache.slot_k.dtype
     T = plan.num_tokens
-    k = key[:T].float()
-    v = value[:T].float()
     recs = cache.records
 
     # 1. spills: partial tails whose slot is reclaimed are quantized into their record, the
@@ -139,16 +145,13 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
         heads, d = cache.slot_k.shape[1], cache.slot_k.shape[3]
         tk = torch.zeros(nf, heads, G, d, device=key.device)
         tv = torch.zeros(nf, heads, G, d, device=key.device)
-        from_slot = plan.flush_prefix_slot >= 0
-        if bool(from_slot.any()):
-            slots = plan.flush_prefix_slot[from_slot]
-            tk[from_slot] = codec.unrotate(cache.slot_k[slots].float())
-            tv[from_slot] = codec.unrotate(cache.slot_v[slots].float())
-        from_record = plan.flush_prefix_record > 0
-        if bool(from_record.any()):
-            rk, rv = codec.decode(recs[plan.flush_block[from_record]], rotated=False)
-            tk[from_record] = rk
-            tv[from_record] = rv
+        if plan.prefix_slot.numel():
+            tk[plan.prefix_slot_tile] = codec.unrotate(cache.slot_k[plan.prefix_slot].float())
+            tv[plan.prefix_slot_tile] = codec.unrotate(cache.slot_v[plan.prefix_slot].float())
+        if plan.prefix_record_block.numel():
+            rk, rv = codec.decode(recs[plan.prefix_record_block], rotated=False)
+            tk[plan.prefix_record_tile] = rk
+            tv[plan.prefix_record_tile] = rv
 
     # 3. restores: a spilled tail comes back from its record into its new slot
     if plan.restore_slot.numel():
@@ -157,26 +160,28 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
         cache.slot_v[plan.restore_slot] = rv.to(dtype)
 
     # 4. the step's tokens: rotated into their tail slots, unrotated into their flush tiles
-    to_slot = plan.token_slot >= 0
-    if bool(to_slot.any()):
-        slots, offs = plan.token_slot[to_slot], plan.token_offset[to_slot]
-        cache.slot_k[slots, :, offs] = codec.rotate(k[to_slot]).to(dtype)
-        cache.slot_v[slots, :, offs] = codec.rotate(v[to_slot]).to(dtype)
+    if plan.slot_token.numel():
+        if codec.triton and codec.rotation is not None:
+            from kvarn_cli.kernels.triton_stage import stage_tokens
+
+            stage_tokens(key, value, plan.slot_token, plan.slot_id, plan.slot_offset, codec.rotation,
+                         cache.slot_k, cache.slot_v)
+        else:
+            ks, vs = key[plan.slot_token].float(), value[plan.slot_token].float()
+            cache.slot_k[plan.slot_id, :, plan.slot_offset] = codec.rotate(ks).to(dtype)
+            cache.slot_v[plan.slot_id, :, plan.slot_offset] = codec.rotate(vs).to(dtype)
     if not nf:
         return torch.empty(0, device=key.device), torch.empty(0, device=key.device)
     assert tk is not None and tv is not None
-    to_tile = plan.token_tile >= 0
-    tiles, offs = plan.token_tile[to_tile], plan.token_offset[to_tile]
-    tk[tiles, :, offs] = k[to_tile]
-    tv[tiles, :, offs] = v[to_tile]
+    tk[plan.tile_id, :, plan.tile_offset] = key[plan.tile_token].float()
+    tv[plan.tile_id, :, plan.tile_offset] = value[plan.tile_token].float()
 
     # 5. flush: quantize once into the paged records; first blocks keep a 16-bit sink copy
     codec.flush(tk, tv, recs, plan.flush_block)
     tk_rot, tv_rot = codec.rotate(tk), codec.rotate(tv)
-    keep = plan.flush_keep_slot >= 0
-    if bool(keep.any()):
-        cache.slot_k[plan.flush_keep_slot[keep]] = tk_rot[keep].to(dtype)
-        cache.slot_v[plan.flush_keep_slot[keep]] = tv_rot[keep].to(dtype)
+    if plan.keep_slot.numel():
+        cache.slot_k[plan.keep_slot] = tk_rot[plan.keep_tile].to(dtype)
+        cache.slot_v[plan.keep_slot] = tv_rot[plan.keep_tile].to(dtype)
     return tk_rot, tv_rot
 
 
@@ -222,10 +227,19 @@ def _decode_group_triton(
     from kvarn_cli.kernels.triton_decode import decode_attention
 
     tokens = group.q_tokens[:, 0]
-    q = query[tokens].contiguous()
+    rows_out = None
+    if group.dec_first_token >= 0:  # rows are the step's tokens first..first+rows-1: no gather/scatter
+        span = slice(group.dec_first_token, group.dec_first_token + tokens.shape[0])
+        q = query[span]
+        rows_out = output[span]
+        if q.stride(2) != 1 or rows_out.stride(2) != 1 or output.dtype != query.dtype:
+            q, rows_out = query[tokens].contiguous(), None
+    else:
+        q = query[tokens].contiguous()
     out = decode_attention(
         codec.q, q, cache.records, group.dec_table, group.dec_nblk,
         cache.slot_k, cache.slot_v, group.dec_side_slot, group.dec_side_len, scale=scale,
+        out=rows_out if rows_out is not None and not group.tile_row.numel() else None,
     )
     if group.tile_row.numel():
         rows = group.tile_row
@@ -241,7 +255,8 @@ def _decode_group_triton(
             codec.q, q[rows], cache.records, group.dec_table[rows], group.dec_nblk[rows],
             side_k.flatten(0, 1), side_v.flatten(0, 1), side_slot, side_len, scale=scale,
         )
-    output[tokens] = out.to(output.dtype)
+    if out is not rows_out:
+        output[tokens] = out.to(output.dtype)
 
 
 def _assemble(

@@ -29,6 +29,7 @@ Rules (one vLLM block = one tile of G tokens):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,6 +84,9 @@ class AttentionGroup:
     #: [rows, 2] int32 16-bit slots (sink, tail), -1 = none, and how many of their tokens count
     dec_side_slot: torch.Tensor = field(default_factory=lambda: torch.empty(0, 2, dtype=torch.int32))
     dec_side_len: torch.Tensor = field(default_factory=lambda: torch.empty(0, 2, dtype=torch.int32))
+    #: when the rows' queries are the step's tokens first, first+1, ... (the usual decode
+    #: batch): that first token, so the kernel reads queries and writes outputs in place; else -1
+    dec_first_token: int = -1
 
 
 @dataclass
@@ -108,16 +112,77 @@ class StepPlan:
     restore_slot: torch.Tensor
     restore_block: torch.Tensor
     groups: list[AttentionGroup] = field(default_factory=list)
+    # The masks above, resolved to index lists once on the host when the plan is made, so a
+    # layer on the GPU never waits on the device to learn which entries are set.
+    #: tokens written to a tail slot: token index, slot, offset
+    slot_token: torch.Tensor | None = None
+    slot_id: torch.Tensor | None = None
+    slot_offset: torch.Tensor | None = None
+    #: tokens written to a flush tile: token index, tile, offset
+    tile_token: torch.Tensor | None = None
+    tile_id: torch.Tensor | None = None
+    tile_offset: torch.Tensor | None = None
+    #: flush tiles whose staged prefix is read from a slot / from the record: tile index, source
+    prefix_slot_tile: torch.Tensor | None = None
+    prefix_slot: torch.Tensor | None = None
+    prefix_record_tile: torch.Tensor | None = None
+    prefix_record_block: torch.Tensor | None = None
+    #: flush tiles kept as a 16-bit sink: tile index, slot
+    keep_tile: torch.Tensor | None = None
+    keep_slot: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.slot_token is not None:
+            return
+        if self.token_slot.device.type != "cpu":
+            raise ValueError("make a StepPlan from host tensors, then move it with .to(device)")
+        to_slot = torch.nonzero(self.token_slot >= 0).flatten()
+        self.slot_token, self.slot_id, self.slot_offset = to_slot, self.token_slot[to_slot], self.token_offset[to_slot]
+        to_tile = torch.nonzero(self.token_tile >= 0).flatten()
+        self.tile_token, self.tile_id, self.tile_offset = to_tile, self.token_tile[to_tile], self.token_offset[to_tile]
+        from_slot = torch.nonzero(self.flush_prefix_slot >= 0).flatten()
+        self.prefix_slot_tile, self.prefix_slot = from_slot, self.flush_prefix_slot[from_slot]
+        from_record = torch.nonzero(self.flush_prefix_record > 0).flatten()
+        self.prefix_record_tile, self.prefix_record_block = from_record, self.flush_block[from_record]
+        keep = torch.nonzero(self.flush_keep_slot >= 0).flatten()
+        self.keep_tile, self.keep_slot = keep, self.flush_keep_slot[keep]
 
     @property
     def num_flush(self) -> int:
         return int(self.flush_block.numel())
 
     def to(self, device: torch.device) -> "StepPlan":
-        """The same plan with its index tensors on `device` (for GPU kernels)."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
-        groups = [replace(g, **{f.name: getattr(g, f.name).to(device) for f in fields(g) if isinstance(getattr(g, f.name), torch.Tensor)}) for g in self.groups]
-        return replace(self, groups=groups, **moved)
+        """The same plan with its index tensors on `device` (for GPU kernels).
+
+        A plan holds a few dozen small tensors; they travel packed, one copy per dtype,
+        because a host-to-device copy costs about the same for 8 bytes as for 8 kB.
+        """
+        owners: list[Any] = [self, *self.groups]
+        names = [[f.name for f in fields(o) if isinstance(getattr(o, f.name), torch.Tensor)] for o in owners]
+        tensors = [getattr(o, n) for o, ns in zip(owners, names) for n in ns]
+        moved = iter(_move_packed(tensors, device))
+        values = [{n: next(moved) for n in ns} for ns in names]
+        groups = [replace(g, **v) for g, v in zip(self.groups, values[1:])]
+        return replace(self, groups=groups, **values[0])
+
+
+def _move_packed(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """`tensors` on `device`, in order, sent as one flat copy per dtype."""
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for dtype, idx in by_dtype.items():
+        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+        if device.type == "cuda":
+            flat = flat.pin_memory()
+        flat = flat.to(device, non_blocking=True)
+        start = 0
+        for i in idx:
+            n = tensors[i].numel()
+            out[i] = flat[start : start + n].view(tensors[i].shape)
+            start += n
+    return [t for t in out if t is not None]
 
 
 class StagingPool:
@@ -429,10 +494,15 @@ class StagingPool:
             new_token.extend(range(int(qsl[r]), int(qsl[r]) + q))
         key_len = -(-longest // G) * G
         decode: dict[str, torch.Tensor] = {}
+        first_token = -1
         if q == 1:
             decode = self._decode_inputs(len(rows), hist_row, hist_block, sink_row, sink_slot, tail_row, tail_slots,
                                          [int(staged_after[r]) for r in rows])
+            starts = q_tokens[:, 0]
+            if np.array_equal(starts, starts[0] + np.arange(len(rows))):
+                first_token = int(starts[0])
         return AttentionGroup(
+            dec_first_token=first_token,
             q_tokens=_long(q_tokens),
             ctx=_long(ctx[rows]),
             key_len=key_len,

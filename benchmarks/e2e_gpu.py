@@ -1,0 +1,246 @@
+"""End-to-end vLLM throughput under a fixed KV-cache memory: bf16 vs fp8 vs k4v4 vs k2v2.
+
+Issue 6's end-to-end goal: with a KV budget so small that bf16 must queue requests, the
+KVarN cache should generate >= 1.5x bf16's tokens/s and beat vLLM's fp8 cache. Every preset
+gets the same total KV memory: vLLM's paged cache for bf16/fp8; paged KVarN records plus
+kvarn's 16-bit sink/tail staging pool for k2v2/k4v4 (the staging pool is counted, so the
+quantized presets get a smaller paged cache than the budget).
+
+Each preset runs in its own process (a fresh engine and CUDA context), on the same prompts
+(chat-formatted GSM8K questions), greedy, `ignore_eos` so that every request generates
+exactly --max-tokens tokens and the presets do the same work. Reported per preset: engine
+blocks and token capacity, generated tokens/s over the timed run, peak running requests
+(vLLM's num_requests_running gauge, sampled every few steps), preemptions.
+
+Run (GPU machine; vLLM 0.26 as in ../shared/gpu/, model from its GGUF):
+    python benchmarks/e2e_gpu.py --model /tmp/models/smollm2-135m \
+        --data .gpuwork/gsm8k_test.jsonl --kv-budget-mib 1024 --num-prompts 256 \
+        --max-tokens 1024 --out e2e.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PRESETS = ("bf16", "fp8", "k4v4", "k2v2")
+MIB = 2**20
+
+
+def model_shape(model: str) -> dict[str, int]:
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    heads = int(cfg["num_attention_heads"])
+    return {
+        "num_layers": int(cfg["num_hidden_layers"]),
+        "num_kv_heads": int(cfg.get("num_key_value_heads", heads)),
+        "head_dim": int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+        "dtype_bytes": 2,
+    }
+
+
+def load_prompts(path: str, n: int) -> list[str]:
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                out.append(str(row.get("question") or row.get("problem") or row["prompt"]))
+            if len(out) == n:
+                break
+    if len(out) < n:  # repeat the set when asked for more prompts than it has
+        out = [out[i % len(out)] for i in range(n)]
+    return out
+
+
+def engine_kwargs(preset: str, args: argparse.Namespace) -> dict[str, Any]:
+    """vllm.LLM keyword arguments for `preset` inside the total KV budget."""
+    from kvarn_cli import kvcache
+
+    budget = int(args.kv_budget_mib * MIB)
+    if preset in ("bf16", "fp8"):
+        kvcache.deactivate()
+        return {
+            "kv_cache_memory_bytes": budget,
+            "kv_cache_dtype": "fp8" if preset == "fp8" else "auto",
+            "max_num_seqs": args.baseline_max_num_seqs,
+        }
+    shape = model_shape(args.model)
+    seqs = args.max_num_seqs if args.max_num_seqs > 0 else best_max_num_seqs(preset, budget, shape, args)
+    kwargs = kvcache.engine_kwargs(preset)
+    paged = kvcache.paged_budget(preset, total_bytes=budget, max_num_seqs=seqs, **shape)
+    if paged <= 0:
+        raise SystemExit(f"{preset}: the staging pool for {seqs} sequences does not fit in {args.kv_budget_mib} MiB")
+    kwargs.update(kv_cache_memory_bytes=paged, max_num_seqs=seqs)
+    return kwargs
+
+
+def best_max_num_seqs(preset: str, budget: int, shape: dict[str, int], args: argparse.Namespace) -> int:
+    """The most sequences a quantized preset can run at once inside `budget`: each one costs
+    its paged blocks plus two 16-bit staging blocks, so past some point allowing more
+    sequences shrinks the paged cache below what they need."""
+    from kvarn_cli import kvcache
+
+    seq_len = args.prompt_tokens_estimate + args.max_tokens
+    best = 1
+    for m in range(1, 513):
+        paged = kvcache.paged_budget(preset, total_bytes=budget, max_num_seqs=m, **shape)
+        if paged <= 0:
+            break
+        alloc = kvcache.allocation(preset, kv_cache_memory_bytes=paged, max_num_seqs=m, **shape)
+        if alloc.max_concurrent_seqs(seq_len, m) >= m:
+            best = m
+    return best
+
+
+def read_gauges(llm: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in llm.get_metrics():
+        if metric.name in ("vllm:num_requests_running", "vllm:num_preemptions", "vllm:kv_cache_usage_perc"):
+            out[metric.name.split(":")[1]] = float(getattr(metric, "value", 0.0))
+    return out
+
+
+def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
+    from vllm import LLM, SamplingParams
+
+    kwargs = engine_kwargs(preset, args)
+    t0 = time.perf_counter()
+    llm = LLM(model=args.model, dtype="bfloat16", seed=0, disable_log_stats=False,
+              max_model_len=args.max_tokens + args.max_prompt_tokens, enforce_eager=args.enforce_eager, **kwargs)
+    start_s = time.perf_counter() - t0
+    cc = llm.llm_engine.vllm_config.cache_config
+    tok = llm.get_tokenizer()
+    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
+               for p in load_prompts(args.data, args.num_prompts)]
+    prompts = [p["input_ids"] if hasattr(p, "keys") else p for p in prompts]
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
+    engine = llm.llm_engine
+
+    # warm-up: compiles the Triton kernels (and their split counts) outside the timed run
+    warm = SamplingParams(max_tokens=args.warmup_tokens, temperature=0.0, ignore_eos=True)
+    for i in range(args.warmup_prompts):
+        engine.add_request(f"warm{i}", {"prompt_token_ids": prompts[i % len(prompts)]}, warm)
+    while engine.has_unfinished_requests():
+        engine.step()
+    base = read_gauges(llm)
+
+    generated = 0
+    steps = 0
+    peak_running = 0.0
+    first_ids: list[int] = []
+    t1 = time.perf_counter()
+    for i, p in enumerate(prompts):
+        engine.add_request(str(i), {"prompt_token_ids": p}, params)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                generated += len(out.outputs[0].token_ids)
+                if out.request_id == "0":
+                    first_ids = list(out.outputs[0].token_ids[:64])
+        steps += 1
+        if steps % args.sample_every == 0:
+            peak_running = max(peak_running, read_gauges(llm).get("num_requests_running", 0.0))
+    wall = time.perf_counter() - t1
+    end = read_gauges(llm)
+    return {
+        "preset": preset,
+        "engine_start_s": round(start_s, 1),
+        "num_blocks": int(cc.num_gpu_blocks),
+        "block_size": int(cc.block_size),
+        "capacity_tokens": int(cc.num_gpu_blocks) * int(cc.block_size),
+        "kv_cache_memory_bytes": int(kwargs["kv_cache_memory_bytes"]),
+        "max_num_seqs": int(kwargs["max_num_seqs"]),
+        "prompts": len(prompts),
+        "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
+        "generated_tokens": generated,
+        "wall_s": round(wall, 2),
+        "tokens_per_s": round(generated / wall, 1),
+        "steps": steps,
+        "ms_per_step": round(1e3 * wall / max(1, steps), 2),
+        "peak_running": int(peak_running),
+        "preemptions": int(end.get("num_preemptions", 0.0) - base.get("num_preemptions", 0.0)),
+        "first_request_token_ids": first_ids,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True, help="JSONL with a question/problem/prompt field (e.g. GSM8K test)")
+    ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument("--kv-budget-mib", type=float, default=1024, help="total KV memory per preset (staging included)")
+    ap.add_argument("--num-prompts", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--max-num-seqs", type=int, default=0,
+                    help="sequences in flight for the KVarN presets; 0 = as many as the budget holds at full length")
+    ap.add_argument("--max-prompt-tokens", type=int, default=512, help="max_model_len = this + --max-tokens")
+    ap.add_argument("--prompt-tokens-estimate", type=int, default=128, help="prompt length assumed by --max-num-seqs 0")
+    ap.add_argument("--baseline-max-num-seqs", type=int, default=256, help="vLLM's default for bf16/fp8")
+    ap.add_argument("--warmup-prompts", type=int, default=8)
+    ap.add_argument("--warmup-tokens", type=int, default=300)
+    ap.add_argument("--sample-every", type=int, default=8, help="read vLLM's gauges every N steps")
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--timeout-s", type=int, default=540, help="per preset")
+    ap.add_argument("--out", default="e2e_gpu.json")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.one:  # child: one preset, result as the last stdout line
+        print("RESULT " + json.dumps(run_one(args.one, args)), flush=True)
+        return
+
+    results = []
+    for preset in args.presets.split(","):
+        cmd = [sys.executable, __file__, "--one", preset] + [a for a in sys.argv[1:]]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stdout + proc.stderr)[-3000:]
+                results.append({"preset": preset, "error": f"exit {proc.returncode}", "log_tail": tail})
+                print(f"{preset}: FAILED (exit {proc.returncode})\n{tail}", flush=True)
+                continue
+            res = json.loads(lines[-1][len("RESULT "):])
+        except subprocess.TimeoutExpired:
+            res = {"preset": preset, "error": f"timeout after {args.timeout_s}s"}
+        res["process_s"] = round(time.perf_counter() - t0, 1)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+
+    ok = {r["preset"]: r for r in results if "tokens_per_s" in r}
+    for r in ok.values():
+        for ref in ("bf16", "fp8"):
+            if ref in ok:
+                r[f"speed_vs_{ref}"] = round(r["tokens_per_s"] / ok[ref]["tokens_per_s"], 3)
+                r[f"peak_running_vs_{ref}"] = round(r["peak_running"] / max(1, ok[ref]["peak_running"]), 2)
+    import torch
+
+    summary = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/e2e_gpu.py " + " ".join(sys.argv[1:]),
+        "results": results,
+    }
+    Path(args.out).write_text(json.dumps(summary, indent=1))
+    print(f"{'preset':6} {'blocks':>7} {'cap tok':>8} {'tok/s':>9} {'x bf16':>7} {'x fp8':>6} {'peak run':>8} {'preempt':>7} {'ms/step':>8}")
+    for r in results:
+        if "tokens_per_s" not in r:
+            print(f"{r['preset']:6} {r.get('error')}")
+            continue
+        print(f"{r['preset']:6} {r['num_blocks']:7d} {r['capacity_tokens']:8d} {r['tokens_per_s']:9.1f} "
+              f"{r.get('speed_vs_bf16', float('nan')):7.2f} {r.get('speed_vs_fp8', float('nan')):6.2f} "
+              f"{r['peak_running']:8d} {r['preemptions']:7d} {r['ms_per_step']:8.2f}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    main()

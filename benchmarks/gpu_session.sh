@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU lease of issue 6, stage by stage, after vLLM 0.26 was carried (../shared/gpu/).
+#   bash benchmarks/gpu_session.sh check   # CUDA tests, kvarn run fp16/k2v2, Triton vs PyTorch in vLLM
+#   bash benchmarks/gpu_session.sh e2e     # benchmarks/e2e_gpu.py: bf16 / fp8 / k4v4 / k2v2 under one KV budget
+#   bash benchmarks/gpu_session.sh kernels # decode/flush microbenchmarks
+# Needs, carried beside the tree: .whl/ (orjson for the CLI) and .gpuwork/gsm8k_test.jsonl.
+# Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out.
+set -u
+stage=${1:?stage: check, e2e or kernels}
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+model=/tmp/models/smollm2-135m
+data=.gpuwork
+if [ -d .whl ] && ! python3 -c "import orjson" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+fi
+python3 -c "import torch, triton, vllm; print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name())"
+git log -1 --format='commit %h %s' 2>/dev/null || true
+
+case "$stage" in
+check)
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \
+    tests/test_kvcache_triton.py 2>&1 | tee "$out/check_tests.log" | tail -15
+  for preset in fp16 k2v2; do
+    /usr/bin/time -f "$preset wall %e s" timeout 200 python3 -m kvarn_cli run sample_jobs/word_problems.jsonl \
+      --model "$model" --preset "$preset" --out "/tmp/runs/$preset" --temperature 0 --max-tokens 400 \
+      --kv-cache-memory 256MiB 2>&1 | tail -25 | tee "$out/check_run_$preset.log"
+    echo "exit $? ($preset)"
+  done
+  python3 - <<'PY' 2>&1 | tee "$out/check_agreement.log"
+import json
+rows = {p: {json.loads(l)["id"]: json.loads(l) for l in open(f"/tmp/runs/{p}/outputs.jsonl")} for p in ("fp16", "k2v2")}
+for rid, a in rows["fp16"].items():
+    b = rows["k2v2"].get(rid)
+    ta, tb = a["completions"][0], (b or {"completions": [""]})["completions"][0]
+    same = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    print(f"{rid}: first {same} chars equal; fp16 {len(ta)} chars, k2v2 {len(tb)} chars")
+print(json.dumps(json.load(open("/tmp/runs/k2v2/stats.json")), indent=1)[:3000])
+PY
+  for force in 0 1; do
+    KVARN_FORCE_TRITON=$force timeout 150 python3 tests/triton_engine_smoke.py "$model" "$data" "/tmp/smoke_$force.json" 250 \
+      > "$out/check_smoke_$force.log" 2>&1; echo "smoke force=$force exit $?"
+  done
+  python3 - <<'PY' 2>&1 | tee -a "$out/check_agreement.log"
+import json
+a, b = (json.load(open(f"/tmp/smoke_{f}.json")) for f in "01")
+same = next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"])) if x != y), len(a["tokens"]))
+diff = [abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"])]
+print(f"vLLM k2v2 on CUDA, PyTorch vs Triton path: first {same} of {len(a['tokens'])} greedy tokens equal; "
+      f"logprob |diff| max {max(diff[:same] or [0]):.4f} mean {sum(diff[:same]) / max(1, same):.5f} over the equal prefix")
+PY
+  timeout 60 python3 benchmarks/decode_magnitude_error.py 2>&1 | tee "$out/check_magnitude.log" | tail -12
+  ;;
+e2e)
+  timeout 570 python3 benchmarks/e2e_gpu.py --model "$model" --data "$data/gsm8k_test.jsonl" \
+    --presets "${PRESETS:-bf16,k2v2,fp8,k4v4}" --kv-budget-mib "${BUDGET:-1024}" --num-prompts "${PROMPTS:-128}" \
+    --max-tokens "${TOKENS:-1536}" --timeout-s "${PRESET_TIMEOUT:-200}" --out "$out/e2e_gpu.json" 2>&1 | tee "$out/e2e.log" | tail -40
+  ;;
+kernels)
+  timeout 570 python3 benchmarks/decode_attention.py ${KERNEL_ARGS:-} --out "$out/decode.json" 2>&1 | tee "$out/kernels.log" | tail -60
+  ;;
+esac

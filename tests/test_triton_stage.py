@@ -1,0 +1,62 @@
+"""The staging kernel (one launch per layer writes the step's rotated K/V into the 16-bit
+slots) against the PyTorch ops it replaces. Under TRITON_INTERPRET=1 without CUDA."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from kvarn_cli.kernels.hadamard import rotation_on  # noqa: E402
+from kvarn_cli.kernels.triton_stage import stage_tokens  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _qkv(tokens: int, q_heads: int, kv_heads: int, d: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V as strided views of one fused QKV tensor, the way vLLM's projection leaves them."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = (torch.randn(tokens, (q_heads + 2 * kv_heads) * d, generator=gen) * 3 + 1).to(dtype).to(DEVICE)
+    k = qkv[:, q_heads * d : (q_heads + kv_heads) * d].view(tokens, kv_heads, d)
+    v = qkv[:, (q_heads + kv_heads) * d :].view(tokens, kv_heads, d)
+    return k, v
+
+
+@pytest.mark.parametrize(("d", "kv_heads", "n", "dtype"), [(64, 3, 5, torch.float32), (128, 2, 21, torch.float16), (64, 1, 16, torch.float32)])
+def test_stage_tokens_matches_rotate_and_scatter(d: int, kv_heads: int, n: int, dtype: torch.dtype) -> None:
+    G, slots_total, T = 16, 8, 40
+    key, value = _qkv(T, 2 * kv_heads, kv_heads, d, dtype, seed=n)
+    gen = torch.Generator().manual_seed(100 + n)
+    tokens = torch.randperm(T, generator=gen)[:n].to(DEVICE)
+    # distinct (slot, offset) targets, as a step plan gives them
+    cells = torch.randperm(slots_total * G, generator=gen)[:n].to(DEVICE)
+    slots, offsets = cells // G, cells % G
+    rot = rotation_on(d, DEVICE)
+    slot_k = torch.full((slots_total, kv_heads, G, d), 7.0, dtype=dtype, device=DEVICE)
+    slot_v = torch.full_like(slot_k, -7.0)
+    want_k, want_v = slot_k.clone(), slot_v.clone()
+    want_k[slots, :, offsets] = (key[tokens].float() @ rot).to(dtype)
+    want_v[slots, :, offsets] = (value[tokens].float() @ rot).to(dtype)
+
+    stage_tokens(key, value, tokens, slots, offsets, rot, slot_k, slot_v)
+
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(slot_k, want_k, rtol=tol, atol=tol * 8)
+    torch.testing.assert_close(slot_v, want_v, rtol=tol, atol=tol * 8)
+    untouched = torch.ones(slots_total * G, dtype=torch.bool, device=DEVICE)
+    untouched[cells] = False
+    assert bool((slot_k.permute(0, 2, 1, 3).reshape(slots_total * G, -1)[untouched] == 7.0).all())
+
+
+def test_stage_tokens_rejects_mismatched_shapes() -> None:
+    key, value = _qkv(4, 2, 1, 64, torch.float32, seed=0)
+    slot = torch.zeros(2, 2, 16, 64, device=DEVICE)  # two heads, key has one
+    idx = torch.zeros(1, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match="key/value must be"):
+        stage_tokens(key, value, idx, idx, idx, rotation_on(64, DEVICE), slot, slot.clone())
