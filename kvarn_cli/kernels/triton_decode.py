@@ -392,6 +392,13 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
+def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
+    """The split kernel that runs `variant` (a key of VARIANTS)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    return _split_kernel if variant == "chunked" else _split_kernel_joined
+
+
 def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int) -> int:
     """Splits per (sequence, KV head): about 8 programs per SM, at least 2 blocks per split.
 
@@ -464,10 +471,8 @@ def decode_attention(
     use_fp16 = dot_in_fp16(query.device)
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
-    flags = VARIANTS.get(variant)
-    if flags is None:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    kernel = _split_kernel if variant == "chunked" else _split_kernel_joined
+    kernel = split_kernel_for(variant)
+    flags = VARIANTS[variant]
     args = (
         query, query.stride(0), query.stride(1), h,
         records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks,
