@@ -320,6 +320,178 @@ def _split_kernel_joined(
 
 
 @triton.jit
+def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
+                 D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr,
+                 OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+                 OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+                 OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr):
+    """Issue the loads of block i's record (raw bytes, nothing decoded) so that they are in
+    flight while the previous block is computed. i must lie in the table row; where `valid`
+    is False the entry is not trusted and block 0 (which exists) is read instead."""
+    blk = tl.where(valid, tl.load(bt_row + i), 0).to(tl.int64)
+    rec = rec_ptr + blk * stride_rb + head_off
+    rec_f16 = rec.to(tl.pointer_type(tl.float16))
+    rec_f32 = rec.to(tl.pointer_type(tl.float32))
+    kb_cols = tl.arange(0, D * K_BITS // 8)
+    vb_cols = tl.arange(0, D * V_BITS // 8)
+    kb = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
+    vb = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
+    ks8 = tl.load(rec + OFF_K_SCALE + d)
+    kz16 = tl.load(rec_f16 + OFF_K_ZERO // 2 + d)
+    kts8 = tl.load(rec + OFF_K_TOKEN_SCALE + t)
+    vs8 = tl.load(rec + OFF_V_SCALE + t)
+    vz16 = tl.load(rec_f16 + OFF_V_ZERO // 2 + t)
+    vcs8 = tl.load(rec + OFF_V_CHANNEL_SCALE + d)
+    # the six float32 multipliers are contiguous (k_scale, k_zero, k_token_scale, v_scale,
+    # v_zero, v_channel_scale); one vector load of 8
+    j8 = tl.arange(0, 8)
+    mults = tl.load(rec_f32 + OFF_K_SCALE_MULT // 4 + j8, mask=j8 < 6, other=0.0)
+    return kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults
+
+
+@triton.jit
+def _pick(v, j8, J: tl.constexpr):
+    return tl.sum(tl.where(j8 == J, v, 0.0), 0)
+
+
+@triton.jit
+def _split_kernel_tm(
+    q_ptr, stride_qb, stride_qh, h_ptr,
+    rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
+    ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
+    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+    OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+    OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+    OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
+    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
+    MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = True,
+):
+    """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
+        scores^T [G, NP] = K codes [G, D] @ Q^T [D, NP]
+    where the NP = 2 * HP columns are, interleaved, the bf16 high and low parts of
+    q_rot * k_scale for each of the HP >= GQA query heads (HP = max(8, next pow2)). The split
+    that keeps float32-level accuracy (see _dot_split) thus costs no extra MMA: it fills the
+    columns that padding 3-4 heads to 16 rows used to waste, and 128 tokens fill the rows.
+    Likewise for V: out^T [D, NP] = V codes^T [D, G] @ (p * v_scale)^T hi/lo [G, NP] (VT),
+    or out [NP, D] = (p * v_scale) hi/lo [NP, G] @ V codes [G, D] (not VT).
+    The softmax then works on [G, HP] (8 columns) instead of [16, G], its row sums are
+    accumulated elementwise and reduced once at the end, and with PREFETCH block i+1's
+    record loads (table entry included) are issued before block i is computed, since the
+    dependent table load keeps Triton's pipeliner from doing it."""
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    s = tl.program_id(2)
+    OFFSET: tl.constexpr = 128.0 if DT == tl.bfloat16 else 1024.0
+    HP: tl.constexpr = GQA if GQA > 8 else 8
+    NP: tl.constexpr = 2 * HP
+    d = tl.arange(0, D)
+    t = tl.arange(0, G)
+    r = tl.arange(0, NP)
+    hh = tl.arange(0, HP)
+    j8 = tl.arange(0, 8)
+    even = (r % 2) == 0
+    # row r of qd is query head r // 2 of the group (rows 2h and 2h + 1 identical)
+    head = r // 2
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + head[:, None]) * stride_qh + d[None, :],
+                mask=head[:, None] < GQA, other=0.0).to(tl.float32)
+    qd = _rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale
+    qz_rows = tl.where(even[:, None], qd, 0.0)
+
+    m = tl.full([HP], NEG_BIG, dtype=tl.float32)
+    lacc = tl.zeros([G, HP], dtype=tl.float32)
+    if VT:
+        acc = tl.zeros([D, HP], dtype=tl.float32)
+    else:
+        acc = tl.zeros([HP, D], dtype=tl.float32)
+    nblk = tl.load(nblk_ptr + b)
+    start = s * blocks_per_split
+    end = tl.minimum(start + blocks_per_split, nblk)
+    bt_row = bt_ptr + b.to(tl.int64) * stride_btb
+    head_off = kvh * stride_rh
+    # an empty split (start >= end) reads block 0 once and never uses it
+    kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
+        bt_row, tl.minimum(start, tl.maximum(end - 1, 0)), start < end, rec_ptr, stride_rb, head_off, t, d, D, K_BITS, V_BITS,
+        OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
+        OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT)
+    for blk_i in range(start, end):
+        if PREFETCH:
+            # the last iteration re-reads its own block (an L2 hit) rather than branch
+            nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults = _fetch_block(
+                bt_row, tl.minimum(blk_i + 1, end - 1), True, rec_ptr, stride_rb, head_off, t, d, D, K_BITS, V_BITS,
+                OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
+                OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT)
+        else:
+            kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
+                bt_row, blk_i, True, rec_ptr, stride_rb, head_off, t, d, D, K_BITS, V_BITS,
+                OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
+                OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT)
+        ks = fp8_bits_to_f32(ks8) * _pick(mults, j8, 0)
+        kz = kz16.to(tl.float32) * _pick(mults, j8, 1)
+        kts = fp8_bits_to_f32(kts8) * _pick(mults, j8, 2)
+        vs = fp8_bits_to_f32(vs8) * _pick(mults, j8, 3)
+        vz = vz16.to(tl.float32) * _pick(mults, j8, 4)
+        vcs = fp8_bits_to_f32(vcs8) * _pick(mults, j8, 5)
+
+        # K: B operand [NP, D] = hi (even rows) / lo (odd rows) of q_rot * k_scale
+        a = qd * ks[None, :]
+        hi = a.to(DT)
+        lo = (a - hi.to(tl.float32)).to(DT)
+        bq = tl.where(even[:, None], hi, lo)
+        corr = qz_rows * kz[None, :]
+        if MAGIC:
+            corr -= OFFSET * bq.to(tl.float32)
+        corr = tl.sum(corr, 1)  # [NP]: q . kz on even rows, minus the magic offset's share
+        kc = _unpack(kb, K_BITS, G, D, DT, MAGIC)
+        st = tl.dot(kc, tl.trans(bq)) + corr[None, :]  # [G, NP]
+        s_hi, s_lo = tl.split(tl.reshape(st, (G, HP, 2)))
+        scores = (s_hi + s_lo) * kts[:, None]  # [G, HP]
+
+        m_new = tl.maximum(m, tl.max(scores, 0))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new[None, :])
+        lacc = lacc * alpha[None, :] + p
+        m = m_new
+
+        # V: p * v_scale split into hi/lo, interleaved as columns 2h / 2h + 1
+        pv = p * vs[:, None]
+        p_hi = pv.to(DT)
+        p_lo = (pv - p_hi.to(tl.float32)).to(DT)
+        pcorr = p * vz[:, None]
+        if MAGIC:
+            pcorr -= OFFSET * (p_hi.to(tl.float32) + p_lo.to(tl.float32))
+        pcorr = tl.sum(pcorr, 0)  # [HP]
+        ps = tl.reshape(tl.join(p_hi, p_lo), (G, NP))
+        vc = _unpack(vb, V_BITS, G, D, DT, MAGIC)
+        if VT:
+            ot = tl.dot(tl.trans(vc), ps)  # [D, NP]
+            o_hi, o_lo = tl.split(tl.reshape(ot, (D, HP, 2)))
+            acc = acc * alpha[None, :] + (o_hi + o_lo + pcorr[None, :]) * vcs[:, None]
+        else:
+            o = tl.dot(tl.trans(ps), vc)  # [NP, D]
+            o_hi, o_lo = tl.split(tl.permute(tl.reshape(o, (HP, 2, D)), (0, 2, 1)))
+            acc = acc * alpha[:, None] + (o_hi + o_lo + pcorr[:, None]) * vcs[None, :]
+        if PREFETCH:
+            kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults
+
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    ws = ws_acc_ptr + part * GP * D
+    if VT:
+        tl.store(ws + hh[None, :] * D + d[:, None], acc)
+    else:
+        tl.store(ws + hh[:, None] * D + d[None, :], acc)
+    tl.store(ws_ml_ptr + part * 2 * GP + hh, m)
+    tl.store(ws_ml_ptr + part * 2 * GP + GP + hh, tl.sum(lacc, 0))
+    if GP > HP:
+        # rows the reduce kernel reads but no query head uses: empty partials
+        pad = tl.arange(0, GP - HP) + HP
+        tl.store(ws + pad[:, None] * D + d[None, :], tl.zeros([GP - HP, D], dtype=tl.float32))
+        tl.store(ws_ml_ptr + part * 2 * GP + pad, tl.full([GP - HP], NEG_BIG, dtype=tl.float32))
+        tl.store(ws_ml_ptr + part * 2 * GP + GP + pad, tl.zeros([GP - HP], dtype=tl.float32))
+
+
+@triton.jit
 def _reduce_kernel(
     q_ptr, stride_qb, stride_qh, h_ptr, out_ptr, stride_ob, stride_oh,
     ws_acc_ptr, ws_ml_ptr,
@@ -389,6 +561,11 @@ VARIANTS: dict[str, dict[str, object]] = {
     "magic": {"MAGIC": True},
     "hilo": {"MAGIC": True, "HILO": True},
     "fast": {"MAGIC": True, "HILO": True, "UNROLL": 2},
+    # _split_kernel_tm: tokens on the MMA's M dimension, hi/lo parts as MMA columns, prefetch
+    "tm": {"MAGIC": True, "VT": True, "PREFETCH": True},
+    "tmr": {"MAGIC": True, "VT": False, "PREFETCH": True},
+    "tmnp": {"MAGIC": True, "VT": True, "PREFETCH": False},
+    "tmi": {"MAGIC": False, "VT": True, "PREFETCH": True},
 }
 
 
@@ -396,7 +573,9 @@ def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
     """The split kernel that runs `variant` (a key of VARIANTS)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    return _split_kernel if variant == "chunked" else _split_kernel_joined
+    if variant == "chunked":
+        return _split_kernel
+    return _split_kernel_tm if variant.startswith("tm") else _split_kernel_joined
 
 
 def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int) -> int:
