@@ -320,11 +320,40 @@ def _split_kernel_joined(
 
 
 @triton.jit
+def _word_channel(p, BITS: tl.constexpr):
+    """Channel held at position p of a tile unpacked by _unpack_words (see there)."""
+    PW: tl.constexpr = 32 // BITS  # codes per 32-bit word
+    rem = p % PW
+    return (p // PW) * PW + rem // 2 + (PW // 2) * (rem % 2)
+
+
+@triton.jit
+def _unpack_words(words, BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
+    """Codes [G, D] in DT as 128 + c (bf16; fp16: 1024 + c) from little-endian 32-bit words
+    [G, D * BITS / 32], two codes per 32-bit operation: (w >> BITS*k) & (2^BITS - 1, twice,
+    16 bits apart) | the exponent bits of both halves makes a pair of 16-bit floats directly.
+    The pair holds channels k' and k' + 16 / BITS of the word (k' = k in storage order), so
+    position p of the result is channel _word_channel(p); the caller permutes the other
+    operand's channels to match (free: its loads take the permuted indices)."""
+    NS: tl.constexpr = 16 // BITS
+    W: tl.constexpr = D * BITS // 32
+    MASK: tl.constexpr = ((1 << BITS) - 1) * 65537
+    EXP: tl.constexpr = 0x43004300 if DT == tl.bfloat16 else 0x64006400
+    sh = (tl.arange(0, NS) * BITS).to(tl.uint32)
+    y = ((words[:, :, None] >> sh[None, None, :]) & MASK) | EXP  # [G, W, NS] uint32
+    lo = (y & 0xFFFF).to(tl.uint16)
+    hi = (y >> 16).to(tl.uint16)
+    c = tl.reshape(tl.join(lo, hi), (G, D))
+    return c.to(DT, bitcast=True)
+
+
+@triton.jit
 def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
                  D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr,
                  OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
                  OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
-                 OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr):
+                 OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+                 WORDS: tl.constexpr):
     """Issue the loads of block i's record (raw bytes, nothing decoded) so that they are in
     flight while the previous block is computed. i must lie in the table row; where `valid`
     is False the entry is not trusted and block 0 (which exists) is read instead."""
@@ -334,14 +363,23 @@ def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
     rec_f32 = rec.to(tl.pointer_type(tl.float32))
     kb_cols = tl.arange(0, D * K_BITS // 8)
     vb_cols = tl.arange(0, D * V_BITS // 8)
-    kb = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
-    vb = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
-    ks8 = tl.load(rec + OFF_K_SCALE + d)
-    kz16 = tl.load(rec_f16 + OFF_K_ZERO // 2 + d)
+    if WORDS:
+        rec_u32 = rec.to(tl.pointer_type(tl.uint32))
+        kw_cols = tl.arange(0, D * K_BITS // 32)
+        vw_cols = tl.arange(0, D * V_BITS // 32)
+        kb = tl.load(rec_u32 + OFF_K_CODES // 4 + t[:, None] * (D * K_BITS // 32) + kw_cols[None, :])
+        vb = tl.load(rec_u32 + OFF_V_CODES // 4 + t[:, None] * (D * V_BITS // 32) + vw_cols[None, :])
+    else:
+        kb = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
+        vb = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
+    # d: channel indices in the order the unpacked K/V tiles hold them (d_k for K, d_v for V)
+    d_k, d_v = d
+    ks8 = tl.load(rec + OFF_K_SCALE + d_k)
+    kz16 = tl.load(rec_f16 + OFF_K_ZERO // 2 + d_k)
     kts8 = tl.load(rec + OFF_K_TOKEN_SCALE + t)
     vs8 = tl.load(rec + OFF_V_SCALE + t)
     vz16 = tl.load(rec_f16 + OFF_V_ZERO // 2 + t)
-    vcs8 = tl.load(rec + OFF_V_CHANNEL_SCALE + d)
+    vcs8 = tl.load(rec + OFF_V_CHANNEL_SCALE + d_v)
     # the six float32 multipliers are contiguous (k_scale, k_zero, k_token_scale, v_scale,
     # v_zero, v_channel_scale); one vector load of 8
     j8 = tl.arange(0, 8)
@@ -367,6 +405,7 @@ def _split_kernel_tm(
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = True,
+    WORDS: tl.constexpr = False,
 ):
     """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
         scores^T [G, NP] = K codes [G, D] @ Q^T [D, NP]
@@ -379,7 +418,9 @@ def _split_kernel_tm(
     The softmax then works on [G, HP] (8 columns) instead of [16, G], its row sums are
     accumulated elementwise and reduced once at the end, and with PREFETCH block i+1's
     record loads (table entry included) are issued before block i is computed, since the
-    dependent table load keeps Triton's pipeliner from doing it."""
+    dependent table load keeps Triton's pipeliner from doing it. With WORDS the codes are
+    unpacked two per 32-bit operation (_unpack_words) in a permuted channel order that the
+    query, scale and output indices follow."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
@@ -390,13 +431,22 @@ def _split_kernel_tm(
     t = tl.arange(0, G)
     r = tl.arange(0, NP)
     hh = tl.arange(0, HP)
+    if WORDS:
+        d_k = _word_channel(d, K_BITS)
+        d_v = _word_channel(d, V_BITS)
+    else:
+        d_k = d
+        d_v = d
     j8 = tl.arange(0, 8)
     even = (r % 2) == 0
     # row r of qd is query head r // 2 of the group (rows 2h and 2h + 1 identical)
     head = r // 2
     q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + head[:, None]) * stride_qh + d[None, :],
                 mask=head[:, None] < GQA, other=0.0).to(tl.float32)
-    qd = _rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale
+    # rotated query, its channels in K's tile order: q @ H[:, d_k]
+    h = tl.load(h_ptr + d[:, None] * D + d_k[None, :])
+    q_hi = q.to(DT)
+    qd = (tl.dot(q_hi, h) + tl.dot((q - q_hi.to(tl.float32)).to(DT), h)) * qk_scale
     qz_rows = tl.where(even[:, None], qd, 0.0)
 
     m = tl.full([HP], NEG_BIG, dtype=tl.float32)
@@ -412,21 +462,21 @@ def _split_kernel_tm(
     head_off = kvh * stride_rh
     # an empty split (start >= end) reads block 0 once and never uses it
     kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
-        bt_row, tl.minimum(start, tl.maximum(end - 1, 0)), start < end, rec_ptr, stride_rb, head_off, t, d, D, K_BITS, V_BITS,
-        OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
-        OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT)
+        bt_row, tl.minimum(start, tl.maximum(end - 1, 0)), start < end, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
+        D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
+        OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS)
     for blk_i in range(start, end):
         if PREFETCH:
             # the last iteration re-reads its own block (an L2 hit) rather than branch
             nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults = _fetch_block(
-                bt_row, tl.minimum(blk_i + 1, end - 1), True, rec_ptr, stride_rb, head_off, t, d, D, K_BITS, V_BITS,
-                OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
-                OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT)
+                bt_row, tl.minimum(blk_i + 1, end - 1), True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
+                D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
+                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS)
         else:
             kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
-                bt_row, blk_i, True, rec_ptr, stride_rb, head_off, t, d, D, K_BITS, V_BITS,
-                OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
-                OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT)
+                bt_row, blk_i, True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
+                D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
+                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS)
         ks = fp8_bits_to_f32(ks8) * _pick(mults, j8, 0)
         kz = kz16.to(tl.float32) * _pick(mults, j8, 1)
         kts = fp8_bits_to_f32(kts8) * _pick(mults, j8, 2)
@@ -443,7 +493,10 @@ def _split_kernel_tm(
         if MAGIC:
             corr -= OFFSET * bq.to(tl.float32)
         corr = tl.sum(corr, 1)  # [NP]: q . kz on even rows, minus the magic offset's share
-        kc = _unpack(kb, K_BITS, G, D, DT, MAGIC)
+        if WORDS:
+            kc = _unpack_words(kb, K_BITS, G, D, DT)
+        else:
+            kc = _unpack(kb, K_BITS, G, D, DT, MAGIC)
         st = tl.dot(kc, tl.trans(bq)) + corr[None, :]  # [G, NP]
         s_hi, s_lo = tl.split(tl.reshape(st, (G, HP, 2)))
         scores = (s_hi + s_lo) * kts[:, None]  # [G, HP]
@@ -463,7 +516,10 @@ def _split_kernel_tm(
             pcorr -= OFFSET * (p_hi.to(tl.float32) + p_lo.to(tl.float32))
         pcorr = tl.sum(pcorr, 0)  # [HP]
         ps = tl.reshape(tl.join(p_hi, p_lo), (G, NP))
-        vc = _unpack(vb, V_BITS, G, D, DT, MAGIC)
+        if WORDS:
+            vc = _unpack_words(vb, V_BITS, G, D, DT)
+        else:
+            vc = _unpack(vb, V_BITS, G, D, DT, MAGIC)
         if VT:
             ot = tl.dot(tl.trans(vc), ps)  # [D, NP]
             o_hi, o_lo = tl.split(tl.reshape(ot, (D, HP, 2)))
@@ -478,9 +534,9 @@ def _split_kernel_tm(
     part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
     ws = ws_acc_ptr + part * GP * D
     if VT:
-        tl.store(ws + hh[None, :] * D + d[:, None], acc)
+        tl.store(ws + hh[None, :] * D + d_v[:, None], acc)
     else:
-        tl.store(ws + hh[:, None] * D + d[None, :], acc)
+        tl.store(ws + hh[:, None] * D + d_v[None, :], acc)
     tl.store(ws_ml_ptr + part * 2 * GP + hh, m)
     tl.store(ws_ml_ptr + part * 2 * GP + GP + hh, tl.sum(lacc, 0))
     if GP > HP:
@@ -566,6 +622,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmr": {"MAGIC": True, "VT": False, "PREFETCH": True},
     "tmnp": {"MAGIC": True, "VT": True, "PREFETCH": False},
     "tmi": {"MAGIC": False, "VT": True, "PREFETCH": True},
+    "tmw": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True},
+    "tmwr": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True},
 }
 
 
