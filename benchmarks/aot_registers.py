@@ -5,7 +5,7 @@
 Why: the split kernel is latency-bound on the H100 (benchmarks/GPU_NOTES.md) and its
 registers per thread decide how many programs share an SM; this compiles the kernel as the
 JIT would (16-divisible pointers/strides, triton's bundled ptxas, target sm_90) and reads
-registers, spill stores/loads and shared memory from the cubin, plus SASS instruction counts
+registers and spill stores/loads from the cubin, shared memory from the metadata, plus SASS instruction counts
 (whole kernel, and the longest backward-branch loop: the per-block loop body).
 """
 
@@ -43,7 +43,8 @@ def compile_variant(variant: str, preset: str, d: int, gqa: int, warps: int, sta
     gp = max(16, triton.next_power_of_2(gqa))
     consts: dict[str, object] = dict(GQA=gqa, GP=gp, D=d, G=128, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
                                      NUM_SPLITS=4, DT=tl.bfloat16, **lay.args())
-    consts.update(td.VARIANTS[variant])
+    consts.update({k: v for k, v in td.VARIANTS[variant].items() if k not in td.LAUNCH_KEYS})
+    warps = int(td.VARIANTS[variant].get("num_warps", warps))  # type: ignore[call-overload]
     for param in fn.params:  # constexpr defaults the variant leaves alone
         if param.is_constexpr and param.name not in consts and param.default is not inspect.Parameter.empty:
             consts[param.name] = param.default
@@ -132,6 +133,7 @@ def main() -> None:
                 gqa = args.gqa or (3 if d == 64 else 4)
                 k = compile_variant(variant, preset, d, gqa, args.warps, args.stages)
                 r = resources(k.asm["cubin"])
+                r["shared"] = k.metadata.shared  # bytes of shared memory the launch asks for
                 print(f"{variant:8s} {preset:6s} {d:4d} {r['regs']:5d} {r['stack']:6d} {r['spill_st']:7d} {r['spill_ld']:7d} "
                       f"{r['shared']:7d} {r['sass']:6d} {r['loop']:5d} {r['loop_mma']:4d} {r['loop_ldg']:4d} {r['loop_lds']:4d} "
                       f"{r['loop_sts']:4d} {r['loop_bar']:4d} {r['loop_shfl']:5d} {r['loop_mufu']:5d}", flush=True)

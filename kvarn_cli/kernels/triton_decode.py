@@ -624,7 +624,11 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmi": {"MAGIC": False, "VT": True, "PREFETCH": True},
     "tmw": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True},
     "tmwr": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True},
+    "tmw8": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "num_warps": 8},
+    "tmwr8": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "num_warps": 8},
 }
+#: launch options a variant may set (the rest of its entries are kernel constexprs)
+LAUNCH_KEYS = ("num_warps",)
 
 
 def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
@@ -709,7 +713,7 @@ def decode_attention(
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
     kernel = split_kernel_for(variant)
-    flags = VARIANTS[variant]
+    flags = dict(VARIANTS[variant])
     args = (
         query, query.stride(0), query.stride(1), h,
         records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks,
@@ -717,7 +721,7 @@ def decode_attention(
     )
     consts = dict(GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
                   NUM_SPLITS=num_splits, DT=dt, num_warps=num_warps, **lay.args())
-    consts.update(flags)
+    consts.update(flags)  # a variant's num_warps overrides the argument
     try:
         kernel[(batch, kv_heads, num_splits)](*args, num_stages=num_stages, **consts)
     except triton.runtime.errors.OutOfResources:
