@@ -104,8 +104,8 @@ def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, sca
 
 CASES = [("k2v2", 3, 3, 64, 2, True), ("k4v4", 2, 4, 64, 1, False), ("k4v2", 1, 2, 128, 3, True)]
 #: the default variant and tm (the candidate) on every case; the others (kept for the benchmarks) on one case each
-DECODE_CASES = [(v, *c) for v in ("hilo", "tm", "tmw") for c in CASES] + [
-    (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "chunked", "tmr", "tmnp", "tmi", "tmwr"))
+DECODE_CASES = [(v, *c) for v in ("hilo", "tm", "tmw", "tmwh") for c in CASES] + [
+    (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "chunked", "tmr", "tmnp", "tmi", "tmwr", "tmwrh", "tmw8"))
 ]
 
 

@@ -353,12 +353,14 @@ def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
                  OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
                  OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
                  OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
-                 WORDS: tl.constexpr):
-    """Issue the loads of block i's record (raw bytes, nothing decoded) so that they are in
-    flight while the previous block is computed. i must lie in the table row; where `valid`
-    is False the entry is not trusted and block 0 (which exists) is read instead."""
-    blk = tl.where(valid, tl.load(bt_row + i), 0).to(tl.int64)
+                 WORDS: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
+    """Issue the loads of step i (tokens (i % SUB) * G / SUB + t of table entry i // SUB;
+    raw bytes, nothing decoded) so that they are in flight while the previous step is
+    computed. The entry must lie in the table row; where `valid` is False it is not trusted
+    and block 0 (which exists) is read instead."""
+    blk = tl.where(valid, tl.load(bt_row + i // SUB), 0).to(tl.int64)
     rec = rec_ptr + blk * stride_rb + head_off
+    t = t + (i % SUB) * (G // SUB)  # the step's token rows within the block
     rec_f16 = rec.to(tl.pointer_type(tl.float16))
     rec_f32 = rec.to(tl.pointer_type(tl.float32))
     kb_cols = tl.arange(0, D * K_BITS // 8)
@@ -405,7 +407,7 @@ def _split_kernel_tm(
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = True,
-    WORDS: tl.constexpr = False,
+    WORDS: tl.constexpr = False, SUB: tl.constexpr = 1,
 ):
     """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
         scores^T [G, NP] = K codes [G, D] @ Q^T [D, NP]
@@ -420,15 +422,17 @@ def _split_kernel_tm(
     record loads (table entry included) are issued before block i is computed, since the
     dependent table load keeps Triton's pipeliner from doing it. With WORDS the codes are
     unpacked two per 32-bit operation (_unpack_words) in a permuted channel order that the
-    query, scale and output indices follow."""
+    query, scale and output indices follow. SUB > 1 walks each block in SUB steps of
+    G / SUB tokens (smaller tiles, fewer registers, more programs per SM)."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
     OFFSET: tl.constexpr = 128.0 if DT == tl.bfloat16 else 1024.0
     HP: tl.constexpr = GQA if GQA > 8 else 8
     NP: tl.constexpr = 2 * HP
+    GT: tl.constexpr = G // SUB  # tokens per step
     d = tl.arange(0, D)
-    t = tl.arange(0, G)
+    t = tl.arange(0, GT)
     r = tl.arange(0, NP)
     hh = tl.arange(0, HP)
     if WORDS:
@@ -450,33 +454,33 @@ def _split_kernel_tm(
     qz_rows = tl.where(even[:, None], qd, 0.0)
 
     m = tl.full([HP], NEG_BIG, dtype=tl.float32)
-    lacc = tl.zeros([G, HP], dtype=tl.float32)
+    lacc = tl.zeros([GT, HP], dtype=tl.float32)
     if VT:
         acc = tl.zeros([D, HP], dtype=tl.float32)
     else:
         acc = tl.zeros([HP, D], dtype=tl.float32)
     nblk = tl.load(nblk_ptr + b)
-    start = s * blocks_per_split
-    end = tl.minimum(start + blocks_per_split, nblk)
+    start = s * blocks_per_split * SUB
+    end = tl.minimum(start + blocks_per_split * SUB, nblk * SUB)
     bt_row = bt_ptr + b.to(tl.int64) * stride_btb
     head_off = kvh * stride_rh
     # an empty split (start >= end) reads block 0 once and never uses it
     kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
         bt_row, tl.minimum(start, tl.maximum(end - 1, 0)), start < end, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
         D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
-        OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS)
+        OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB)
     for blk_i in range(start, end):
         if PREFETCH:
             # the last iteration re-reads its own block (an L2 hit) rather than branch
             nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults = _fetch_block(
                 bt_row, tl.minimum(blk_i + 1, end - 1), True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
                 D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
-                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS)
+                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB)
         else:
             kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
                 bt_row, blk_i, True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
                 D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
-                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS)
+                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB)
         ks = fp8_bits_to_f32(ks8) * _pick(mults, j8, 0)
         kz = kz16.to(tl.float32) * _pick(mults, j8, 1)
         kts = fp8_bits_to_f32(kts8) * _pick(mults, j8, 2)
@@ -494,12 +498,12 @@ def _split_kernel_tm(
             corr -= OFFSET * bq.to(tl.float32)
         corr = tl.sum(corr, 1)  # [NP]: q . kz on even rows, minus the magic offset's share
         if WORDS:
-            kc = _unpack_words(kb, K_BITS, G, D, DT)
+            kc = _unpack_words(kb, K_BITS, GT, D, DT)
         else:
-            kc = _unpack(kb, K_BITS, G, D, DT, MAGIC)
-        st = tl.dot(kc, tl.trans(bq)) + corr[None, :]  # [G, NP]
-        s_hi, s_lo = tl.split(tl.reshape(st, (G, HP, 2)))
-        scores = (s_hi + s_lo) * kts[:, None]  # [G, HP]
+            kc = _unpack(kb, K_BITS, GT, D, DT, MAGIC)
+        st = tl.dot(kc, tl.trans(bq)) + corr[None, :]  # [GT, NP]
+        s_hi, s_lo = tl.split(tl.reshape(st, (GT, HP, 2)))
+        scores = (s_hi + s_lo) * kts[:, None]  # [GT, HP]
 
         m_new = tl.maximum(m, tl.max(scores, 0))
         alpha = tl.exp2(m - m_new)
@@ -515,11 +519,11 @@ def _split_kernel_tm(
         if MAGIC:
             pcorr -= OFFSET * (p_hi.to(tl.float32) + p_lo.to(tl.float32))
         pcorr = tl.sum(pcorr, 0)  # [HP]
-        ps = tl.reshape(tl.join(p_hi, p_lo), (G, NP))
+        ps = tl.reshape(tl.join(p_hi, p_lo), (GT, NP))
         if WORDS:
-            vc = _unpack_words(vb, V_BITS, G, D, DT)
+            vc = _unpack_words(vb, V_BITS, GT, D, DT)
         else:
-            vc = _unpack(vb, V_BITS, G, D, DT, MAGIC)
+            vc = _unpack(vb, V_BITS, GT, D, DT, MAGIC)
         if VT:
             ot = tl.dot(tl.trans(vc), ps)  # [D, NP]
             o_hi, o_lo = tl.split(tl.reshape(ot, (D, HP, 2)))
@@ -626,6 +630,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmwr": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True},
     "tmw8": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "num_warps": 8},
     "tmwr8": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "num_warps": 8},
+    "tmwh": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2},
+    "tmwrh": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2},
 }
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
 LAUNCH_KEYS = ("num_warps",)
