@@ -353,7 +353,7 @@ def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
                  OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
                  OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
                  OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
-                 WORDS: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
+                 WORDS: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr, SCALAR_MULTS: tl.constexpr):
     """Issue the loads of step i (tokens (i % SUB) * G / SUB + t of table entry i // SUB;
     raw bytes, nothing decoded) so that they are in flight while the previous step is
     computed. The entry must lie in the table row; where `valid` is False it is not trusted
@@ -383,15 +383,23 @@ def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
     vz16 = tl.load(rec_f16 + OFF_V_ZERO // 2 + t)
     vcs8 = tl.load(rec + OFF_V_CHANNEL_SCALE + d_v)
     # the six float32 multipliers are contiguous (k_scale, k_zero, k_token_scale, v_scale,
-    # v_zero, v_channel_scale); one vector load of 8
-    j8 = tl.arange(0, 8)
-    mults = tl.load(rec_f32 + OFF_K_SCALE_MULT // 4 + j8, mask=j8 < 6, other=0.0)
+    # v_zero, v_channel_scale)
+    if SCALAR_MULTS:
+        m0 = rec_f32 + OFF_K_SCALE_MULT // 4
+        mults = (tl.load(m0), tl.load(m0 + 1), tl.load(m0 + 2), tl.load(m0 + 3), tl.load(m0 + 4), tl.load(m0 + 5))
+    else:
+        j8 = tl.arange(0, 8)
+        mults = tl.load(rec_f32 + OFF_K_SCALE_MULT // 4 + j8, mask=j8 < 6, other=0.0)
     return kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults
 
 
 @triton.jit
-def _pick(v, j8, J: tl.constexpr):
-    return tl.sum(tl.where(j8 == J, v, 0.0), 0)
+def _pick(v, j8, J: tl.constexpr, SCALAR_MULTS: tl.constexpr):
+    """Multiplier J of _fetch_block's `mults` (a tuple of scalars, or a vector of 8)."""
+    if SCALAR_MULTS:
+        return v[J]
+    else:
+        return tl.sum(tl.where(j8 == J, v, 0.0), 0)
 
 
 @triton.jit
@@ -407,7 +415,7 @@ def _split_kernel_tm(
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = True,
-    WORDS: tl.constexpr = False, SUB: tl.constexpr = 1,
+    WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = False,
 ):
     """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
         scores^T [G, NP] = K codes [G, D] @ Q^T [D, NP]
@@ -468,25 +476,25 @@ def _split_kernel_tm(
     kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
         bt_row, tl.minimum(start, tl.maximum(end - 1, 0)), start < end, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
         D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
-        OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB)
+        OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB, SCALAR_MULTS)
     for blk_i in range(start, end):
         if PREFETCH:
             # the last iteration re-reads its own block (an L2 hit) rather than branch
             nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults = _fetch_block(
                 bt_row, tl.minimum(blk_i + 1, end - 1), True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
                 D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
-                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB)
+                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB, SCALAR_MULTS)
         else:
             kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
                 bt_row, blk_i, True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
                 D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
-                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB)
-        ks = fp8_bits_to_f32(ks8) * _pick(mults, j8, 0)
-        kz = kz16.to(tl.float32) * _pick(mults, j8, 1)
-        kts = fp8_bits_to_f32(kts8) * _pick(mults, j8, 2)
-        vs = fp8_bits_to_f32(vs8) * _pick(mults, j8, 3)
-        vz = vz16.to(tl.float32) * _pick(mults, j8, 4)
-        vcs = fp8_bits_to_f32(vcs8) * _pick(mults, j8, 5)
+                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB, SCALAR_MULTS)
+        ks = fp8_bits_to_f32(ks8) * _pick(mults, j8, 0, SCALAR_MULTS)
+        kz = kz16.to(tl.float32) * _pick(mults, j8, 1, SCALAR_MULTS)
+        kts = fp8_bits_to_f32(kts8) * _pick(mults, j8, 2, SCALAR_MULTS)
+        vs = fp8_bits_to_f32(vs8) * _pick(mults, j8, 3, SCALAR_MULTS)
+        vz = vz16.to(tl.float32) * _pick(mults, j8, 4, SCALAR_MULTS)
+        vcs = fp8_bits_to_f32(vcs8) * _pick(mults, j8, 5, SCALAR_MULTS)
 
         # K: B operand [NP, D] = hi (even rows) / lo (odd rows) of q_rot * k_scale
         a = qd * ks[None, :]
@@ -632,6 +640,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmwr8": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "num_warps": 8},
     "tmwh": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2},
     "tmwrh": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2},
+    "tmws": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": True},
+    "tmwhs": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": True},
 }
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
 LAUNCH_KEYS = ("num_warps",)
