@@ -416,6 +416,7 @@ def _split_kernel_tm(
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = True,
     WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = False,
+    HP_MIN: tl.constexpr = 8,
 ):
     """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
         scores^T [G, NP] = K codes [G, D] @ Q^T [D, NP]
@@ -431,13 +432,17 @@ def _split_kernel_tm(
     dependent table load keeps Triton's pipeliner from doing it. With WORDS the codes are
     unpacked two per 32-bit operation (_unpack_words) in a permuted channel order that the
     query, scale and output indices follow. SUB > 1 walks each block in SUB steps of
-    G / SUB tokens (smaller tiles, fewer registers, more programs per SM)."""
+    G / SUB tokens (smaller tiles, fewer registers, more programs per SM). HP_MIN < 8 lets HP
+    be GQA's next power of two (4 for 3-4 heads): the MMA still needs NP >= 16 columns, so
+    each column is followed by RED - 1 zero columns, but the softmax works on [G, 4]."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
     OFFSET: tl.constexpr = 128.0 if DT == tl.bfloat16 else 1024.0
-    HP: tl.constexpr = GQA if GQA > 8 else 8
-    NP: tl.constexpr = 2 * HP
+    P2: tl.constexpr = 1 if GQA <= 1 else (2 if GQA <= 2 else (4 if GQA <= 4 else (8 if GQA <= 8 else (16 if GQA <= 16 else 32))))
+    HP: tl.constexpr = P2 if P2 > HP_MIN else HP_MIN
+    NP: tl.constexpr = 2 * HP if 2 * HP > 16 else 16
+    RED: tl.constexpr = NP // (2 * HP)
     GT: tl.constexpr = G // SUB  # tokens per step
     d = tl.arange(0, D)
     t = tl.arange(0, GT)
@@ -450,11 +455,13 @@ def _split_kernel_tm(
         d_k = d
         d_v = d
     j8 = tl.arange(0, 8)
-    even = (r % 2) == 0
-    # row r of qd is query head r // 2 of the group (rows 2h and 2h + 1 identical)
-    head = r // 2
+    # row r of qd is query head r // (2 RED) of the group, for its high part where
+    # (r // RED) % 2 == 0, else its low part; rows with r % RED != 0 stay zero
+    even = ((r // RED) % 2) == 0
+    head = r // (2 * RED)
+    q_row = (head < GQA) & ((r % RED) == 0)
     q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + head[:, None]) * stride_qh + d[None, :],
-                mask=head[:, None] < GQA, other=0.0).to(tl.float32)
+                mask=q_row[:, None], other=0.0).to(tl.float32)
     # rotated query, its channels in K's tile order: q @ H[:, d_k]
     h = tl.load(h_ptr + d[:, None] * D + d_k[None, :])
     q_hi = q.to(DT)
@@ -510,6 +517,8 @@ def _split_kernel_tm(
         else:
             kc = _unpack(kb, K_BITS, GT, D, DT, MAGIC)
         st = tl.dot(kc, tl.trans(bq)) + corr[None, :]  # [GT, NP]
+        if RED > 1:
+            st = tl.sum(tl.reshape(st, (GT, 2 * HP, RED)), 2)
         s_hi, s_lo = tl.split(tl.reshape(st, (GT, HP, 2)))
         scores = (s_hi + s_lo) * kts[:, None]  # [GT, HP]
 
@@ -527,17 +536,24 @@ def _split_kernel_tm(
         if MAGIC:
             pcorr -= OFFSET * (p_hi.to(tl.float32) + p_lo.to(tl.float32))
         pcorr = tl.sum(pcorr, 0)  # [HP]
-        ps = tl.reshape(tl.join(p_hi, p_lo), (GT, NP))
+        ps = tl.reshape(tl.join(p_hi, p_lo), (GT, 2 * HP))
+        if RED > 1:
+            zi = tl.arange(0, RED)
+            ps = tl.reshape(tl.where(zi[None, None, :] == 0, ps[:, :, None], 0.0).to(DT), (GT, NP))
         if WORDS:
             vc = _unpack_words(vb, V_BITS, GT, D, DT)
         else:
             vc = _unpack(vb, V_BITS, GT, D, DT, MAGIC)
         if VT:
             ot = tl.dot(tl.trans(vc), ps)  # [D, NP]
+            if RED > 1:
+                ot = tl.sum(tl.reshape(ot, (D, 2 * HP, RED)), 2)
             o_hi, o_lo = tl.split(tl.reshape(ot, (D, HP, 2)))
             acc = acc * alpha[None, :] + (o_hi + o_lo + pcorr[None, :]) * vcs[:, None]
         else:
             o = tl.dot(tl.trans(ps), vc)  # [NP, D]
+            if RED > 1:
+                o = tl.sum(tl.reshape(o, (2 * HP, RED, D)), 1)
             o_hi, o_lo = tl.split(tl.permute(tl.reshape(o, (HP, 2, D)), (0, 2, 1)))
             acc = acc * alpha[:, None] + (o_hi + o_lo + pcorr[:, None]) * vcs[None, :]
         if PREFETCH:
@@ -553,10 +569,11 @@ def _split_kernel_tm(
     tl.store(ws_ml_ptr + part * 2 * GP + GP + hh, tl.sum(lacc, 0))
     if GP > HP:
         # rows the reduce kernel reads but no query head uses: empty partials
-        pad = tl.arange(0, GP - HP) + HP
-        tl.store(ws + pad[:, None] * D + d[None, :], tl.zeros([GP - HP, D], dtype=tl.float32))
-        tl.store(ws_ml_ptr + part * 2 * GP + pad, tl.full([GP - HP], NEG_BIG, dtype=tl.float32))
-        tl.store(ws_ml_ptr + part * 2 * GP + GP + pad, tl.zeros([GP - HP], dtype=tl.float32))
+        pad = tl.arange(0, GP)
+        is_pad = pad >= HP
+        tl.store(ws + pad[:, None] * D + d[None, :], tl.zeros([GP, D], dtype=tl.float32), mask=is_pad[:, None])
+        tl.store(ws_ml_ptr + part * 2 * GP + pad, tl.full([GP], NEG_BIG, dtype=tl.float32), mask=is_pad)
+        tl.store(ws_ml_ptr + part * 2 * GP + GP + pad, tl.zeros([GP], dtype=tl.float32), mask=is_pad)
 
 
 @triton.jit
@@ -641,6 +658,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmwh": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2},
     "tmwrh": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2},
     "tmws": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": True},
+    "tmwn": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "HP_MIN": 1},
+    "tmwhn": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "HP_MIN": 1},
+    "tmwrhn": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2, "HP_MIN": 1},
     "tmwhs": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": True},
 }
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
