@@ -348,23 +348,17 @@ def _unpack_words(words, BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, D
 
 
 @triton.jit
-def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
+def _fetch_codes(bt_row, i, valid, rec_ptr, stride_rb, head_off, t,
                  D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr,
-                 OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
-                 OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
-                 OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
-                 WORDS: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr, SCALAR_MULTS: tl.constexpr):
-    """Issue the loads of step i (tokens (i % SUB) * G / SUB + t of table entry i // SUB;
-    raw bytes, nothing decoded) so that they are in flight while the previous step is
-    computed. The entry must lie in the table row; where `valid` is False it is not trusted
-    and block 0 (which exists) is read instead."""
+                 OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr,
+                 WORDS: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
+    """Issue the code loads of step i (tokens (i % SUB) * G / SUB + t of table entry
+    i // SUB) so that they are in flight while the previous step is computed; returns the
+    record's base pointer too. The entry must lie in the table row; where `valid` is False
+    it is not trusted and block 0 (which exists) is read instead."""
     blk = tl.where(valid, tl.load(bt_row + i // SUB), 0).to(tl.int64)
     rec = rec_ptr + blk * stride_rb + head_off
     t = t + (i % SUB) * (G // SUB)  # the step's token rows within the block
-    rec_f16 = rec.to(tl.pointer_type(tl.float16))
-    rec_f32 = rec.to(tl.pointer_type(tl.float32))
-    kb_cols = tl.arange(0, D * K_BITS // 8)
-    vb_cols = tl.arange(0, D * V_BITS // 8)
     if WORDS:
         rec_u32 = rec.to(tl.pointer_type(tl.uint32))
         kw_cols = tl.arange(0, D * K_BITS // 32)
@@ -372,9 +366,22 @@ def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
         kb = tl.load(rec_u32 + OFF_K_CODES // 4 + t[:, None] * (D * K_BITS // 32) + kw_cols[None, :])
         vb = tl.load(rec_u32 + OFF_V_CODES // 4 + t[:, None] * (D * V_BITS // 32) + vw_cols[None, :])
     else:
+        kb_cols = tl.arange(0, D * K_BITS // 8)
+        vb_cols = tl.arange(0, D * V_BITS // 8)
         kb = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
         vb = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
-    # d: channel indices in the order the unpacked K/V tiles hold them (d_k for K, d_v for V)
+    return rec, kb, vb
+
+
+@triton.jit
+def _fetch_scales(rec, i, t, d, OFF_K_ZERO: tl.constexpr, OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr,
+                  OFF_K_TOKEN_SCALE: tl.constexpr, OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr,
+                  OFF_K_SCALE_MULT: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr, SCALAR_MULTS: tl.constexpr):
+    """The scale/zero vectors of step i of record `rec` (raw fp8/fp16 bits) and its six
+    float32 multipliers. d = (channel indices of K's tile, of V's tile)."""
+    rec_f16 = rec.to(tl.pointer_type(tl.float16))
+    rec_f32 = rec.to(tl.pointer_type(tl.float32))
+    t = t + (i % SUB) * (G // SUB)
     d_k, d_v = d
     ks8 = tl.load(rec + OFF_K_SCALE + d_k)
     kz16 = tl.load(rec_f16 + OFF_K_ZERO // 2 + d_k)
@@ -390,7 +397,23 @@ def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
     else:
         j8 = tl.arange(0, 8)
         mults = tl.load(rec_f32 + OFF_K_SCALE_MULT // 4 + j8, mask=j8 < 6, other=0.0)
-    return kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults
+    return ks8, kz16, kts8, vs8, vz16, vcs8, mults
+
+
+@triton.jit
+def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
+                 D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr,
+                 OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+                 OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+                 OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+                 WORDS: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr, SCALAR_MULTS: tl.constexpr):
+    """_fetch_codes and _fetch_scales of step i (all raw bytes, nothing decoded)."""
+    rec, kb, vb = _fetch_codes(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, D, K_BITS, V_BITS,
+                               OFF_K_CODES, OFF_V_CODES, WORDS, G, SUB)
+    ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_scales(
+        rec, i, t, d, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE, OFF_V_CHANNEL_SCALE,
+        OFF_K_SCALE_MULT, G, SUB, SCALAR_MULTS)
+    return kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults, rec
 
 
 @triton.jit
@@ -414,7 +437,7 @@ def _split_kernel_tm(
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
-    MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = True,
+    MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = 1,
     WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = False,
     HP_MIN: tl.constexpr = 8,
 ):
@@ -429,7 +452,9 @@ def _split_kernel_tm(
     The softmax then works on [G, HP] (8 columns) instead of [16, G], its row sums are
     accumulated elementwise and reduced once at the end, and with PREFETCH block i+1's
     record loads (table entry included) are issued before block i is computed, since the
-    dependent table load keeps Triton's pipeliner from doing it. With WORDS the codes are
+    dependent table load keeps Triton's pipeliner from doing it (PREFETCH=2: only the
+    codes; the small scale vectors load at the top of the iteration, which spares the
+    layout conversions of loop-carried vectors). With WORDS the codes are
     unpacked two per 32-bit operation (_unpack_words) in a permuted channel order that the
     query, scale and output indices follow. SUB > 1 walks each block in SUB steps of
     G / SUB tokens (smaller tiles, fewer registers, more programs per SM). HP_MIN < 8 lets HP
@@ -480,19 +505,27 @@ def _split_kernel_tm(
     bt_row = bt_ptr + b.to(tl.int64) * stride_btb
     head_off = kvh * stride_rh
     # an empty split (start >= end) reads block 0 once and never uses it
-    kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
+    kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults, rec = _fetch_block(
         bt_row, tl.minimum(start, tl.maximum(end - 1, 0)), start < end, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
         D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
         OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB, SCALAR_MULTS)
     for blk_i in range(start, end):
-        if PREFETCH:
+        if PREFETCH == 2:
+            # codes only: the scale vectors load here, in the layouts their uses want
+            ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_scales(
+                rec, blk_i, t, (d_k, d_v), OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
+                OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, G, SUB, SCALAR_MULTS)
+            nrec, nkb, nvb = _fetch_codes(
+                bt_row, tl.minimum(blk_i + 1, end - 1), True, rec_ptr, stride_rb, head_off, t, D, K_BITS, V_BITS,
+                OFF_K_CODES, OFF_V_CODES, WORDS, G, SUB)
+        elif PREFETCH:
             # the last iteration re-reads its own block (an L2 hit) rather than branch
-            nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults = _fetch_block(
+            nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults, nrec = _fetch_block(
                 bt_row, tl.minimum(blk_i + 1, end - 1), True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
                 D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
                 OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB, SCALAR_MULTS)
         else:
-            kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_block(
+            kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults, rec = _fetch_block(
                 bt_row, blk_i, True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
                 D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
                 OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB, SCALAR_MULTS)
@@ -556,7 +589,9 @@ def _split_kernel_tm(
                 o = tl.sum(tl.reshape(o, (2 * HP, RED, D)), 1)
             o_hi, o_lo = tl.split(tl.permute(tl.reshape(o, (HP, 2, D)), (0, 2, 1)))
             acc = acc * alpha[:, None] + (o_hi + o_lo + pcorr[:, None]) * vcs[None, :]
-        if PREFETCH:
+        if PREFETCH == 2:
+            kb, vb, rec = nkb, nvb, nrec
+        elif PREFETCH:
             kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults
 
     part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
@@ -661,6 +696,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmwn": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "HP_MIN": 1},
     "tmwhn": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "HP_MIN": 1},
     "tmwrhn": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2, "HP_MIN": 1},
+    "tmwc": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True},
+    "tmwhc": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SUB": 2},
     "tmwhs": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": True},
 }
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
