@@ -104,8 +104,8 @@ def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, sca
 
 CASES = [("k2v2", 3, 3, 64, 2, True), ("k4v4", 2, 4, 64, 1, False), ("k4v2", 1, 2, 128, 3, True)]
 #: the default variant and tm (the candidate) on every case; the others (kept for the benchmarks) on one case each
-DECODE_CASES = [(v, *c) for v in ("hilo", "tmw", "tmwh") for c in CASES] + [
-    (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "chunked", "tm", "tmr", "tmnp", "tmi", "tmwr", "tmwrh", "tmw8", "tmwn", "tmwhn", "tmwrhn", "tmws", "tmwhs", "tmwc", "tmwhc"))
+DECODE_CASES = [(v, *c) for v in ("hilo", "tmw", "tmwb", "tmwh") for c in CASES] + [
+    (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "chunked", "tm", "tmr", "tmnp", "tmi", "tmwr", "tmwrh", "tmw8", "tmwn", "tmwhn", "tmwrhn", "tmws", "tmwhs", "tmwc", "tmwhc", "tmwhb", "tmwb8", "tmwcb", "tmwhcb"))
 ]
 
 
@@ -144,7 +144,7 @@ def test_decode_matches_dequantized_sdpa(
     # (benchmarks/GPU_NOTES.md); the interpreter's fp16 dots and the HILO variants stay < 1e-3.
     tol = 1e-2 if variant in ("hilo", "fast") or variant.startswith("tm") or DEVICE.type == "cpu" else 5e-2
     assert float(rel) < tol, f"relative error {float(rel):.2e}"
-    if variant in ("tmw", "tmwh"):
+    if variant in ("tmw", "tmwb", "tmwh"):
         # the candidates must be as accurate as hilo on the same inputs (not just < tol)
         out_hilo = torch.full_like(out, float("nan"))
         decode_attention(
@@ -156,7 +156,7 @@ def test_decode_matches_dequantized_sdpa(
         assert float(rel) <= 1.5 * float(rel_hilo) + 1e-4, f"{variant} {float(rel):.2e} vs hilo {float(rel_hilo):.2e}"
 
 
-@pytest.mark.parametrize("variant", ["hilo", "tmw", "tmwh"])
+@pytest.mark.parametrize("variant", ["hilo", "tmw", "tmwb", "tmwh", "tmwhb"])
 def test_decode_block_size_64(variant: str) -> None:
     """64-token blocks (the kvcache tests' size): tmwh's half-block steps are then 32 tokens."""
     d, kv_heads, gqa, g = 64, 2, 4, 64

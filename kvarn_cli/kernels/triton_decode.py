@@ -391,8 +391,12 @@ def _fetch_scales(rec, i, t, d, OFF_K_ZERO: tl.constexpr, OFF_V_ZERO: tl.constex
     vcs8 = tl.load(rec + OFF_V_CHANNEL_SCALE + d_v)
     # the six float32 multipliers are contiguous (k_scale, k_zero, k_token_scale, v_scale,
     # v_zero, v_channel_scale)
-    if SCALAR_MULTS:
-        m0 = rec_f32 + OFF_K_SCALE_MULT // 4
+    m0 = rec_f32 + OFF_K_SCALE_MULT // 4
+    if SCALAR_MULTS == 2:
+        # each multiplier broadcast over the vector it scales, loaded in that vector's shape
+        mults = (tl.load(m0 + 0 * d_k), tl.load(m0 + 1 + 0 * d_k), tl.load(m0 + 2 + 0 * t),
+                 tl.load(m0 + 3 + 0 * t), tl.load(m0 + 4 + 0 * t), tl.load(m0 + 5 + 0 * d_v))
+    elif SCALAR_MULTS:
         mults = (tl.load(m0), tl.load(m0 + 1), tl.load(m0 + 2), tl.load(m0 + 3), tl.load(m0 + 4), tl.load(m0 + 5))
     else:
         j8 = tl.arange(0, 8)
@@ -419,7 +423,7 @@ def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
 @triton.jit
 def _pick(v, j8, J: tl.constexpr, SCALAR_MULTS: tl.constexpr):
     """Multiplier J of _fetch_block's `mults` (a tuple of scalars, or a vector of 8)."""
-    if SCALAR_MULTS:
+    if SCALAR_MULTS:  # 1: scalars, 2: broadcast vectors
         return v[J]
     else:
         return tl.sum(tl.where(j8 == J, v, 0.0), 0)
@@ -438,7 +442,7 @@ def _split_kernel_tm(
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = 1,
-    WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = False,
+    WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = 0,
     HP_MIN: tl.constexpr = 8,
 ):
     """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
@@ -698,6 +702,11 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmwrhn": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2, "HP_MIN": 1},
     "tmwc": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True},
     "tmwhc": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SUB": 2},
+    "tmwb": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": 2},
+    "tmwhb": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2},
+    "tmwb8": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": 2, "num_warps": 8},
+    "tmwcb": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SCALAR_MULTS": 2},
+    "tmwhcb": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2},
     "tmwhs": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": True},
 }
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
