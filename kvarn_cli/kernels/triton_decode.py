@@ -553,11 +553,12 @@ def _split_kernel_tm(
             kc = _unpack_words(kb, K_BITS, GT, D, DT)
         else:
             kc = _unpack(kb, K_BITS, GT, D, DT, MAGIC)
-        st = tl.dot(kc, tl.trans(bq)) + corr[None, :]  # [GT, NP]
+        # k_token_scale applied before the hi/lo columns are summed: one layout for kts
+        st = (tl.dot(kc, tl.trans(bq)) + corr[None, :]) * kts[:, None]  # [GT, NP]
         if RED > 1:
             st = tl.sum(tl.reshape(st, (GT, 2 * HP, RED)), 2)
         s_hi, s_lo = tl.split(tl.reshape(st, (GT, HP, 2)))
-        scores = (s_hi + s_lo) * kts[:, None]  # [GT, HP]
+        scores = s_hi + s_lo  # [GT, HP]
 
         m_new = tl.maximum(m, tl.max(scores, 0))
         alpha = tl.exp2(m - m_new)
