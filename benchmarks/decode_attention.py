@@ -1,9 +1,9 @@
 """Decode-attention microbenchmark on CUDA: KVarN Triton kernel (k2v2, k4v4) vs bf16 attention.
 
     PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --out results.json
-    # quick comparison of split-kernel variants at 32k (a few minutes on an H100):
-    PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --out quick.json --variants hilo,tm \
-        --contexts 32768 --batches 1,32,64 --no-flush
+    # quick comparison of split-kernel variants at 32k (about 2-3 minutes on an H100):
+    PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --out quick.json \
+        --variants hilo,tmw,tmwb,tmwhb,tmwb8 --methods k2v2 --contexts 32768 --batches 1,32,64 --no-flush
 
 For each model shape, context length L and batch B it times one decode step of one layer:
 - bf16: FlashAttention through torch SDPA on contiguous K/V [B, Hkv, L, D] with the GQA
