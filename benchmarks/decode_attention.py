@@ -1,6 +1,9 @@
 """Decode-attention microbenchmark on CUDA: KVarN Triton kernel (k2v2, k4v4) vs bf16 attention.
 
     PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --out results.json
+    # quick comparison of split-kernel variants at 32k (about 2-3 minutes on an H100):
+    PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --out quick.json \
+        --variants hilo,tmw,tmwb,tmwhb,tmwb8 --methods k2v2 --contexts 32768 --batches 1,32,64 --no-flush
 
 For each model shape, context length L and batch B it times one decode step of one layer:
 - bf16: FlashAttention through torch SDPA on contiguous K/V [B, Hkv, L, D] with the GQA
@@ -164,6 +167,7 @@ def main() -> None:
     ap.add_argument("--methods", default="k2v2,k4v4")
     ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
     ap.add_argument("--tune", action="store_true", help="also try num_warps/num_stages/splits at 32k")
+    ap.add_argument("--no-flush", action="store_true", help="skip the flush-kernel timings")
     args = ap.parse_args()
     batches = [int(x) for x in args.batches.split(",")]
     contexts = [int(x) for x in args.contexts.split(",")]
@@ -199,9 +203,9 @@ def main() -> None:
                 for m, var in keys:
                     key = f"{m}_{var}"
                     frac = row[f"{key}_bytes"] / (row[f"{key}_ms"] * 1e-3) / bw
-                    line += f"  {m}/{var[0]} {row[f'{key}_ms'] * 1e3:7.1f}us x{row['bf16_ms'] / row[f'{key}_ms']:5.2f} ({frac:4.0%})"
+                    line += f"  {m}/{var} {row[f'{key}_ms'] * 1e3:7.1f}us x{row['bf16_ms'] / row[f'{key}_ms']:5.2f} ({frac:4.0%})"
                 print(line + f"  [{time.time() - t0:.1f}s]")
-        for m in methods:
+        for m in [] if args.no_flush else methods:
             for batch in batches:
                 ms = flush_case(m, batch, kvh, d)
                 result["flush"].append({"shape": shape, "method": m, "batch": batch, "ms": ms})

@@ -28,9 +28,9 @@ POISON = 0xAB
 SCALE_FIELDS = ("k_token_scale", "k_token_scale_mult", "v_channel_scale", "v_channel_scale_mult")
 
 
-def _tiles(n: int, heads: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    k = key_like(n * heads, G, d, seed).view(n, heads, G, d)
-    v = value_like(n * heads, G, d, seed).view(n, heads, G, d)
+def _tiles(n: int, heads: int, d: int, seed: int, g: int = G) -> tuple[torch.Tensor, torch.Tensor]:
+    k = key_like(n * heads, g, d, seed).view(n, heads, g, d)
+    v = value_like(n * heads, g, d, seed).view(n, heads, g, d)
     return k.to(DEVICE), v.to(DEVICE)
 
 
@@ -76,7 +76,7 @@ def test_flush_matches_torch_quantizer(name: str, d: int) -> None:
         assert bool((err_g <= err_r * 1.10 + 1e-6).all()), (err_g, err_r)
 
 
-def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale):  # type: ignore[no-untyped-def]
+def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale, g=G):  # type: ignore[no-untyped-def]
     """float32 SDPA over dequantized blocks + unrotated 16-bit slot tokens, per sequence."""
     d = query.shape[-1]
     h = rotation_on(d, torch.device("cpu"))
@@ -88,8 +88,8 @@ def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, sca
         if int(nblk[b]):
             blocks = recs[table[b, : int(nblk[b])].long().cpu()]
             k_hat, v_hat = qz.dequantize_batch(blocks.reshape(-1, recs.shape[2]))
-            ks.append(k_hat.view(-1, kv_heads, G, d).transpose(0, 1).reshape(kv_heads, -1, d))
-            vs.append(v_hat.view(-1, kv_heads, G, d).transpose(0, 1).reshape(kv_heads, -1, d))
+            ks.append(k_hat.view(-1, kv_heads, g, d).transpose(0, 1).reshape(kv_heads, -1, d))
+            vs.append(v_hat.view(-1, kv_heads, g, d).transpose(0, 1).reshape(kv_heads, -1, d))
         if side_k is not None:
             for s in range(slots.shape[1]):
                 slot, n = int(slots[b, s]), int(lens[b, s])
@@ -103,9 +103,9 @@ def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, sca
 
 
 CASES = [("k2v2", 3, 3, 64, 2, True), ("k4v4", 2, 4, 64, 1, False), ("k4v2", 1, 2, 128, 3, True)]
-#: the default variant on every case; the others (kept for the benchmarks) on one case each
-DECODE_CASES = [("hilo", *c) for c in CASES] + [
-    (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "chunked"))
+#: the default variant and tm (the candidate) on every case; the others (kept for the benchmarks) on one case each
+DECODE_CASES = [(v, *c) for v in ("hilo", "tmw", "tmwb", "tmwh") for c in CASES] + [
+    (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "chunked", "tm", "tmr", "tmnp", "tmi", "tmwr", "tmwrh", "tmw8", "tmwn", "tmwhn", "tmwrhn", "tmws", "tmwhs", "tmwc", "tmwhc", "tmwhb", "tmwb8", "tmwcb", "tmwhcb"))
 ]
 
 
@@ -142,5 +142,33 @@ def test_decode_matches_dequantized_sdpa(
     rel = (out.cpu() - ref).norm() / ref.norm()
     # Variants without HILO round q * k_scale to bf16 on the GPU: measured 1-2.5e-2 there
     # (benchmarks/GPU_NOTES.md); the interpreter's fp16 dots and the HILO variants stay < 1e-3.
-    tol = 1e-2 if variant in ("hilo", "fast") or DEVICE.type == "cpu" else 5e-2
+    tol = 1e-2 if variant in ("hilo", "fast") or variant.startswith("tm") or DEVICE.type == "cpu" else 5e-2
     assert float(rel) < tol, f"relative error {float(rel):.2e}"
+    if variant in ("tmw", "tmwb", "tmwh"):
+        # the candidates must be as accurate as hilo on the same inputs (not just < tol)
+        out_hilo = torch.full_like(out, float("nan"))
+        decode_attention(
+            qz, query, records, table.to(DEVICE), nblk.to(DEVICE),
+            side_k, side_v, None if slots is None else slots.to(DEVICE), None if lens is None else lens.to(DEVICE),
+            scale=scale, num_splits=splits, out=out_hilo, variant="hilo",
+        )
+        rel_hilo = (out_hilo.cpu() - ref).norm() / ref.norm()
+        assert float(rel) <= 1.5 * float(rel_hilo) + 1e-4, f"{variant} {float(rel):.2e} vs hilo {float(rel_hilo):.2e}"
+
+
+@pytest.mark.parametrize("variant", ["hilo", "tmw", "tmwb", "tmwh", "tmwhb"])
+def test_decode_block_size_64(variant: str) -> None:
+    """64-token blocks (the kvcache tests' size): tmwh's half-block steps are then 32 tokens."""
+    d, kv_heads, gqa, g = 64, 2, 4, 64
+    qz = make_quantizer("k2v2", head_dim=d, block_size=g)
+    gen = torch.Generator().manual_seed(77)
+    k, v = _tiles(5, kv_heads, d, seed=41, g=g)
+    records = torch.empty(5, kv_heads, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
+    flush_tiles(qz, k, v, records, torch.arange(5, dtype=torch.int32, device=DEVICE))
+    nblk = torch.tensor([4, 2], dtype=torch.int32)
+    table = torch.stack([torch.randperm(5, generator=gen)[:4] for _ in range(2)]).to(torch.int32)
+    query = (torch.randn(2, kv_heads * gqa, d, generator=gen) * 2).to(DEVICE)
+    out = decode_attention(qz, query, records, table.to(DEVICE), nblk.to(DEVICE), num_splits=2, variant=variant)
+    ref = _reference(qz, query, records, table, nblk, None, None, None, None, 1.0 / d**0.5, g=g)
+    rel = (out.cpu() - ref).norm() / ref.norm()
+    assert float(rel) < 1e-2, f"relative error {float(rel):.2e}"

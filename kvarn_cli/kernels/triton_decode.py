@@ -320,6 +320,303 @@ def _split_kernel_joined(
 
 
 @triton.jit
+def _word_channel(p, BITS: tl.constexpr):
+    """Channel held at position p of a tile unpacked by _unpack_words (see there)."""
+    PW: tl.constexpr = 32 // BITS  # codes per 32-bit word
+    rem = p % PW
+    return (p // PW) * PW + rem // 2 + (PW // 2) * (rem % 2)
+
+
+@triton.jit
+def _unpack_words(words, BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
+    """Codes [G, D] in DT as 128 + c (bf16; fp16: 1024 + c) from little-endian 32-bit words
+    [G, D * BITS / 32], two codes per 32-bit operation: (w >> BITS*k) & (2^BITS - 1, twice,
+    16 bits apart) | the exponent bits of both halves makes a pair of 16-bit floats directly.
+    The pair holds channels k' and k' + 16 / BITS of the word (k' = k in storage order), so
+    position p of the result is channel _word_channel(p); the caller permutes the other
+    operand's channels to match (free: its loads take the permuted indices)."""
+    NS: tl.constexpr = 16 // BITS
+    W: tl.constexpr = D * BITS // 32
+    MASK: tl.constexpr = ((1 << BITS) - 1) * 65537
+    EXP: tl.constexpr = 0x43004300 if DT == tl.bfloat16 else 0x64006400
+    sh = (tl.arange(0, NS) * BITS).to(tl.uint32)
+    y = ((words[:, :, None] >> sh[None, None, :]) & MASK) | EXP  # [G, W, NS] uint32
+    lo = (y & 0xFFFF).to(tl.uint16)
+    hi = (y >> 16).to(tl.uint16)
+    c = tl.reshape(tl.join(lo, hi), (G, D))
+    return c.to(DT, bitcast=True)
+
+
+@triton.jit
+def _fetch_codes(bt_row, i, valid, rec_ptr, stride_rb, head_off, t,
+                 D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr,
+                 OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr,
+                 WORDS: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
+    """Issue the code loads of step i (tokens (i % SUB) * G / SUB + t of table entry
+    i // SUB) so that they are in flight while the previous step is computed; returns the
+    record's base pointer too. The entry must lie in the table row; where `valid` is False
+    it is not trusted and block 0 (which exists) is read instead."""
+    blk = tl.where(valid, tl.load(bt_row + i // SUB), 0).to(tl.int64)
+    rec = rec_ptr + blk * stride_rb + head_off
+    t = t + (i % SUB) * (G // SUB)  # the step's token rows within the block
+    if WORDS:
+        rec_u32 = rec.to(tl.pointer_type(tl.uint32))
+        kw_cols = tl.arange(0, D * K_BITS // 32)
+        vw_cols = tl.arange(0, D * V_BITS // 32)
+        kb = tl.load(rec_u32 + OFF_K_CODES // 4 + t[:, None] * (D * K_BITS // 32) + kw_cols[None, :])
+        vb = tl.load(rec_u32 + OFF_V_CODES // 4 + t[:, None] * (D * V_BITS // 32) + vw_cols[None, :])
+    else:
+        kb_cols = tl.arange(0, D * K_BITS // 8)
+        vb_cols = tl.arange(0, D * V_BITS // 8)
+        kb = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
+        vb = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
+    return rec, kb, vb
+
+
+@triton.jit
+def _fetch_scales(rec, i, t, d, OFF_K_ZERO: tl.constexpr, OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr,
+                  OFF_K_TOKEN_SCALE: tl.constexpr, OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr,
+                  OFF_K_SCALE_MULT: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr, SCALAR_MULTS: tl.constexpr):
+    """The scale/zero vectors of step i of record `rec` (raw fp8/fp16 bits) and its six
+    float32 multipliers. d = (channel indices of K's tile, of V's tile)."""
+    rec_f16 = rec.to(tl.pointer_type(tl.float16))
+    rec_f32 = rec.to(tl.pointer_type(tl.float32))
+    t = t + (i % SUB) * (G // SUB)
+    d_k, d_v = d
+    ks8 = tl.load(rec + OFF_K_SCALE + d_k)
+    kz16 = tl.load(rec_f16 + OFF_K_ZERO // 2 + d_k)
+    kts8 = tl.load(rec + OFF_K_TOKEN_SCALE + t)
+    vs8 = tl.load(rec + OFF_V_SCALE + t)
+    vz16 = tl.load(rec_f16 + OFF_V_ZERO // 2 + t)
+    vcs8 = tl.load(rec + OFF_V_CHANNEL_SCALE + d_v)
+    # the six float32 multipliers are contiguous (k_scale, k_zero, k_token_scale, v_scale,
+    # v_zero, v_channel_scale)
+    m0 = rec_f32 + OFF_K_SCALE_MULT // 4
+    if SCALAR_MULTS == 2:
+        # each multiplier broadcast over the vector it scales, loaded in that vector's shape
+        mults = (tl.load(m0 + 0 * d_k), tl.load(m0 + 1 + 0 * d_k), tl.load(m0 + 2 + 0 * t),
+                 tl.load(m0 + 3 + 0 * t), tl.load(m0 + 4 + 0 * t), tl.load(m0 + 5 + 0 * d_v))
+    elif SCALAR_MULTS:
+        mults = (tl.load(m0), tl.load(m0 + 1), tl.load(m0 + 2), tl.load(m0 + 3), tl.load(m0 + 4), tl.load(m0 + 5))
+    else:
+        j8 = tl.arange(0, 8)
+        mults = tl.load(rec_f32 + OFF_K_SCALE_MULT // 4 + j8, mask=j8 < 6, other=0.0)
+    return ks8, kz16, kts8, vs8, vz16, vcs8, mults
+
+
+@triton.jit
+def _fetch_block(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, d,
+                 D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr,
+                 OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+                 OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+                 OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+                 WORDS: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr, SCALAR_MULTS: tl.constexpr):
+    """_fetch_codes and _fetch_scales of step i (all raw bytes, nothing decoded)."""
+    rec, kb, vb = _fetch_codes(bt_row, i, valid, rec_ptr, stride_rb, head_off, t, D, K_BITS, V_BITS,
+                               OFF_K_CODES, OFF_V_CODES, WORDS, G, SUB)
+    ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_scales(
+        rec, i, t, d, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE, OFF_V_CHANNEL_SCALE,
+        OFF_K_SCALE_MULT, G, SUB, SCALAR_MULTS)
+    return kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults, rec
+
+
+@triton.jit
+def _pick(v, j8, J: tl.constexpr, SCALAR_MULTS: tl.constexpr):
+    """Multiplier J of _fetch_block's `mults` (a tuple of scalars, or a vector of 8)."""
+    if SCALAR_MULTS:  # 1: scalars, 2: broadcast vectors
+        return v[J]
+    else:
+        return tl.sum(tl.where(j8 == J, v, 0.0), 0)
+
+
+@triton.jit
+def _split_kernel_tm(
+    q_ptr, stride_qb, stride_qh, h_ptr,
+    rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
+    ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
+    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+    OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+    OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+    OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
+    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
+    MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = 1,
+    WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = 0,
+    HP_MIN: tl.constexpr = 8,
+):
+    """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
+        scores^T [G, NP] = K codes [G, D] @ Q^T [D, NP]
+    where the NP = 2 * HP columns are, interleaved, the bf16 high and low parts of
+    q_rot * k_scale for each of the HP >= GQA query heads (HP = max(8, next pow2)). The split
+    that keeps float32-level accuracy (see _dot_split) thus costs no extra MMA: it fills the
+    columns that padding 3-4 heads to 16 rows used to waste, and 128 tokens fill the rows.
+    Likewise for V: out^T [D, NP] = V codes^T [D, G] @ (p * v_scale)^T hi/lo [G, NP] (VT),
+    or out [NP, D] = (p * v_scale) hi/lo [NP, G] @ V codes [G, D] (not VT).
+    The softmax then works on [G, HP] (8 columns) instead of [16, G], its row sums are
+    accumulated elementwise and reduced once at the end, and with PREFETCH block i+1's
+    record loads (table entry included) are issued before block i is computed, since the
+    dependent table load keeps Triton's pipeliner from doing it (PREFETCH=2: only the
+    codes; the small scale vectors load at the top of the iteration, which spares the
+    layout conversions of loop-carried vectors). With WORDS the codes are
+    unpacked two per 32-bit operation (_unpack_words) in a permuted channel order that the
+    query, scale and output indices follow. SUB > 1 walks each block in SUB steps of
+    G / SUB tokens (smaller tiles, fewer registers, more programs per SM). HP_MIN < 8 lets HP
+    be GQA's next power of two (4 for 3-4 heads): the MMA still needs NP >= 16 columns, so
+    each column is followed by RED - 1 zero columns, but the softmax works on [G, 4]."""
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    s = tl.program_id(2)
+    OFFSET: tl.constexpr = 128.0 if DT == tl.bfloat16 else 1024.0
+    P2: tl.constexpr = 1 if GQA <= 1 else (2 if GQA <= 2 else (4 if GQA <= 4 else (8 if GQA <= 8 else (16 if GQA <= 16 else 32))))
+    HP: tl.constexpr = P2 if P2 > HP_MIN else HP_MIN
+    NP: tl.constexpr = 2 * HP if 2 * HP > 16 else 16
+    RED: tl.constexpr = NP // (2 * HP)
+    GT: tl.constexpr = G // SUB  # tokens per step
+    d = tl.arange(0, D)
+    t = tl.arange(0, GT)
+    r = tl.arange(0, NP)
+    hh = tl.arange(0, HP)
+    if WORDS:
+        d_k = _word_channel(d, K_BITS)
+        d_v = _word_channel(d, V_BITS)
+    else:
+        d_k = d
+        d_v = d
+    j8 = tl.arange(0, 8)
+    # row r of qd is query head r // (2 RED) of the group, for its high part where
+    # (r // RED) % 2 == 0, else its low part; rows with r % RED != 0 stay zero
+    even = ((r // RED) % 2) == 0
+    head = r // (2 * RED)
+    q_row = (head < GQA) & ((r % RED) == 0)
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + head[:, None]) * stride_qh + d[None, :],
+                mask=q_row[:, None], other=0.0).to(tl.float32)
+    # rotated query, its channels in K's tile order: q @ H[:, d_k]
+    h = tl.load(h_ptr + d[:, None] * D + d_k[None, :])
+    q_hi = q.to(DT)
+    qd = (tl.dot(q_hi, h) + tl.dot((q - q_hi.to(tl.float32)).to(DT), h)) * qk_scale
+    qz_rows = tl.where(even[:, None], qd, 0.0)
+
+    m = tl.full([HP], NEG_BIG, dtype=tl.float32)
+    lacc = tl.zeros([GT, HP], dtype=tl.float32)
+    if VT:
+        acc = tl.zeros([D, HP], dtype=tl.float32)
+    else:
+        acc = tl.zeros([HP, D], dtype=tl.float32)
+    nblk = tl.load(nblk_ptr + b)
+    start = s * blocks_per_split * SUB
+    end = tl.minimum(start + blocks_per_split * SUB, nblk * SUB)
+    bt_row = bt_ptr + b.to(tl.int64) * stride_btb
+    head_off = kvh * stride_rh
+    # an empty split (start >= end) reads block 0 once and never uses it
+    kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults, rec = _fetch_block(
+        bt_row, tl.minimum(start, tl.maximum(end - 1, 0)), start < end, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
+        D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
+        OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB, SCALAR_MULTS)
+    for blk_i in range(start, end):
+        if PREFETCH == 2:
+            # codes only: the scale vectors load here, in the layouts their uses want
+            ks8, kz16, kts8, vs8, vz16, vcs8, mults = _fetch_scales(
+                rec, blk_i, t, (d_k, d_v), OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE,
+                OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, G, SUB, SCALAR_MULTS)
+            nrec, nkb, nvb = _fetch_codes(
+                bt_row, tl.minimum(blk_i + 1, end - 1), True, rec_ptr, stride_rb, head_off, t, D, K_BITS, V_BITS,
+                OFF_K_CODES, OFF_V_CODES, WORDS, G, SUB)
+        elif PREFETCH:
+            # the last iteration re-reads its own block (an L2 hit) rather than branch
+            nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults, nrec = _fetch_block(
+                bt_row, tl.minimum(blk_i + 1, end - 1), True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
+                D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
+                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB, SCALAR_MULTS)
+        else:
+            kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults, rec = _fetch_block(
+                bt_row, blk_i, True, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
+                D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
+                OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, WORDS, G, SUB, SCALAR_MULTS)
+        ks = fp8_bits_to_f32(ks8) * _pick(mults, j8, 0, SCALAR_MULTS)
+        kz = kz16.to(tl.float32) * _pick(mults, j8, 1, SCALAR_MULTS)
+        kts = fp8_bits_to_f32(kts8) * _pick(mults, j8, 2, SCALAR_MULTS)
+        vs = fp8_bits_to_f32(vs8) * _pick(mults, j8, 3, SCALAR_MULTS)
+        vz = vz16.to(tl.float32) * _pick(mults, j8, 4, SCALAR_MULTS)
+        vcs = fp8_bits_to_f32(vcs8) * _pick(mults, j8, 5, SCALAR_MULTS)
+
+        # K: B operand [NP, D] = hi (even rows) / lo (odd rows) of q_rot * k_scale
+        a = qd * ks[None, :]
+        hi = a.to(DT)
+        lo = (a - hi.to(tl.float32)).to(DT)
+        bq = tl.where(even[:, None], hi, lo)
+        corr = qz_rows * kz[None, :]
+        if MAGIC:
+            corr -= OFFSET * bq.to(tl.float32)
+        corr = tl.sum(corr, 1)  # [NP]: q . kz on even rows, minus the magic offset's share
+        if WORDS:
+            kc = _unpack_words(kb, K_BITS, GT, D, DT)
+        else:
+            kc = _unpack(kb, K_BITS, GT, D, DT, MAGIC)
+        # k_token_scale applied before the hi/lo columns are summed: one layout for kts
+        st = (tl.dot(kc, tl.trans(bq)) + corr[None, :]) * kts[:, None]  # [GT, NP]
+        if RED > 1:
+            st = tl.sum(tl.reshape(st, (GT, 2 * HP, RED)), 2)
+        s_hi, s_lo = tl.split(tl.reshape(st, (GT, HP, 2)))
+        scores = s_hi + s_lo  # [GT, HP]
+
+        m_new = tl.maximum(m, tl.max(scores, 0))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new[None, :])
+        lacc = lacc * alpha[None, :] + p
+        m = m_new
+
+        # V: p * v_scale split into hi/lo, interleaved as columns 2h / 2h + 1
+        pv = p * vs[:, None]
+        p_hi = pv.to(DT)
+        p_lo = (pv - p_hi.to(tl.float32)).to(DT)
+        pcorr = p * vz[:, None]
+        if MAGIC:
+            pcorr -= OFFSET * (p_hi.to(tl.float32) + p_lo.to(tl.float32))
+        pcorr = tl.sum(pcorr, 0)  # [HP]
+        ps = tl.reshape(tl.join(p_hi, p_lo), (GT, 2 * HP))
+        if RED > 1:
+            zi = tl.arange(0, RED)
+            ps = tl.reshape(tl.where(zi[None, None, :] == 0, ps[:, :, None], 0.0).to(DT), (GT, NP))
+        if WORDS:
+            vc = _unpack_words(vb, V_BITS, GT, D, DT)
+        else:
+            vc = _unpack(vb, V_BITS, GT, D, DT, MAGIC)
+        if VT:
+            ot = tl.dot(tl.trans(vc), ps)  # [D, NP]
+            if RED > 1:
+                ot = tl.sum(tl.reshape(ot, (D, 2 * HP, RED)), 2)
+            o_hi, o_lo = tl.split(tl.reshape(ot, (D, HP, 2)))
+            acc = acc * alpha[None, :] + (o_hi + o_lo + pcorr[None, :]) * vcs[:, None]
+        else:
+            o = tl.dot(tl.trans(ps), vc)  # [NP, D]
+            if RED > 1:
+                o = tl.sum(tl.reshape(o, (2 * HP, RED, D)), 1)
+            o_hi, o_lo = tl.split(tl.permute(tl.reshape(o, (HP, 2, D)), (0, 2, 1)))
+            acc = acc * alpha[:, None] + (o_hi + o_lo + pcorr[:, None]) * vcs[None, :]
+        if PREFETCH == 2:
+            kb, vb, rec = nkb, nvb, nrec
+        elif PREFETCH:
+            kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults
+
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    ws = ws_acc_ptr + part * GP * D
+    if VT:
+        tl.store(ws + hh[None, :] * D + d_v[:, None], acc)
+    else:
+        tl.store(ws + hh[:, None] * D + d_v[None, :], acc)
+    tl.store(ws_ml_ptr + part * 2 * GP + hh, m)
+    tl.store(ws_ml_ptr + part * 2 * GP + GP + hh, tl.sum(lacc, 0))
+    if GP > HP:
+        # rows the reduce kernel reads but no query head uses: empty partials
+        pad = tl.arange(0, GP)
+        is_pad = pad >= HP
+        tl.store(ws + pad[:, None] * D + d[None, :], tl.zeros([GP, D], dtype=tl.float32), mask=is_pad[:, None])
+        tl.store(ws_ml_ptr + part * 2 * GP + pad, tl.full([GP], NEG_BIG, dtype=tl.float32), mask=is_pad)
+        tl.store(ws_ml_ptr + part * 2 * GP + GP + pad, tl.zeros([GP], dtype=tl.float32), mask=is_pad)
+
+
+@triton.jit
 def _reduce_kernel(
     q_ptr, stride_qb, stride_qh, h_ptr, out_ptr, stride_ob, stride_oh,
     ws_acc_ptr, ws_ml_ptr,
@@ -389,7 +686,41 @@ VARIANTS: dict[str, dict[str, object]] = {
     "magic": {"MAGIC": True},
     "hilo": {"MAGIC": True, "HILO": True},
     "fast": {"MAGIC": True, "HILO": True, "UNROLL": 2},
+    # _split_kernel_tm: tokens on the MMA's M dimension, hi/lo parts as MMA columns, prefetch
+    "tm": {"MAGIC": True, "VT": True, "PREFETCH": True},
+    "tmr": {"MAGIC": True, "VT": False, "PREFETCH": True},
+    "tmnp": {"MAGIC": True, "VT": True, "PREFETCH": False},
+    "tmi": {"MAGIC": False, "VT": True, "PREFETCH": True},
+    "tmw": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True},
+    "tmwr": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True},
+    "tmw8": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "num_warps": 8},
+    "tmwr8": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "num_warps": 8},
+    "tmwh": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2},
+    "tmwrh": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2},
+    "tmws": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": True},
+    "tmwn": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "HP_MIN": 1},
+    "tmwhn": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "HP_MIN": 1},
+    "tmwrhn": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2, "HP_MIN": 1},
+    "tmwc": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True},
+    "tmwhc": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SUB": 2},
+    "tmwb": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": 2},
+    "tmwhb": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2},
+    "tmwb8": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": 2, "num_warps": 8},
+    "tmwcb": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SCALAR_MULTS": 2},
+    "tmwhcb": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2},
+    "tmwhs": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": True},
 }
+#: launch options a variant may set (the rest of its entries are kernel constexprs)
+LAUNCH_KEYS = ("num_warps",)
+
+
+def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
+    """The split kernel that runs `variant` (a key of VARIANTS)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if variant == "chunked":
+        return _split_kernel
+    return _split_kernel_tm if variant.startswith("tm") else _split_kernel_joined
 
 
 def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int) -> int:
@@ -464,10 +795,8 @@ def decode_attention(
     use_fp16 = dot_in_fp16(query.device)
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
-    flags = VARIANTS.get(variant)
-    if flags is None:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    kernel = _split_kernel if variant == "chunked" else _split_kernel_joined
+    kernel = split_kernel_for(variant)
+    flags = dict(VARIANTS[variant])
     args = (
         query, query.stride(0), query.stride(1), h,
         records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks,
@@ -475,7 +804,7 @@ def decode_attention(
     )
     consts = dict(GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
                   NUM_SPLITS=num_splits, DT=dt, num_warps=num_warps, **lay.args())
-    consts.update(flags)
+    consts.update(flags)  # a variant's num_warps overrides the argument
     try:
         kernel[(batch, kv_heads, num_splits)](*args, num_stages=num_stages, **consts)
     except triton.runtime.errors.OutOfResources:
