@@ -57,6 +57,12 @@ e2e)
     --presets "${PRESETS:-bf16,k2v2,fp8,k4v4}" --kv-budget-mib "${BUDGET:-1024}" --num-prompts "${PROMPTS:-128}" \
     --max-tokens "${TOKENS:-1536}" --timeout-s "${PRESET_TIMEOUT:-200}" --out "$out/e2e_gpu.json" 2>&1 | tee "$out/e2e.log" | tail -40
   ;;
+profile)
+  VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 260 python3 benchmarks/profile_engine.py --model "$model" \
+    --preset "${PRESET:-k2v2}" --prompts 32 --max-tokens 300 2>&1 | grep -v "Capturing\|Loading" | tee "$out/profile.log" | tail -120
+  timeout 300 python3 benchmarks/decode_attention.py --variants "${VARIANTS:-hilo,tmwb,tmwhb,tmwb8}" --methods k2v2 \
+    --contexts 32768 --batches 1,32,64 --no-flush --out "$out/decode.json" 2>&1 | tee "$out/kernels.log" | tail -30
+  ;;
 kernels)
   timeout 570 python3 benchmarks/decode_attention.py ${KERNEL_ARGS:-} --out "$out/decode.json" 2>&1 | tee "$out/kernels.log" | tail -60
   ;;

@@ -20,6 +20,7 @@ Two launches:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -81,7 +82,7 @@ def _split_kernel(
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
     ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
@@ -155,7 +156,7 @@ def _split_kernel(
             acc2 = _v_part(acc2, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 2, V_BITS, VP, D, DT)
             acc3 = _v_part(acc3, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 3, V_BITS, VP, D, DT)
 
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * tl.num_programs(2) + s
     ws = ws_acc_ptr + part * GP * D
     _store_acc(ws, acc0, GP, D, 0, VP)
     _store_acc(ws, acc1, GP, D, 1, VP)
@@ -253,7 +254,7 @@ def _split_kernel_joined(
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
     ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
@@ -313,7 +314,7 @@ def _split_kernel_joined(
             acc = acc * alpha[:, None] + _block_values(p1, vb1, vs1, vz1, vcs1, G, D, V_BITS, DT, MAGIC, HILO, OFFSET)
         m = m_new
 
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * tl.num_programs(2) + s
     tl.store(ws_acc_ptr + part * GP * D + g[:, None] * D + d[None, :], acc)
     tl.store(ws_ml_ptr + part * 2 * GP + g, m)
     tl.store(ws_ml_ptr + part * 2 * GP + GP + g, l)
@@ -435,7 +436,7 @@ def _split_kernel_tm(
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
     ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
@@ -599,7 +600,7 @@ def _split_kernel_tm(
         elif PREFETCH:
             kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults
 
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * tl.num_programs(2) + s
     ws = ws_acc_ptr + part * GP * D
     if VT:
         tl.store(ws + hh[None, :] * D + d_v[:, None], acc)
@@ -623,7 +624,7 @@ def _reduce_kernel(
     sk_ptr, sv_ptr, stride_ss, stride_sh, stride_st, side_slot_ptr, side_len_ptr, stride_side,
     qk_scale, inv_sqrt_d,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, NUM_SIDE: tl.constexpr, DT: tl.constexpr,
+    NUM_SPLITS, NUM_SIDE: tl.constexpr, DT: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -723,6 +724,11 @@ def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
     return _split_kernel_tm if variant.startswith("tm") else _split_kernel_joined
 
 
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return int(torch.cuda.get_device_properties(device_index).multi_processor_count)
+
+
 def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int) -> int:
     """Splits per (sequence, KV head): about 8 programs per SM, at least 2 blocks per split.
 
@@ -782,7 +788,7 @@ def decode_attention(
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     qk_scale = scale * LOG2E / math.sqrt(d)  # 1/sqrt(D): the +-1 Hadamard's normalization
     if num_splits is None:
-        sms = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 4
+        sms = _num_sms(query.device.index or 0) if query.is_cuda else 4
         num_splits = choose_splits(batch, kv_heads, block_table.shape[1], sms)
     bps = max(1, math.ceil(block_table.shape[1] / num_splits))
     if workspace is None:
@@ -803,7 +809,7 @@ def decode_attention(
         ws_acc, ws_ml, qk_scale, bps,
     )
     consts = dict(GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
-                  NUM_SPLITS=num_splits, DT=dt, num_warps=num_warps, **lay.args())
+                  DT=dt, num_warps=num_warps, **lay.args())
     consts.update(flags)  # a variant's num_warps overrides the argument
     try:
         kernel[(batch, kv_heads, num_splits)](*args, num_stages=num_stages, **consts)
