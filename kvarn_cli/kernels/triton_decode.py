@@ -82,7 +82,7 @@ def _split_kernel(
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
     ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
@@ -156,7 +156,7 @@ def _split_kernel(
             acc2 = _v_part(acc2, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 2, V_BITS, VP, D, DT)
             acc3 = _v_part(acc3, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 3, V_BITS, VP, D, DT)
 
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * tl.num_programs(2) + s
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
     ws = ws_acc_ptr + part * GP * D
     _store_acc(ws, acc0, GP, D, 0, VP)
     _store_acc(ws, acc1, GP, D, 1, VP)
@@ -254,7 +254,7 @@ def _split_kernel_joined(
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
     ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
@@ -314,7 +314,7 @@ def _split_kernel_joined(
             acc = acc * alpha[:, None] + _block_values(p1, vb1, vs1, vz1, vcs1, G, D, V_BITS, DT, MAGIC, HILO, OFFSET)
         m = m_new
 
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * tl.num_programs(2) + s
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
     tl.store(ws_acc_ptr + part * GP * D + g[:, None] * D + d[None, :], acc)
     tl.store(ws_ml_ptr + part * 2 * GP + g, m)
     tl.store(ws_ml_ptr + part * 2 * GP + GP + g, l)
@@ -436,7 +436,7 @@ def _split_kernel_tm(
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
     ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
@@ -600,7 +600,7 @@ def _split_kernel_tm(
         elif PREFETCH:
             kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults
 
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * tl.num_programs(2) + s
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
     ws = ws_acc_ptr + part * GP * D
     if VT:
         tl.store(ws + hh[None, :] * D + d_v[:, None], acc)
@@ -624,7 +624,7 @@ def _reduce_kernel(
     sk_ptr, sv_ptr, stride_ss, stride_sh, stride_st, side_slot_ptr, side_len_ptr, stride_side,
     qk_scale, inv_sqrt_d,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    NUM_SPLITS, NUM_SIDE: tl.constexpr, DT: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, NUM_SIDE: tl.constexpr, DT: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -738,7 +738,10 @@ def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int) -> i
     if max_blocks <= 2:
         return 1
     want = math.ceil(8 * num_sms / max(1, batch * kv_heads))
-    return max(1, min(want, max_blocks // 2))
+    splits = max(1, min(want, max_blocks // 2))
+    # a power of two: the count is a kernel constant, so this bounds the compiled versions
+    # (as a sequence grows) to a handful that a warm-up meets
+    return 1 << (splits.bit_length() - 1)
 
 
 def decode_attention(
@@ -809,7 +812,7 @@ def decode_attention(
         ws_acc, ws_ml, qk_scale, bps,
     )
     consts = dict(GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
-                  DT=dt, num_warps=num_warps, **lay.args())
+                  NUM_SPLITS=num_splits, DT=dt, num_warps=num_warps, **lay.args())
     consts.update(flags)  # a variant's num_warps overrides the argument
     try:
         kernel[(batch, kv_heads, num_splits)](*args, num_stages=num_stages, **consts)
