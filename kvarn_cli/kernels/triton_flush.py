@@ -20,11 +20,14 @@ import triton.language as tl
 from kvarn_cli.kernels.hadamard import rotation_on
 from kvarn_cli.kernels.quantizers import Quantizer
 from kvarn_cli.kernels.triton_common import (
+    KernelLayout,
     f32_to_fp8_bits,
     fp8_bits_to_f32,
+    interpreted,
     kernel_layout,
     pow2_multiplier_of,
     round_half_even,
+    signed_hadamard,
     zero_multiplier_of,
 )
 from kvarn_cli.kernels import varn
@@ -80,21 +83,112 @@ def _varn_col_scale(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexpr):
 
 
 @triton.jit
-def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS: tl.constexpr):
+def _welford_combine(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
+    """Chan's pairwise merge of (mean, sum of squared deviations, count)."""
+    n = n_a + n_b
+    w = n_b / n
+    delta = mean_b - mean_a
+    return mean_a + delta * w, m2_a + m2_b + delta * delta * (n_a * w), n
+
+
+@triton.jit
+def _std_one_pass(x, AXIS: tl.constexpr, N: tl.constexpr, ONE_PASS: tl.constexpr):
+    """Unbiased standard deviation along AXIS in ONE reduction (Welford/Chan merge).
+
+    The reference's two-pass std (mean, then centred squares) needs two reductions in a row,
+    each a cross-warp round trip when AXIS runs across warps; the merge carries the centred
+    sum, so it is as free of cancellation as the two-pass form at half the latency.
+    ONE_PASS=False falls back to the two-pass form: Triton's interpreter runs a custom
+    combine function once per element in Python (minutes per tile), so CPU CI uses the
+    two-pass form for whole tiles and tests the merge itself on small tensors.
+    """
+    if ONE_PASS:
+        _, m2, _ = tl.reduce((x, tl.zeros_like(x), tl.full(x.shape, 1.0, tl.float32)), AXIS, _welford_combine)
+        return tl.sqrt(m2 / (N - 1))
+    else:
+        return _std(x, AXIS, N)
+
+
+@triton.jit
+def _max_min_combine(max_a, min_a, max_b, min_b):
+    return tl.maximum(max_a, max_b), tl.minimum(min_a, min_b)
+
+
+@triton.jit
+def _max_min(x, AXIS: tl.constexpr, ONE_PASS: tl.constexpr):
+    """(max, min) along AXIS in one reduction (two under the interpreter, see _std_one_pass)."""
+    if ONE_PASS:
+        return tl.reduce((x, x), AXIS, _max_min_combine)
+    else:
+        return tl.max(x, AXIS), tl.min(x, AXIS)
+
+
+@triton.jit
+def _spread(std, ONE_PASS: tl.constexpr):
+    """max(std) / max(min(std), eps): one half of VarN's imbalance score."""
+    hi, lo = _max_min(std, 0, ONE_PASS)
+    return hi / tl.maximum(lo, IMB_EPS)
+
+
+@triton.jit
+def _varn_col_scale_fast(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexpr, ONE_PASS: tl.constexpr):
+    """Best column scale Sc* [C] of tile x [R, C], iterated as kernels.varn.varn_scales does.
+
+    Per iteration: one row std (of y = x / Sc), one column std (of y / Sr) and the two
+    max/min pairs of the imbalance score -- four reductions, against twelve for the direct
+    form (_varn_col_scale): the reference's identities reuse the row stds of y and carry the
+    column stds into the next iteration, each std is one Welford reduction, and each max/min
+    pair one reduction. Divisions by the broadcast scales become products with their
+    reciprocals (within an ulp of the quotient; only the VarN statistics see them, the
+    quantized values use exact divisions).
+    """
+    log_c = tl.zeros([C], dtype=tl.float32)
+    log_r = tl.zeros([R], dtype=tl.float32)
+    col_std = _std_one_pass(x, 0, R, ONE_PASS)
+    row_std = _std_one_pass(x, 1, C, ONE_PASS)
+    best = _spread(col_std, ONE_PASS) + _spread(row_std, ONE_PASS)
+    best_c = tl.full([C], 1.0, dtype=tl.float32)
+    scale_r = tl.full([R], 1.0, dtype=tl.float32)
+    for _ in range(ITERS):
+        log_c = tl.minimum(tl.maximum(log_c + tl.log(tl.minimum(tl.maximum(col_std, STD_MIN), STD_MAX)), LOG_FLOOR), LOG_CEIL)
+        scale_c = tl.exp(log_c)
+        y = x * (1.0 / scale_c)[None, :]
+        y_row_std = _std_one_pass(y, 1, C, ONE_PASS)
+        row_std = y_row_std / scale_r  # row stds of x / exp(Lc) / exp(Lr) with the previous Lr
+        log_r = tl.minimum(tl.maximum(log_r + tl.log(tl.minimum(tl.maximum(row_std, STD_MIN), STD_MAX)), LOG_FLOOR), LOG_CEIL)
+        scale_r = tl.exp(log_r)
+        cur = y * (1.0 / scale_r)[:, None]
+        col_std = _std_one_pass(cur, 0, R, ONE_PASS)
+        imb = _spread(col_std, ONE_PASS) + _spread(y_row_std / scale_r, ONE_PASS)
+        better = imb <= best
+        best = tl.where(better, imb, best)
+        best_c = tl.where(better, scale_c, best_c)
+    return best_c
+
+
+@triton.jit
+def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS: tl.constexpr, FAST: tl.constexpr, ONE_PASS: tl.constexpr):
     """VarN column scale + per-row min-max RTN of x [R, C] (AffineQuantizer._encode_side).
 
+    FAST selects _varn_col_scale_fast and one joint min/max reduction.
     Returns (codes int32 [R, C], col_bits [C], col_mult, step_bits [R], step_mult,
     zero fp16 [R], zero_mult); *_bits are e4m3fn bit patterns.
     """
     levels: tl.constexpr = (1 << BITS) - 1
-    col = _varn_col_scale(x, R, C, ITERS)
+    if FAST:
+        col = _varn_col_scale_fast(x, R, C, ITERS, ONE_PASS)
+    else:
+        col = _varn_col_scale(x, R, C, ITERS)
     col_mult = pow2_multiplier_of(tl.max(col, 0))
     col_bits = f32_to_fp8_bits(col / col_mult)
     divisor = fp8_bits_to_f32(col_bits) * col_mult
     u = x / divisor[None, :]
 
-    row_min = tl.min(u, 1)
-    row_max = tl.max(u, 1)
+    if FAST:
+        row_max, row_min = _max_min(u, 1, ONE_PASS)
+    else:
+        row_min = tl.min(u, 1)
+        row_max = tl.max(u, 1)
     step_exact = (row_max - row_min) / levels
     step_mult = pow2_multiplier_of(tl.max(step_exact, 0))
     y = step_exact / step_mult
@@ -137,6 +231,7 @@ def _flush_kernel(
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     PAD_START: tl.constexpr, PAD_LEN: tl.constexpr, PAD_BLOCK: tl.constexpr,
+    FAST: tl.constexpr, ONE_PASS: tl.constexpr, ROT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     f = tl.program_id(0)
     h = tl.program_id(1)
@@ -151,9 +246,11 @@ def _flush_kernel(
 
     if side == 0:
         k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(tl.float32)
-        k = tl.dot(k, rot, input_precision="ieee")
+        k = tl.dot(k, rot, input_precision=DOT_PRECISION)
+        if ROT_SCALE != 1.0:
+            k = k * ROT_SCALE
         # K: rows are channels (per-channel RTN over the tile's tokens), columns tokens
-        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(tl.trans(k), D, G, K_BITS, ITERS)
+        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(tl.trans(k), D, G, K_BITS, ITERS, FAST, ONE_PASS)
         _pack_store(tl.trans(kc), rec + OFF_K_CODES, G, D, K_BITS)
         tl.store(rec_f16 + OFF_K_ZERO // 2 + d, kzero)
         tl.store(rec + OFF_K_SCALE + d, kstep.to(tl.uint8))
@@ -166,9 +263,11 @@ def _flush_kernel(
             tl.store(rec + PAD_START + p, tl.zeros([PAD_BLOCK], dtype=tl.uint8), mask=p < PAD_LEN)
     else:
         v = tl.load(v_ptr + f.to(tl.int64) * stride_vf + h * stride_vh + t[:, None] * stride_vt + d[None, :]).to(tl.float32)
-        v = tl.dot(v, rot, input_precision="ieee")
+        v = tl.dot(v, rot, input_precision=DOT_PRECISION)
+        if ROT_SCALE != 1.0:
+            v = v * ROT_SCALE
         # V: rows are tokens, columns channels
-        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(v, G, D, V_BITS, ITERS)
+        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(v, G, D, V_BITS, ITERS, FAST, ONE_PASS)
         _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
         tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
         tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
@@ -178,13 +277,59 @@ def _flush_kernel(
         tl.store(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4, vcol_mult)
 
 
+#: Kernel variants: "fast" (default) runs VarN in four reductions per iteration and the
+#: rotation on tensor cores (tf32 with a +-1 Hadamard: exact products); "v1" is the first
+#: kernel (twelve reductions per iteration, fp32 FMA rotation), kept to time against.
+VARIANTS = ("fast", "v1")
+
+
+def default_warps(head_dim: int) -> int:
+    """Warps per program: 4 keep a d=64 tile half (8192 values) at 64 per thread, so the
+    cross-warp steps of each reduction are shorter; 8 for d=128."""
+    return 4 if head_dim <= 64 else 8
+
+
+def kernel_constants(lay: KernelLayout, variant: str = "fast", dtype: torch.dtype = torch.bfloat16) -> dict:
+    """The constexpr arguments of _flush_kernel for a layout, variant and K/V dtype."""
+    if variant not in VARIANTS:
+        raise ValueError(f"flush variant must be one of {VARIANTS}, got {variant!r}")
+    fast = variant == "fast"
+    if not fast or interpreted():
+        precision = "ieee"
+    else:
+        # bf16/fp16 values are exact in tf32; float32 ones need the 3-pass split
+        precision = "tf32" if dtype in (torch.bfloat16, torch.float16) else "tf32x3"
+    pad_len = lay.record_bytes - lay.end_of_fields
+    return dict(
+        G=lay.block_size, D=lay.head_dim, K_BITS=lay.k_bits, V_BITS=lay.v_bits, ITERS=VARN_ITERS,
+        PAD_START=lay.end_of_fields, PAD_LEN=pad_len, PAD_BLOCK=triton.next_power_of_2(max(pad_len, 1)),
+        FAST=fast, ONE_PASS=fast and not interpreted(), ROT_SCALE=float(lay.head_dim**-0.5) if fast else 1.0, DOT_PRECISION=precision,
+        **lay.args(),
+    )
+
+
+_SIGNED_F32: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def rotation_operand(head_dim: int, device: torch.device, variant: str) -> torch.Tensor:
+    """The B operand of the rotation dot: +-1 Sylvester matrix (fast; the kernel scales by
+    1/sqrt(D) afterwards) or the orthonormal one (v1). float32, cached per device."""
+    if variant == "v1":
+        return rotation_on(head_dim, device)
+    key = (head_dim, str(device))
+    if key not in _SIGNED_F32:
+        _SIGNED_F32[key] = signed_hadamard(head_dim, device, torch.float32)
+    return _SIGNED_F32[key]
+
+
 def flush_tiles(
     quantizer: Quantizer,
     k: torch.Tensor,
     v: torch.Tensor,
     records: torch.Tensor,
     block_ids: torch.Tensor,
-    num_warps: int = 8,
+    num_warps: int | None = None,
+    variant: str = "fast",
 ) -> None:
     """Quantize full tiles k, v [F, H, G, D] (unrotated, any float dtype, last dim contiguous)
     into records[block_ids[f], h] of the paged cache `records` [num_blocks, H, record_bytes]
@@ -203,17 +348,15 @@ def flush_tiles(
         raise ValueError("k, v and records need a contiguous last dimension")
     if block_ids.shape != (n_tiles,):
         raise ValueError(f"block_ids must be [{n_tiles}], got {tuple(block_ids.shape)}")
+    consts = kernel_constants(lay, variant, k.dtype if k.dtype == v.dtype else torch.float32)
     if n_tiles == 0:
         return
-    rot = rotation_on(d, k.device)
-    pad_len = lay.record_bytes - lay.end_of_fields
+    rot = rotation_operand(d, k.device, variant)
     _flush_kernel[(n_tiles, heads, 2)](
         k, v, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32),
-        G=g, D=d, K_BITS=lay.k_bits, V_BITS=lay.v_bits, ITERS=VARN_ITERS,
-        PAD_START=lay.end_of_fields, PAD_LEN=pad_len, PAD_BLOCK=triton.next_power_of_2(max(pad_len, 1)),
-        num_warps=num_warps,
-        **lay.args(),
+        num_warps=num_warps or (default_warps(d) if variant == "fast" else 8),
+        **consts,
     )
 
 
