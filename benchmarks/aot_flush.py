@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -36,7 +37,7 @@ def compile_flush(variant: str, method: str, dim: int, warps: int):  # type: ign
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*u8" if name == "rec_ptr" else ("*i32" if name == "block_ptr" else "*fp32" if name == "rot_ptr" else "*bf16")
+            sig[name] = "*u8" if name == "rec_ptr" else ("*i32" if name == "block_ptr" else {tl.float32: "*fp32", tl.bfloat16: "*bf16", tl.float16: "*fp16"}[consts["DOT_DTYPE"]] if name == "rot_ptr" else "*bf16")
             div.append(i)
         else:
             sig[name] = "i32"

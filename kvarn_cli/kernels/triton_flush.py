@@ -157,7 +157,9 @@ def _varn_col_scale_fast(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexp
         row_std = y_row_std / scale_r  # row stds of x / exp(Lc) / exp(Lr) with the previous Lr
         log_r = tl.minimum(tl.maximum(log_r + tl.log(tl.minimum(tl.maximum(row_std, STD_MIN), STD_MAX)), LOG_FLOOR), LOG_CEIL)
         scale_r = tl.exp(log_r)
-        cur = y * (1.0 / scale_r)[:, None]
+        # x times both reciprocals rather than y / scale_r: y dies after its row std, so the
+        # loop holds two tile-sized tensors (x and one temporary) instead of three
+        cur = x * ((1.0 / scale_r)[:, None] * (1.0 / scale_c)[None, :])
         col_std = _std_one_pass(cur, 0, R, ONE_PASS)
         imb = _spread(col_std, ONE_PASS) + _spread(y_row_std / scale_r, ONE_PASS)
         better = imb <= best
@@ -231,21 +233,21 @@ def _flush_kernel(
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     PAD_START: tl.constexpr, PAD_LEN: tl.constexpr, PAD_BLOCK: tl.constexpr,
-    FAST: tl.constexpr, ONE_PASS: tl.constexpr, ROT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FAST: tl.constexpr, ONE_PASS: tl.constexpr, ROT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     f = tl.program_id(0)
     h = tl.program_id(1)
     side = tl.program_id(2)  # 0: K, 1: V (independent halves of the record, one program each)
     t = tl.arange(0, G)
     d = tl.arange(0, D)
-    rot = tl.load(rot_ptr + d[:, None] * D + d[None, :])
+    rot = tl.load(rot_ptr + d[:, None] * D + d[None, :]).to(DOT_DTYPE)
     blk = tl.load(block_ptr + f).to(tl.int64)
     rec = rec_ptr + blk * stride_rb + h * stride_rh
     rec_f16 = rec.to(tl.pointer_type(tl.float16))
     rec_f32 = rec.to(tl.pointer_type(tl.float32))
 
     if side == 0:
-        k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(tl.float32)
+        k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(DOT_DTYPE)
         k = tl.dot(k, rot, input_precision=DOT_PRECISION)
         if ROT_SCALE != 1.0:
             k = k * ROT_SCALE
@@ -262,7 +264,7 @@ def _flush_kernel(
             p = tl.arange(0, PAD_BLOCK)
             tl.store(rec + PAD_START + p, tl.zeros([PAD_BLOCK], dtype=tl.uint8), mask=p < PAD_LEN)
     else:
-        v = tl.load(v_ptr + f.to(tl.int64) * stride_vf + h * stride_vh + t[:, None] * stride_vt + d[None, :]).to(tl.float32)
+        v = tl.load(v_ptr + f.to(tl.int64) * stride_vf + h * stride_vh + t[:, None] * stride_vt + d[None, :]).to(DOT_DTYPE)
         v = tl.dot(v, rot, input_precision=DOT_PRECISION)
         if ROT_SCALE != 1.0:
             v = v * ROT_SCALE
@@ -294,32 +296,36 @@ def kernel_constants(lay: KernelLayout, variant: str = "fast", dtype: torch.dtyp
     if variant not in VARIANTS:
         raise ValueError(f"flush variant must be one of {VARIANTS}, got {variant!r}")
     fast = variant == "fast"
+    # The fast rotation multiplies by a +-1 matrix on tensor cores: with 16-bit K/V every
+    # product is exact in the operands' own dtype (half the shared memory of tf32); float32
+    # K/V take the 3-pass tf32 split. The interpreter's 16-bit dots are broken (see
+    # triton_common.dot_in_fp16), so it keeps float32 "ieee".
+    dot_dtype = tl.float32
     if not fast or interpreted():
         precision = "ieee"
+    elif dtype in (torch.bfloat16, torch.float16):
+        precision = "tf32"  # ignored for 16-bit operands
+        dot_dtype = tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
     else:
-        # bf16/fp16 values are exact in tf32; float32 ones need the 3-pass split
-        precision = "tf32" if dtype in (torch.bfloat16, torch.float16) else "tf32x3"
+        precision = "tf32x3"
     pad_len = lay.record_bytes - lay.end_of_fields
     return dict(
         G=lay.block_size, D=lay.head_dim, K_BITS=lay.k_bits, V_BITS=lay.v_bits, ITERS=VARN_ITERS,
         PAD_START=lay.end_of_fields, PAD_LEN=pad_len, PAD_BLOCK=triton.next_power_of_2(max(pad_len, 1)),
-        FAST=fast, ONE_PASS=fast and not interpreted(), ROT_SCALE=float(lay.head_dim**-0.5) if fast else 1.0, DOT_PRECISION=precision,
+        FAST=fast, ONE_PASS=fast and not interpreted(), ROT_SCALE=float(lay.head_dim**-0.5) if fast else 1.0, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype,
         **lay.args(),
     )
 
 
-_SIGNED_F32: dict[tuple[int, str], torch.Tensor] = {}
+_TORCH_DTYPES = {tl.float32: torch.float32, tl.bfloat16: torch.bfloat16, tl.float16: torch.float16}
 
 
-def rotation_operand(head_dim: int, device: torch.device, variant: str) -> torch.Tensor:
-    """The B operand of the rotation dot: +-1 Sylvester matrix (fast; the kernel scales by
-    1/sqrt(D) afterwards) or the orthonormal one (v1). float32, cached per device."""
-    if variant == "v1":
+def rotation_operand(head_dim: int, device: torch.device, consts: dict) -> torch.Tensor:
+    """The B operand of the rotation dot: the +-1 Sylvester matrix in the dot's dtype (fast;
+    the kernel scales by 1/sqrt(D) afterwards) or the orthonormal float32 one (v1)."""
+    if not consts["FAST"]:
         return rotation_on(head_dim, device)
-    key = (head_dim, str(device))
-    if key not in _SIGNED_F32:
-        _SIGNED_F32[key] = signed_hadamard(head_dim, device, torch.float32)
-    return _SIGNED_F32[key]
+    return signed_hadamard(head_dim, device, _TORCH_DTYPES[consts["DOT_DTYPE"]])
 
 
 def flush_tiles(
@@ -351,7 +357,7 @@ def flush_tiles(
     consts = kernel_constants(lay, variant, k.dtype if k.dtype == v.dtype else torch.float32)
     if n_tiles == 0:
         return
-    rot = rotation_operand(d, k.device, variant)
+    rot = rotation_operand(d, k.device, consts)
     _flush_kernel[(n_tiles, heads, 2)](
         k, v, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32),
