@@ -16,7 +16,10 @@ Bytes moved: every cache byte the step must read (records, or bf16 K/V; plus the
 slots for kvarn) and q/out. The fraction of HBM bandwidth is against a device-to-device copy
 measured in the same run (bytes read + written).
 Also times the flush kernel for B tiles x Hkv heads (every sequence filling a tile in the
-same step, the worst case) against the decode step.
+same step, the worst case) against the decode step. Only the flush, old (v1) against new
+(fast) kernel and warp counts, in well under a minute:
+
+    PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --only flush --methods k2v2 --out flush.json
 """
 
 from __future__ import annotations
@@ -146,13 +149,32 @@ def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool:
     return ms, rec_bytes + side_bytes + 2 * batch * qh * d * 2
 
 
-def flush_case(name: str, batch: int, kvh: int, d: int) -> float:
+def flush_case(name: str, batch: int, kvh: int, d: int, variant: str = "fast", num_warps: int | None = None) -> float:
     qz = make_quantizer(name, head_dim=d, block_size=G)
     k = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
     recs = torch.empty(4 * batch, kvh, qz.record_bytes, dtype=torch.uint8, device="cuda")
     ids = torch.randperm(4 * batch, device="cuda", dtype=torch.int32)[:batch].contiguous()
-    return timed([lambda: flush_tiles(qz, k, v, recs, ids)])
+    return timed([lambda: flush_tiles(qz, k, v, recs, ids, num_warps=num_warps, variant=variant)])
+
+
+def flush_only(args: argparse.Namespace) -> None:
+    """Time only the flush: every variant and warp count on every shape, method and B."""
+    result: dict = {"device": torch.cuda.get_device_name(), "triton": triton.__version__, "flush": []}
+    warps = [None if w == "auto" else int(w) for w in args.flush_warps.split(",")]
+    for shape in args.shapes.split(","):
+        kvh, _, d = SHAPES[shape]
+        for m in args.methods.split(","):
+            for batch in (int(x) for x in args.batches.split(",")):
+                line = f"flush {shape:8s} {m} B={batch:3d} ({batch}x{kvh} tiles):"
+                for variant in args.flush_variants.split(","):
+                    for w in warps if variant == "fast" else [None]:
+                        ms = flush_case(m, batch, kvh, d, variant, w)
+                        result["flush"].append({"shape": shape, "method": m, "batch": batch, "variant": variant,
+                                                "num_warps": w or "auto", "ms": ms})
+                        line += f"  {variant}/w{w or 'auto'} {ms * 1e3:6.1f}us"
+                print(line)
+                args.out.write_text(json.dumps(result, indent=1))
 
 
 def main() -> None:
@@ -164,7 +186,13 @@ def main() -> None:
     ap.add_argument("--methods", default="k2v2,k4v4")
     ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
     ap.add_argument("--tune", action="store_true", help="also try num_warps/num_stages/splits at 32k")
+    ap.add_argument("--only", choices=("flush",), help="time only the flush kernel (each variant, warp count)")
+    ap.add_argument("--flush-variants", default="fast,v1", help="with --only flush")
+    ap.add_argument("--flush-warps", default="auto,4,8", help="with --only flush: warps for the fast variant")
     args = ap.parse_args()
+    if args.only == "flush":
+        flush_only(args)
+        return
     batches = [int(x) for x in args.batches.split(",")]
     contexts = [int(x) for x in args.contexts.split(",")]
     methods = args.methods.split(",")
