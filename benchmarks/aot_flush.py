@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--method", default="k2v2")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--warps", type=int, help="default: the kernel's own choice for the variant")
-    ap.add_argument("--keep", type=Path, help="write the ptx and cubin here")
+    ap.add_argument("--keep", type=Path, help="write the cubin, ptx and ttgir here")
     args = ap.parse_args()
     if args.warps is None:
         args.warps = tf.default_warps(args.dim) if args.variant == "fast" else 8
@@ -69,6 +69,7 @@ def main() -> None:
         cubin.write_bytes(kernel.asm["cubin"])
         if args.keep:
             cubin.with_suffix(".ptx").write_text(kernel.asm["ptx"])
+            cubin.with_suffix(".ttgir").write_text(kernel.asm["ttgir"])
         usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True)
     lines = [line.strip() for line in usage.stdout.splitlines() if "REG" in line]
     print(f"flush {args.variant} {args.method} d={args.dim} warps={args.warps} triton {triton.__version__}: "

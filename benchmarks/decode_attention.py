@@ -17,7 +17,7 @@ slots for kvarn) and q/out. The fraction of HBM bandwidth is against a device-to
 measured in the same run (bytes read + written).
 Also times the flush kernel for B tiles x Hkv heads (every sequence filling a tile in the
 same step, the worst case) against the decode step. Only the flush, old (v1) against new
-(fast) kernel and warp counts, in well under a minute:
+(fast, fast2) kernels and warp counts, in well under a minute:
 
     PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --only flush --methods k2v2 --out flush.json
 """
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kernels.triton_decode import decode_attention  # noqa: E402
-from kvarn_cli.kernels.triton_flush import flush_tiles  # noqa: E402
+from kvarn_cli.kernels.triton_flush import default_warps, flush_tiles  # noqa: E402
 
 SHAPES = {"smollm2": (3, 9, 64), "qwen3-4b": (8, 32, 128)}  # (kv heads, q heads, head dim)
 G = 128
@@ -161,18 +161,18 @@ def flush_case(name: str, batch: int, kvh: int, d: int, variant: str = "fast", n
 def flush_only(args: argparse.Namespace) -> None:
     """Time only the flush: every variant and warp count on every shape, method and B."""
     result: dict = {"device": torch.cuda.get_device_name(), "triton": triton.__version__, "flush": []}
-    warps = [None if w == "auto" else int(w) for w in args.flush_warps.split(",")]
     for shape in args.shapes.split(","):
         kvh, _, d = SHAPES[shape]
+        warps = sorted({default_warps(d) if w == "auto" else int(w) for w in args.flush_warps.split(",")})
         for m in args.methods.split(","):
             for batch in (int(x) for x in args.batches.split(",")):
                 line = f"flush {shape:8s} {m} B={batch:3d} ({batch}x{kvh} tiles):"
                 for variant in args.flush_variants.split(","):
-                    for w in warps if variant == "fast" else [None]:
+                    for w in warps if variant != "v1" else [8]:
                         ms = flush_case(m, batch, kvh, d, variant, w)
                         result["flush"].append({"shape": shape, "method": m, "batch": batch, "variant": variant,
-                                                "num_warps": w or "auto", "ms": ms})
-                        line += f"  {variant}/w{w or 'auto'} {ms * 1e3:6.1f}us"
+                                                "num_warps": w, "ms": ms})
+                        line += f"  {variant}/w{w} {ms * 1e3:6.1f}us"
                 print(line)
                 args.out.write_text(json.dumps(result, indent=1))
 
@@ -187,8 +187,8 @@ def main() -> None:
     ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
     ap.add_argument("--tune", action="store_true", help="also try num_warps/num_stages/splits at 32k")
     ap.add_argument("--only", choices=("flush",), help="time only the flush kernel (each variant, warp count)")
-    ap.add_argument("--flush-variants", default="fast,v1", help="with --only flush")
-    ap.add_argument("--flush-warps", default="auto,4,8", help="with --only flush: warps for the fast variant")
+    ap.add_argument("--flush-variants", default="fast,fast2,v1", help="with --only flush")
+    ap.add_argument("--flush-warps", default="auto,8", help="with --only flush: warps for the fast variants")
     args = ap.parse_args()
     if args.only == "flush":
         flush_only(args)

@@ -44,6 +44,7 @@ FLUSH_CASES = [("k2v2", 64), ("k4v4", 64), ("k4v2", 128)]
     ("variant", "name", "d", "dtype"),
     [("fast", *c, torch.float32) for c in FLUSH_CASES]
     + [("v1", *c, torch.float32) for c in FLUSH_CASES]
+    + [("fast2", "k2v2", 64, torch.float32)]
     # 16-bit K/V (what vLLM hands the flush) take the tensor-core rotation on the GPU; the
     # interpreter's bf16 conversions are unreliable (triton_common.dot_in_fp16)
     + [

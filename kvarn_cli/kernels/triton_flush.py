@@ -86,23 +86,25 @@ def _varn_col_scale(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexpr):
 def _welford_combine(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
     """Chan's pairwise merge of (mean, sum of squared deviations, count)."""
     n = n_a + n_b
-    w = n_b / n
+    w = tl.fdiv(n_b, n)  # counts are small integers: the fast division is exact enough
     delta = mean_b - mean_a
     return mean_a + delta * w, m2_a + m2_b + delta * delta * (n_a * w), n
 
 
 @triton.jit
-def _std_one_pass(x, AXIS: tl.constexpr, N: tl.constexpr, ONE_PASS: tl.constexpr):
+def _std_one_pass(x, AXIS: tl.constexpr, N: tl.constexpr, WELFORD: tl.constexpr):
     """Unbiased standard deviation along AXIS in ONE reduction (Welford/Chan merge).
 
     The reference's two-pass std (mean, then centred squares) needs two reductions in a row,
     each a cross-warp round trip when AXIS runs across warps; the merge carries the centred
     sum, so it is as free of cancellation as the two-pass form at half the latency.
-    ONE_PASS=False falls back to the two-pass form: Triton's interpreter runs a custom
+    WELFORD=False falls back to the two-pass form: Triton's interpreter runs a custom
     combine function once per element in Python (minutes per tile), so CPU CI uses the
-    two-pass form for whole tiles and tests the merge itself on small tensors.
+    two-pass form for whole tiles and tests the merge itself on small tensors; and on the
+    GPU the merge's heavier combine step may cost more than the second pass saves, so
+    variant "fast2" keeps the two passes to time against.
     """
-    if ONE_PASS:
+    if WELFORD:
         _, m2, _ = tl.reduce((x, tl.zeros_like(x), tl.full(x.shape, 1.0, tl.float32)), AXIS, _welford_combine)
         return tl.sqrt(m2 / (N - 1))
     else:
@@ -115,23 +117,23 @@ def _max_min_combine(max_a, min_a, max_b, min_b):
 
 
 @triton.jit
-def _max_min(x, AXIS: tl.constexpr, ONE_PASS: tl.constexpr):
+def _max_min(x, AXIS: tl.constexpr, JOINT: tl.constexpr):
     """(max, min) along AXIS in one reduction (two under the interpreter, see _std_one_pass)."""
-    if ONE_PASS:
+    if JOINT:
         return tl.reduce((x, x), AXIS, _max_min_combine)
     else:
         return tl.max(x, AXIS), tl.min(x, AXIS)
 
 
 @triton.jit
-def _spread(std, ONE_PASS: tl.constexpr):
+def _spread(std, JOINT: tl.constexpr):
     """max(std) / max(min(std), eps): one half of VarN's imbalance score."""
-    hi, lo = _max_min(std, 0, ONE_PASS)
+    hi, lo = _max_min(std, 0, JOINT)
     return hi / tl.maximum(lo, IMB_EPS)
 
 
 @triton.jit
-def _varn_col_scale_fast(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexpr, ONE_PASS: tl.constexpr):
+def _varn_col_scale_fast(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexpr, WELFORD: tl.constexpr, JOINT: tl.constexpr):
     """Best column scale Sc* [C] of tile x [R, C], iterated as kernels.varn.varn_scales does.
 
     Per iteration: one row std (of y = x / Sc), one column std (of y / Sr) and the two
@@ -144,24 +146,24 @@ def _varn_col_scale_fast(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexp
     """
     log_c = tl.zeros([C], dtype=tl.float32)
     log_r = tl.zeros([R], dtype=tl.float32)
-    col_std = _std_one_pass(x, 0, R, ONE_PASS)
-    row_std = _std_one_pass(x, 1, C, ONE_PASS)
-    best = _spread(col_std, ONE_PASS) + _spread(row_std, ONE_PASS)
+    col_std = _std_one_pass(x, 0, R, WELFORD)
+    row_std = _std_one_pass(x, 1, C, WELFORD)
+    best = _spread(col_std, JOINT) + _spread(row_std, JOINT)
     best_c = tl.full([C], 1.0, dtype=tl.float32)
     scale_r = tl.full([R], 1.0, dtype=tl.float32)
     for _ in range(ITERS):
         log_c = tl.minimum(tl.maximum(log_c + tl.log(tl.minimum(tl.maximum(col_std, STD_MIN), STD_MAX)), LOG_FLOOR), LOG_CEIL)
         scale_c = tl.exp(log_c)
         y = x * (1.0 / scale_c)[None, :]
-        y_row_std = _std_one_pass(y, 1, C, ONE_PASS)
+        y_row_std = _std_one_pass(y, 1, C, WELFORD)
         row_std = y_row_std / scale_r  # row stds of x / exp(Lc) / exp(Lr) with the previous Lr
         log_r = tl.minimum(tl.maximum(log_r + tl.log(tl.minimum(tl.maximum(row_std, STD_MIN), STD_MAX)), LOG_FLOOR), LOG_CEIL)
         scale_r = tl.exp(log_r)
         # x times both reciprocals rather than y / scale_r: y dies after its row std, so the
         # loop holds two tile-sized tensors (x and one temporary) instead of three
         cur = x * ((1.0 / scale_r)[:, None] * (1.0 / scale_c)[None, :])
-        col_std = _std_one_pass(cur, 0, R, ONE_PASS)
-        imb = _spread(col_std, ONE_PASS) + _spread(y_row_std / scale_r, ONE_PASS)
+        col_std = _std_one_pass(cur, 0, R, WELFORD)
+        imb = _spread(col_std, JOINT) + _spread(y_row_std / scale_r, JOINT)
         better = imb <= best
         best = tl.where(better, imb, best)
         best_c = tl.where(better, scale_c, best_c)
@@ -169,7 +171,7 @@ def _varn_col_scale_fast(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexp
 
 
 @triton.jit
-def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS: tl.constexpr, FAST: tl.constexpr, ONE_PASS: tl.constexpr):
+def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS: tl.constexpr, FAST: tl.constexpr, WELFORD: tl.constexpr, JOINT: tl.constexpr):
     """VarN column scale + per-row min-max RTN of x [R, C] (AffineQuantizer._encode_side).
 
     FAST selects _varn_col_scale_fast and one joint min/max reduction.
@@ -178,7 +180,7 @@ def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS:
     """
     levels: tl.constexpr = (1 << BITS) - 1
     if FAST:
-        col = _varn_col_scale_fast(x, R, C, ITERS, ONE_PASS)
+        col = _varn_col_scale_fast(x, R, C, ITERS, WELFORD, JOINT)
     else:
         col = _varn_col_scale(x, R, C, ITERS)
     col_mult = pow2_multiplier_of(tl.max(col, 0))
@@ -187,7 +189,7 @@ def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS:
     u = x / divisor[None, :]
 
     if FAST:
-        row_max, row_min = _max_min(u, 1, ONE_PASS)
+        row_max, row_min = _max_min(u, 1, JOINT)
     else:
         row_min = tl.min(u, 1)
         row_max = tl.max(u, 1)
@@ -233,7 +235,7 @@ def _flush_kernel(
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     PAD_START: tl.constexpr, PAD_LEN: tl.constexpr, PAD_BLOCK: tl.constexpr,
-    FAST: tl.constexpr, ONE_PASS: tl.constexpr, ROT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    FAST: tl.constexpr, WELFORD: tl.constexpr, JOINT: tl.constexpr, ROT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     f = tl.program_id(0)
     h = tl.program_id(1)
@@ -252,7 +254,7 @@ def _flush_kernel(
         if ROT_SCALE != 1.0:
             k = k * ROT_SCALE
         # K: rows are channels (per-channel RTN over the tile's tokens), columns tokens
-        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(tl.trans(k), D, G, K_BITS, ITERS, FAST, ONE_PASS)
+        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(tl.trans(k), D, G, K_BITS, ITERS, FAST, WELFORD, JOINT)
         _pack_store(tl.trans(kc), rec + OFF_K_CODES, G, D, K_BITS)
         tl.store(rec_f16 + OFF_K_ZERO // 2 + d, kzero)
         tl.store(rec + OFF_K_SCALE + d, kstep.to(tl.uint8))
@@ -269,7 +271,7 @@ def _flush_kernel(
         if ROT_SCALE != 1.0:
             v = v * ROT_SCALE
         # V: rows are tokens, columns channels
-        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(v, G, D, V_BITS, ITERS, FAST, ONE_PASS)
+        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(v, G, D, V_BITS, ITERS, FAST, WELFORD, JOINT)
         _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
         tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
         tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
@@ -280,9 +282,10 @@ def _flush_kernel(
 
 
 #: Kernel variants: "fast" (default) runs VarN in four reductions per iteration and the
-#: rotation on tensor cores (tf32 with a +-1 Hadamard: exact products); "v1" is the first
+#: rotation on tensor cores (+-1 Hadamard: exact products); "fast2" is the same with
+#: two-pass stds (six reductions per iteration, cheaper combine steps); "v1" is the first
 #: kernel (twelve reductions per iteration, fp32 FMA rotation), kept to time against.
-VARIANTS = ("fast", "v1")
+VARIANTS = ("fast", "fast2", "v1")
 
 
 def default_warps(head_dim: int) -> int:
@@ -295,7 +298,7 @@ def kernel_constants(lay: KernelLayout, variant: str = "fast", dtype: torch.dtyp
     """The constexpr arguments of _flush_kernel for a layout, variant and K/V dtype."""
     if variant not in VARIANTS:
         raise ValueError(f"flush variant must be one of {VARIANTS}, got {variant!r}")
-    fast = variant == "fast"
+    fast = variant != "v1"
     # The fast rotation multiplies by a +-1 matrix on tensor cores: with 16-bit K/V every
     # product is exact in the operands' own dtype (half the shared memory of tf32); float32
     # K/V take the 3-pass tf32 split. The interpreter's 16-bit dots are broken (see
@@ -312,7 +315,7 @@ def kernel_constants(lay: KernelLayout, variant: str = "fast", dtype: torch.dtyp
     return dict(
         G=lay.block_size, D=lay.head_dim, K_BITS=lay.k_bits, V_BITS=lay.v_bits, ITERS=VARN_ITERS,
         PAD_START=lay.end_of_fields, PAD_LEN=pad_len, PAD_BLOCK=triton.next_power_of_2(max(pad_len, 1)),
-        FAST=fast, ONE_PASS=fast and not interpreted(), ROT_SCALE=float(lay.head_dim**-0.5) if fast else 1.0, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype,
+        FAST=fast, WELFORD=variant == "fast" and not interpreted(), JOINT=fast and not interpreted(), ROT_SCALE=float(lay.head_dim**-0.5) if fast else 1.0, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype,
         **lay.args(),
     )
 
@@ -361,7 +364,7 @@ def flush_tiles(
     _flush_kernel[(n_tiles, heads, 2)](
         k, v, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32),
-        num_warps=num_warps or (default_warps(d) if variant == "fast" else 8),
+        num_warps=num_warps or (default_warps(d) if variant != "v1" else 8),
         **consts,
     )
 
