@@ -1,6 +1,6 @@
 """Compile the Triton flush kernel for sm_90 without a GPU and print its resource usage.
 
-    PYTHONPATH=$PWD python benchmarks/aot_flush.py [--variant fast|v1] [--method k2v2] [--dim 64] [--warps 8]
+    PYTHONPATH=$PWD python benchmarks/aot_flush.py [--variant fast2-s|fast|fast2|fast-s|v1] [--method k2v2] [--dim 64] [--warps 8]
 
 Registers, spills and shared memory decide how many flush programs fit on an SM; this shows
 them on a machine without a GPU (triton's bundled cuobjdump reads the cubin), so a kernel
@@ -37,7 +37,8 @@ def compile_flush(variant: str, method: str, dim: int, warps: int):  # type: ign
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*u8" if name == "rec_ptr" else ("*i32" if name == "block_ptr" else {tl.float32: "*fp32", tl.bfloat16: "*bf16", tl.float16: "*fp16"}[consts["DOT_DTYPE"]] if name == "rot_ptr" else "*bf16")
+            sig[name] = {"rec_ptr": "*u8", "block_ptr": "*i32", "scratch_ptr": "*fp32",
+                         "rot_ptr": {tl.float32: "*fp32", tl.bfloat16: "*bf16", tl.float16: "*fp16"}[consts["DOT_DTYPE"]]}.get(name, "*bf16")
             div.append(i)
         else:
             sig[name] = "i32"
@@ -53,14 +54,14 @@ def compile_flush(variant: str, method: str, dim: int, warps: int):  # type: ign
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", default="fast", choices=tf.VARIANTS)
+    ap.add_argument("--variant", default=tf.DEFAULT_VARIANT, choices=tf.VARIANTS)
     ap.add_argument("--method", default="k2v2")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--warps", type=int, help="default: the kernel's own choice for the variant")
     ap.add_argument("--keep", type=Path, help="write the cubin, ptx and ttgir here")
     args = ap.parse_args()
     if args.warps is None:
-        args.warps = tf.default_warps(args.dim) if args.variant == "fast" else 8
+        args.warps = tf.default_warps(args.dim) if args.variant != "v1" else 8
     kernel = compile_flush(args.variant, args.method, args.dim, args.warps)
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,7 @@ slots for kvarn) and q/out. The fraction of HBM bandwidth is against a device-to
 measured in the same run (bytes read + written).
 Also times the flush kernel for B tiles x Hkv heads (every sequence filling a tile in the
 same step, the worst case) against the decode step. Only the flush, old (v1) against new
-(fast, fast2) kernels and warp counts, in well under a minute:
+(fast*) kernels and warp counts, in well under a minute:
 
     PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --only flush --methods k2v2 --out flush.json
 """
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kernels.triton_decode import decode_attention  # noqa: E402
-from kvarn_cli.kernels.triton_flush import default_warps, flush_tiles  # noqa: E402
+from kvarn_cli.kernels.triton_flush import DEFAULT_VARIANT, VARIANTS, default_warps, flush_tiles  # noqa: E402
 
 SHAPES = {"smollm2": (3, 9, 64), "qwen3-4b": (8, 32, 128)}  # (kv heads, q heads, head dim)
 G = 128
@@ -149,7 +149,7 @@ def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool:
     return ms, rec_bytes + side_bytes + 2 * batch * qh * d * 2
 
 
-def flush_case(name: str, batch: int, kvh: int, d: int, variant: str = "fast", num_warps: int | None = None) -> float:
+def flush_case(name: str, batch: int, kvh: int, d: int, variant: str = DEFAULT_VARIANT, num_warps: int | None = None) -> float:
     qz = make_quantizer(name, head_dim=d, block_size=G)
     k = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
     ap.add_argument("--tune", action="store_true", help="also try num_warps/num_stages/splits at 32k")
     ap.add_argument("--only", choices=("flush",), help="time only the flush kernel (each variant, warp count)")
-    ap.add_argument("--flush-variants", default="fast,fast2,v1", help="with --only flush")
+    ap.add_argument("--flush-variants", default=",".join(VARIANTS), help="with --only flush")
     ap.add_argument("--flush-warps", default="auto,8", help="with --only flush: warps for the fast variants")
     args = ap.parse_args()
     if args.only == "flush":

@@ -44,12 +44,14 @@ FLUSH_CASES = [("k2v2", 64), ("k4v4", 64), ("k4v2", 128)]
     ("variant", "name", "d", "dtype"),
     [("fast", *c, torch.float32) for c in FLUSH_CASES]
     + [("v1", *c, torch.float32) for c in FLUSH_CASES]
-    + [("fast2", "k2v2", 64, torch.float32)]
+    + [("fast2-s", *c, torch.float32) for c in FLUSH_CASES]
+    + [("fast2", "k2v2", 64, torch.float32), ("fast-s", "k4v2", 128, torch.float32)]
     # 16-bit K/V (what vLLM hands the flush) take the tensor-core rotation on the GPU; the
     # interpreter's bf16 conversions are unreliable (triton_common.dot_in_fp16)
     + [
-        pytest.param("fast", "k2v2", d, torch.bfloat16, marks=pytest.mark.skipif(DEVICE.type != "cuda", reason="bf16 needs CUDA"))
+        pytest.param(variant, "k2v2", d, torch.bfloat16, marks=pytest.mark.skipif(DEVICE.type != "cuda", reason="bf16 needs CUDA"))
         for d in (64, 128)
+        for variant in ("fast", "fast2-s")
     ],
 )
 def test_flush_matches_torch_quantizer(variant: str, name: str, d: int, dtype: torch.dtype) -> None:

@@ -225,9 +225,36 @@ def _pack_store(codes, ptr, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr
 
 
 @triton.jit
+def _relayout(x, scratch, G: tl.constexpr, D: tl.constexpr, TRANSPOSE: tl.constexpr, SCRATCH: tl.constexpr):
+    """The rotated tile [G, D] (transposed to [D, G] for K), for the VarN loop.
+
+    With SCRATCH the tile goes through this program's own slice of a global scratch buffer
+    (L2-resident, written and read back once): the reload gets a plain blocked layout,
+    whereas the tensor-core accumulator layout the dot leaves would otherwise be carried
+    through the whole loop, and its column reductions need three shuffle levels over 16
+    values per thread plus several shared-memory rounds (25 barriers per iteration against
+    11, counted in the sm_90 PTX by benchmarks/aot_flush.py).
+    """
+    if SCRATCH:
+        t = tl.arange(0, G)
+        d = tl.arange(0, D)
+        tl.store(scratch + t[:, None] * D + d[None, :], x)
+        tl.debug_barrier()
+        if TRANSPOSE:
+            return tl.load(scratch + d[:, None] + t[None, :] * D)
+        else:
+            return tl.load(scratch + t[:, None] * D + d[None, :])
+    else:
+        if TRANSPOSE:
+            return tl.trans(x)
+        else:
+            return x
+
+
+@triton.jit
 def _flush_kernel(
     k_ptr, v_ptr, stride_kf, stride_kh, stride_kt, stride_vf, stride_vh, stride_vt,
-    rot_ptr, rec_ptr, stride_rb, stride_rh, block_ptr,
+    rot_ptr, rec_ptr, stride_rb, stride_rh, block_ptr, scratch_ptr,
     G: tl.constexpr, D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, ITERS: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
@@ -236,6 +263,7 @@ def _flush_kernel(
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     PAD_START: tl.constexpr, PAD_LEN: tl.constexpr, PAD_BLOCK: tl.constexpr,
     FAST: tl.constexpr, WELFORD: tl.constexpr, JOINT: tl.constexpr, ROT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    SCRATCH: tl.constexpr,
 ):
     f = tl.program_id(0)
     h = tl.program_id(1)
@@ -247,6 +275,9 @@ def _flush_kernel(
     rec = rec_ptr + blk * stride_rb + h * stride_rh
     rec_f16 = rec.to(tl.pointer_type(tl.float16))
     rec_f32 = rec.to(tl.pointer_type(tl.float32))
+    scratch = scratch_ptr
+    if SCRATCH:
+        scratch += ((f * tl.num_programs(1) + h) * 2 + side).to(tl.int64) * (G * D)
 
     if side == 0:
         k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(DOT_DTYPE)
@@ -254,7 +285,7 @@ def _flush_kernel(
         if ROT_SCALE != 1.0:
             k = k * ROT_SCALE
         # K: rows are channels (per-channel RTN over the tile's tokens), columns tokens
-        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(tl.trans(k), D, G, K_BITS, ITERS, FAST, WELFORD, JOINT)
+        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(_relayout(k, scratch, G, D, True, SCRATCH), D, G, K_BITS, ITERS, FAST, WELFORD, JOINT)
         _pack_store(tl.trans(kc), rec + OFF_K_CODES, G, D, K_BITS)
         tl.store(rec_f16 + OFF_K_ZERO // 2 + d, kzero)
         tl.store(rec + OFF_K_SCALE + d, kstep.to(tl.uint8))
@@ -271,7 +302,7 @@ def _flush_kernel(
         if ROT_SCALE != 1.0:
             v = v * ROT_SCALE
         # V: rows are tokens, columns channels
-        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(v, G, D, V_BITS, ITERS, FAST, WELFORD, JOINT)
+        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(_relayout(v, scratch, G, D, False, SCRATCH), G, D, V_BITS, ITERS, FAST, WELFORD, JOINT)
         _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
         tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
         tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
@@ -281,11 +312,17 @@ def _flush_kernel(
         tl.store(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4, vcol_mult)
 
 
-#: Kernel variants: "fast" (default) runs VarN in four reductions per iteration and the
+#: Kernel variants: "fast" runs VarN in four reductions per iteration and the
 #: rotation on tensor cores (+-1 Hadamard: exact products); "fast2" is the same with
-#: two-pass stds (six reductions per iteration, cheaper combine steps); "v1" is the first
-#: kernel (twelve reductions per iteration, fp32 FMA rotation), kept to time against.
-VARIANTS = ("fast", "fast2", "v1")
+#: two-pass stds (six reductions per iteration, cheaper combine steps); the "-s" forms pass
+#: the rotated tile through a global scratch buffer to leave the accumulator layout (see
+#: _relayout); "v1" is the first kernel (twelve reductions per iteration, fp32 FMA
+#: rotation), kept to time against. Which of the fast forms wins is for the H100 to say.
+VARIANTS = ("fast", "fast2", "fast-s", "fast2-s", "v1")
+#: The default until the H100 timings (benchmarks/decode_attention.py --only flush) pick one:
+#: fewest barriers and shuffles per VarN iteration and no spills in the sm_90 build, and
+#: two-pass stds like the PyTorch reference.
+DEFAULT_VARIANT = "fast2-s"
 
 
 def default_warps(head_dim: int) -> int:
@@ -294,7 +331,7 @@ def default_warps(head_dim: int) -> int:
     return 4 if head_dim <= 64 else 8
 
 
-def kernel_constants(lay: KernelLayout, variant: str = "fast", dtype: torch.dtype = torch.bfloat16) -> dict:
+def kernel_constants(lay: KernelLayout, variant: str = DEFAULT_VARIANT, dtype: torch.dtype = torch.bfloat16) -> dict:
     """The constexpr arguments of _flush_kernel for a layout, variant and K/V dtype."""
     if variant not in VARIANTS:
         raise ValueError(f"flush variant must be one of {VARIANTS}, got {variant!r}")
@@ -315,7 +352,13 @@ def kernel_constants(lay: KernelLayout, variant: str = "fast", dtype: torch.dtyp
     return dict(
         G=lay.block_size, D=lay.head_dim, K_BITS=lay.k_bits, V_BITS=lay.v_bits, ITERS=VARN_ITERS,
         PAD_START=lay.end_of_fields, PAD_LEN=pad_len, PAD_BLOCK=triton.next_power_of_2(max(pad_len, 1)),
-        FAST=fast, WELFORD=variant == "fast" and not interpreted(), JOINT=fast and not interpreted(), ROT_SCALE=float(lay.head_dim**-0.5) if fast else 1.0, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype,
+        FAST=fast,
+        WELFORD=variant in ("fast", "fast-s") and not interpreted(),
+        JOINT=fast and not interpreted(),
+        SCRATCH=variant.endswith("-s"),
+        ROT_SCALE=float(lay.head_dim**-0.5) if fast else 1.0,
+        DOT_PRECISION=precision,
+        DOT_DTYPE=dot_dtype,
         **lay.args(),
     )
 
@@ -338,7 +381,7 @@ def flush_tiles(
     records: torch.Tensor,
     block_ids: torch.Tensor,
     num_warps: int | None = None,
-    variant: str = "fast",
+    variant: str = DEFAULT_VARIANT,
 ) -> None:
     """Quantize full tiles k, v [F, H, G, D] (unrotated, any float dtype, last dim contiguous)
     into records[block_ids[f], h] of the paged cache `records` [num_blocks, H, record_bytes]
@@ -361,9 +404,10 @@ def flush_tiles(
     if n_tiles == 0:
         return
     rot = rotation_operand(d, k.device, consts)
+    scratch = torch.empty(n_tiles * heads * 2 * g * d if consts["SCRATCH"] else 1, dtype=torch.float32, device=k.device)
     _flush_kernel[(n_tiles, heads, 2)](
         k, v, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32),
+        rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32), scratch,
         num_warps=num_warps or (default_warps(d) if variant != "v1" else 8),
         **consts,
     )
