@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -52,6 +53,20 @@ def compile_flush(variant: str, method: str, dim: int, warps: int):  # type: ign
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
 
 
+def loop_counts(ptx: str) -> list[tuple[int, int]]:
+    """(bar.sync, shfl) inside each long loop body of the PTX (the VarN iterations of the K
+    and V branches): the serial steps one iteration costs, a proxy for its latency."""
+    lines = ptx.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\$L__BB\d+_\d+):", line.strip()))}
+    counts = []
+    for i, line in enumerate(lines):
+        m = re.search(r"bra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
+        if m and m.group(1) in labels and i - labels[m.group(1)] > 500:
+            body = lines[labels[m.group(1)] : i]
+            counts.append((sum("bar.sync" in x for x in body), sum("shfl" in x for x in body)))
+    return sorted(set(counts))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", default=tf.DEFAULT_VARIANT, choices=tf.VARIANTS)
@@ -73,8 +88,9 @@ def main() -> None:
             cubin.with_suffix(".ttgir").write_text(kernel.asm["ttgir"])
         usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True)
     lines = [line.strip() for line in usage.stdout.splitlines() if "REG" in line]
+    loops = " ".join(f"{bars} bar.sync/{shfl} shfl" for bars, shfl in loop_counts(kernel.asm["ptx"]))
     print(f"flush {args.variant} {args.method} d={args.dim} warps={args.warps} triton {triton.__version__}: "
-          f"{' '.join(lines)} (triton shared {kernel.metadata.shared})")
+          f"{' '.join(lines)} (triton shared {kernel.metadata.shared}); per VarN iteration: {loops}")
 
 
 if __name__ == "__main__":

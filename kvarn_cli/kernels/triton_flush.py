@@ -6,9 +6,18 @@ writes the record bytes exactly as kernels.layout describes them (the same funct
 `make_quantizer(...).quantize_batch` on the rotated, fp8-scaled KVarN presets), straight
 into the paged cache [num_blocks, kv_heads, record_bytes] at the given block ids.
 
-All arithmetic is float32, step for step the same as the PyTorch quantizer (kernels.varn,
-kernels.rtn); only reduction orders differ, so codes can differ from the reference where a
-value sits within float32 rounding of a rounding boundary (tests bound how often).
+All arithmetic is float32 and follows the PyTorch quantizer (kernels.varn, kernels.rtn)
+step for step; only reduction orders differ, and in the fast variants (VARIANTS) the VarN
+statistics multiply by reciprocals of the scales (within an ulp of the quotients) and "fast"
+computes stds with a Welford merge. So codes can differ from the reference where a value
+sits within float32 rounding of a rounding boundary, and VarN can pick another of two
+near-tied iterates (tests bound how often).
+
+Cost model (the kernel is latency-bound: a flush of up to ~100 tile halves is one wave of
+programs): each VarN iteration is a chain of reductions over a 128 x D tile, each a shuffle
+tree plus, for the axis that runs across warps, a shared-memory round trip with barriers.
+The fast variants cut these from twelve to four or six per iteration and drop the
+spills of the first kernel (v1).
 """
 
 from __future__ import annotations
