@@ -106,7 +106,8 @@ def _std_one_pass(x, AXIS: tl.constexpr, N: tl.constexpr, WELFORD: tl.constexpr)
 
     The reference's two-pass std (mean, then centred squares) needs two reductions in a row,
     each a cross-warp round trip when AXIS runs across warps; the merge carries the centred
-    sum, so it is as free of cancellation as the two-pass form at half the latency.
+    sum, so it is as free of cancellation as the two-pass form in half the reductions (each
+    merge step is dearer, though: three values and a division per shuffle level).
     WELFORD=False falls back to the two-pass form: Triton's interpreter runs a custom
     combine function once per element in Python (minutes per tile), so CPU CI uses the
     two-pass form for whole tiles and tests the merge itself on small tensors; and on the
@@ -146,10 +147,10 @@ def _varn_col_scale_fast(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexp
     """Best column scale Sc* [C] of tile x [R, C], iterated as kernels.varn.varn_scales does.
 
     Per iteration: one row std (of y = x / Sc), one column std (of y / Sr) and the two
-    max/min pairs of the imbalance score -- four reductions, against twelve for the direct
-    form (_varn_col_scale): the reference's identities reuse the row stds of y and carry the
-    column stds into the next iteration, each std is one Welford reduction, and each max/min
-    pair one reduction. Divisions by the broadcast scales become products with their
+    max/min pairs of the imbalance score -- four reductions with WELFORD (six without),
+    against twelve for the direct form (_varn_col_scale): the reference's identities reuse
+    the row stds of y and carry the column stds into the next iteration, and each max/min
+    pair is one reduction. Divisions by the broadcast scales become products with their
     reciprocals (within an ulp of the quotient; only the VarN statistics see them, the
     quantized values use exact divisions).
     """
@@ -335,8 +336,9 @@ DEFAULT_VARIANT = "fast2-s"
 
 
 def default_warps(head_dim: int) -> int:
-    """Warps per program: 4 keep a d=64 tile half (8192 values) at 64 per thread, so the
-    cross-warp steps of each reduction are shorter; 8 for d=128."""
+    """Warps per program: 4 at d=64 (64 values per thread per tile-sized tensor; fewer warps
+    to combine across, and 2 programs fit an SM by registers), 8 at d=128 (4 spill). A guess
+    from the sm_90 build (benchmarks/GPU_NOTES.md) until the H100 timings confirm it."""
     return 4 if head_dim <= 64 else 8
 
 
