@@ -125,6 +125,33 @@ def test_one_pass_stats_match_torch() -> None:
     assert torch.equal(out[c + 2 * r :], x.amin(1))
 
 
+def test_flush_gpu_reductions_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole "fast-s" kernel with the reductions the GPU build uses (Welford stds, joint
+    max/min), which the interpreter otherwise swaps for the two-pass forms (see
+    triton_flush._std_one_pass): one tile, record for record against the PyTorch quantizer.
+    Slow under the interpreter (~40 s: its custom-combine reductions run in Python)."""
+    import kvarn_cli.kernels.triton_flush as tf
+
+    plain = tf.kernel_constants
+
+    def gpu_reductions(lay, variant=tf.DEFAULT_VARIANT, dtype=torch.float32):  # type: ignore[no-untyped-def]
+        consts = plain(lay, variant, dtype)
+        consts.update(WELFORD=True, JOINT=True)
+        return consts
+
+    monkeypatch.setattr(tf, "kernel_constants", gpu_reductions)
+    qz = make_quantizer("k2v2", head_dim=64, block_size=G)
+    k, v = _tiles(1, 1, 64, seed=7)
+    records = torch.zeros(1, 1, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
+    flush_tiles(qz, k, v, records, torch.zeros(1, dtype=torch.int32, device=DEVICE), variant="fast-s")
+    ref = qz.quantize_batch(k[:, 0], v[:, 0]).cpu()
+    got = records[:, 0].cpu()
+    f_got, f_ref = qz.read_fields(got), qz.read_fields(ref)
+    for name_ in SCALE_FIELDS:
+        assert torch.equal(f_got[name_].view(torch.uint8), f_ref[name_].view(torch.uint8)), name_
+    assert float((got == ref).float().mean()) > 0.99
+
+
 def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale):  # type: ignore[no-untyped-def]
     """float32 SDPA over dequantized blocks + unrotated 16-bit slot tokens, per sequence."""
     d = query.shape[-1]
