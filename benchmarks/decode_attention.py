@@ -19,7 +19,10 @@ Bytes moved: every cache byte the step must read (records, or bf16 K/V; plus the
 slots for kvarn) and q/out. The fraction of HBM bandwidth is against a device-to-device copy
 measured in the same run (bytes read + written).
 Also times the flush kernel for B tiles x Hkv heads (every sequence filling a tile in the
-same step, the worst case) against the decode step.
+same step, the worst case) against the decode step. Only the flush, old (v1) against new
+(fast*) kernels and warp counts, in well under a minute:
+
+    PYTHONUNBUFFERED=1 python benchmarks/decode_attention.py --only flush --methods k2v2 --out flush.json
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kernels.triton_decode import decode_attention  # noqa: E402
-from kvarn_cli.kernels.triton_flush import flush_tiles  # noqa: E402
+from kvarn_cli.kernels.triton_flush import DEFAULT_VARIANT, VARIANTS, default_warps, flush_tiles  # noqa: E402
 
 SHAPES = {"smollm2": (3, 9, 64), "qwen3-4b": (8, 32, 128)}  # (kv heads, q heads, head dim)
 G = 128
@@ -149,13 +152,32 @@ def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool:
     return ms, rec_bytes + side_bytes + 2 * batch * qh * d * 2
 
 
-def flush_case(name: str, batch: int, kvh: int, d: int) -> float:
+def flush_case(name: str, batch: int, kvh: int, d: int, variant: str = DEFAULT_VARIANT, num_warps: int | None = None) -> float:
     qz = make_quantizer(name, head_dim=d, block_size=G)
     k = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
     recs = torch.empty(4 * batch, kvh, qz.record_bytes, dtype=torch.uint8, device="cuda")
     ids = torch.randperm(4 * batch, device="cuda", dtype=torch.int32)[:batch].contiguous()
-    return timed([lambda: flush_tiles(qz, k, v, recs, ids)])
+    return timed([lambda: flush_tiles(qz, k, v, recs, ids, num_warps=num_warps, variant=variant)])
+
+
+def flush_only(args: argparse.Namespace) -> None:
+    """Time only the flush: every variant and warp count on every shape, method and B."""
+    result: dict = {"device": torch.cuda.get_device_name(), "triton": triton.__version__, "flush": []}
+    for shape in args.shapes.split(","):
+        kvh, _, d = SHAPES[shape]
+        warps = sorted({default_warps(d) if w == "auto" else int(w) for w in args.flush_warps.split(",")})
+        for m in args.methods.split(","):
+            for batch in (int(x) for x in args.batches.split(",")):
+                line = f"flush {shape:8s} {m} B={batch:3d} ({batch}x{kvh} tiles):"
+                for variant in args.flush_variants.split(","):
+                    for w in warps if variant != "v1" else [8]:
+                        ms = flush_case(m, batch, kvh, d, variant, w)
+                        result["flush"].append({"shape": shape, "method": m, "batch": batch, "variant": variant,
+                                                "num_warps": w, "ms": ms})
+                        line += f"  {variant}/w{w} {ms * 1e3:6.1f}us"
+                print(line)
+                args.out.write_text(json.dumps(result, indent=1))
 
 
 def main() -> None:
@@ -168,7 +190,13 @@ def main() -> None:
     ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
     ap.add_argument("--tune", action="store_true", help="also try num_warps/num_stages/splits at 32k")
     ap.add_argument("--no-flush", action="store_true", help="skip the flush-kernel timings")
+    ap.add_argument("--only", choices=("flush",), help="time only the flush kernel (each variant, warp count)")
+    ap.add_argument("--flush-variants", default=",".join(VARIANTS), help="with --only flush")
+    ap.add_argument("--flush-warps", default="auto,8", help="with --only flush: warps for the fast variants")
     args = ap.parse_args()
+    if args.only == "flush":
+        flush_only(args)
+        return
     batches = [int(x) for x in args.batches.split(",")]
     contexts = [int(x) for x in args.contexts.split(",")]
     methods = args.methods.split(",")

@@ -20,7 +20,10 @@ from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kernels.hadamard import rotation_on  # noqa: E402
 from kvarn_cli.kernels.packing import unpack_codes  # noqa: E402
 from kvarn_cli.kernels.triton_decode import decode_attention  # noqa: E402
-from kvarn_cli.kernels.triton_flush import flush_tiles  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from kvarn_cli.kernels.triton_flush import _max_min, _std_one_pass, flush_tiles  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 G = 128
@@ -34,17 +37,35 @@ def _tiles(n: int, heads: int, d: int, seed: int, g: int = G) -> tuple[torch.Ten
     return k.to(DEVICE), v.to(DEVICE)
 
 
-@pytest.mark.parametrize(("name", "d"), [("k2v2", 64), ("k4v4", 64), ("k4v2", 128)])
-def test_flush_matches_torch_quantizer(name: str, d: int) -> None:
+FLUSH_CASES = [("k2v2", 64), ("k4v4", 64), ("k4v2", 128)]
+
+
+@pytest.mark.parametrize(
+    ("variant", "name", "d", "dtype"),
+    [("fast", *c, torch.float32) for c in FLUSH_CASES]
+    + [("v1", *c, torch.float32) for c in FLUSH_CASES]
+    + [("fast2-s", *c, torch.float32) for c in FLUSH_CASES]
+    + [("fast2", "k2v2", 64, torch.float32), ("fast-s", "k4v2", 128, torch.float32)]
+    # 16-bit K/V (what vLLM hands the flush) take the tensor-core rotation on the GPU; the
+    # interpreter's bf16 conversions are unreliable (triton_common.dot_in_fp16)
+    + [
+        pytest.param(variant, "k2v2", d, torch.bfloat16, marks=pytest.mark.skipif(DEVICE.type != "cuda", reason="bf16 needs CUDA"))
+        for d in (64, 128)
+        for variant in ("fast", "fast2-s")
+    ],
+)
+def test_flush_matches_torch_quantizer(variant: str, name: str, d: int, dtype: torch.dtype) -> None:
     qz = make_quantizer(name, head_dim=d, block_size=G)
     n, heads = 2, 2
     k, v = _tiles(n, heads, d, seed=11 + d)
+    k, v = k.to(dtype), v.to(dtype)
     # the paged cache: more blocks than tiles, written at scattered ids, the rest untouched
     records = torch.full((5, heads, qz.record_bytes), POISON, dtype=torch.uint8, device=DEVICE)
     ids = torch.tensor([3, 1], dtype=torch.int32, device=DEVICE)
-    flush_tiles(qz, k, v, records, ids)
+    flush_tiles(qz, k, v, records, ids, variant=variant)
     assert bool((records[[0, 2, 4]] == POISON).all()), "flush wrote outside its blocks"
 
+    k, v = k.float(), v.float()
     got = records[ids.long()].reshape(n * heads, -1).cpu()
     ref = qz.quantize_batch(k.reshape(n * heads, G, d), v.reshape(n * heads, G, d)).cpu()
     lay = qz.layout
@@ -74,6 +95,61 @@ def test_flush_matches_torch_quantizer(name: str, d: int) -> None:
         err_g = (g_hat - x).norm(dim=(1, 2)) / x.norm(dim=(1, 2))
         err_r = (r_hat - x).norm(dim=(1, 2)) / x.norm(dim=(1, 2))
         assert bool((err_g <= err_r * 1.10 + 1e-6).all()), (err_g, err_r)
+
+
+@triton.jit
+def _stats_kernel(x_ptr, out_ptr, R: tl.constexpr, C: tl.constexpr):
+    r = tl.arange(0, R)
+    c = tl.arange(0, C)
+    x = tl.load(x_ptr + r[:, None] * C + c[None, :])
+    tl.store(out_ptr + c, _std_one_pass(x, 0, R, True))
+    tl.store(out_ptr + C + r, _std_one_pass(x, 1, C, True))
+    hi, lo = _max_min(x, 1, True)
+    tl.store(out_ptr + C + R + r, hi)
+    tl.store(out_ptr + C + 2 * R + r, lo)
+
+
+def test_one_pass_stats_match_torch() -> None:
+    """The fast flush's Welford std and joint max/min reductions (run for whole tiles only on
+    the GPU, see _std_one_pass) on a small tile whose rows and columns sit far from zero,
+    where a naive sum-of-squares std would lose most of its digits."""
+    gen = torch.Generator().manual_seed(3)
+    r, c = 8, 16
+    x = (torch.randn(r, c, generator=gen) * torch.logspace(-2, 1, c) + 1e3 * torch.randn(r, 1, generator=gen)).float()
+    out = torch.empty(c + 3 * r, dtype=torch.float32, device=DEVICE)
+    _stats_kernel[(1,)](x.to(DEVICE), out, R=r, C=c)
+    out = out.cpu()
+    torch.testing.assert_close(out[:c], x.double().std(0).float(), rtol=2e-5, atol=0)
+    torch.testing.assert_close(out[c : c + r], x.double().std(1).float(), rtol=2e-5, atol=0)
+    assert torch.equal(out[c + r : c + 2 * r], x.amax(1))
+    assert torch.equal(out[c + 2 * r :], x.amin(1))
+
+
+def test_flush_gpu_reductions_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole "fast-s" kernel with the reductions the GPU build uses (Welford stds, joint
+    max/min), which the interpreter otherwise swaps for the two-pass forms (see
+    triton_flush._std_one_pass): one tile, record for record against the PyTorch quantizer.
+    Slow under the interpreter (~40 s: its custom-combine reductions run in Python)."""
+    import kvarn_cli.kernels.triton_flush as tf
+
+    plain = tf.kernel_constants
+
+    def gpu_reductions(lay, variant=tf.DEFAULT_VARIANT, dtype=torch.float32):  # type: ignore[no-untyped-def]
+        consts = plain(lay, variant, dtype)
+        consts.update(WELFORD=True, JOINT=True)
+        return consts
+
+    monkeypatch.setattr(tf, "kernel_constants", gpu_reductions)
+    qz = make_quantizer("k2v2", head_dim=64, block_size=G)
+    k, v = _tiles(1, 1, 64, seed=7)
+    records = torch.zeros(1, 1, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
+    flush_tiles(qz, k, v, records, torch.zeros(1, dtype=torch.int32, device=DEVICE), variant="fast-s")
+    ref = qz.quantize_batch(k[:, 0], v[:, 0]).cpu()
+    got = records[:, 0].cpu()
+    f_got, f_ref = qz.read_fields(got), qz.read_fields(ref)
+    for name_ in SCALE_FIELDS:
+        assert torch.equal(f_got[name_].view(torch.uint8), f_ref[name_].view(torch.uint8)), name_
+    assert float((got == ref).float().mean()) > 0.99
 
 
 def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale, g=G):  # type: ignore[no-untyped-def]

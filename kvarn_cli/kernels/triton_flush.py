@@ -6,9 +6,18 @@ writes the record bytes exactly as kernels.layout describes them (the same funct
 `make_quantizer(...).quantize_batch` on the rotated, fp8-scaled KVarN presets), straight
 into the paged cache [num_blocks, kv_heads, record_bytes] at the given block ids.
 
-All arithmetic is float32, step for step the same as the PyTorch quantizer (kernels.varn,
-kernels.rtn); only reduction orders differ, so codes can differ from the reference where a
-value sits within float32 rounding of a rounding boundary (tests bound how often).
+All arithmetic is float32 and follows the PyTorch quantizer (kernels.varn, kernels.rtn)
+step for step; only reduction orders differ, and in the fast variants (VARIANTS) the VarN
+statistics multiply by reciprocals of the scales (within an ulp of the quotients) and "fast"
+computes stds with a Welford merge. So codes can differ from the reference where a value
+sits within float32 rounding of a rounding boundary, and VarN can pick another of two
+near-tied iterates (tests bound how often).
+
+Cost model (the kernel is latency-bound: a flush of up to ~100 tile halves is one wave of
+programs): each VarN iteration is a chain of reductions over a 128 x D tile, each a shuffle
+tree plus, for the axis that runs across warps, a shared-memory round trip with barriers.
+The fast variants cut these from twelve to four or six per iteration and drop the
+spills of the first kernel (v1).
 """
 
 from __future__ import annotations
@@ -20,11 +29,14 @@ import triton.language as tl
 from kvarn_cli.kernels.hadamard import rotation_on
 from kvarn_cli.kernels.quantizers import Quantizer
 from kvarn_cli.kernels.triton_common import (
+    KernelLayout,
     f32_to_fp8_bits,
     fp8_bits_to_f32,
+    interpreted,
     kernel_layout,
     pow2_multiplier_of,
     round_half_even,
+    signed_hadamard,
     zero_multiplier_of,
 )
 from kvarn_cli.kernels import varn
@@ -80,21 +92,117 @@ def _varn_col_scale(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexpr):
 
 
 @triton.jit
-def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS: tl.constexpr):
+def _welford_combine(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
+    """Chan's pairwise merge of (mean, sum of squared deviations, count)."""
+    n = n_a + n_b
+    w = tl.fdiv(n_b, n)  # counts are small integers: the fast division is exact enough
+    delta = mean_b - mean_a
+    return mean_a + delta * w, m2_a + m2_b + delta * delta * (n_a * w), n
+
+
+@triton.jit
+def _std_one_pass(x, AXIS: tl.constexpr, N: tl.constexpr, WELFORD: tl.constexpr):
+    """Unbiased standard deviation along AXIS in ONE reduction (Welford/Chan merge).
+
+    The reference's two-pass std (mean, then centred squares) needs two reductions in a row,
+    each a cross-warp round trip when AXIS runs across warps; the merge carries the centred
+    sum, so it is as free of cancellation as the two-pass form in half the reductions (each
+    merge step is dearer, though: three values and a division per shuffle level).
+    WELFORD=False falls back to the two-pass form: Triton's interpreter runs a custom
+    combine function once per element in Python (minutes per tile), so CPU CI uses the
+    two-pass form for whole tiles and tests the merge itself on small tensors; and on the
+    GPU the merge's heavier combine step may cost more than the second pass saves, so
+    variant "fast2" keeps the two passes to time against.
+    """
+    if WELFORD:
+        _, m2, _ = tl.reduce((x, tl.zeros_like(x), tl.full(x.shape, 1.0, tl.float32)), AXIS, _welford_combine)
+        return tl.sqrt(m2 / (N - 1))
+    else:
+        return _std(x, AXIS, N)
+
+
+@triton.jit
+def _max_min_combine(max_a, min_a, max_b, min_b):
+    return tl.maximum(max_a, max_b), tl.minimum(min_a, min_b)
+
+
+@triton.jit
+def _max_min(x, AXIS: tl.constexpr, JOINT: tl.constexpr):
+    """(max, min) along AXIS in one reduction (two under the interpreter, see _std_one_pass)."""
+    if JOINT:
+        return tl.reduce((x, x), AXIS, _max_min_combine)
+    else:
+        return tl.max(x, AXIS), tl.min(x, AXIS)
+
+
+@triton.jit
+def _spread(std, JOINT: tl.constexpr):
+    """max(std) / max(min(std), eps): one half of VarN's imbalance score."""
+    hi, lo = _max_min(std, 0, JOINT)
+    return hi / tl.maximum(lo, IMB_EPS)
+
+
+@triton.jit
+def _varn_col_scale_fast(x, R: tl.constexpr, C: tl.constexpr, ITERS: tl.constexpr, WELFORD: tl.constexpr, JOINT: tl.constexpr):
+    """Best column scale Sc* [C] of tile x [R, C], iterated as kernels.varn.varn_scales does.
+
+    Per iteration: one row std (of y = x / Sc), one column std (of y / Sr) and the two
+    max/min pairs of the imbalance score -- four reductions with WELFORD (six without),
+    against twelve for the direct form (_varn_col_scale): the reference's identities reuse
+    the row stds of y and carry the column stds into the next iteration, and each max/min
+    pair is one reduction. Divisions by the broadcast scales become products with their
+    reciprocals (within an ulp of the quotient; only the VarN statistics see them, the
+    quantized values use exact divisions).
+    """
+    log_c = tl.zeros([C], dtype=tl.float32)
+    log_r = tl.zeros([R], dtype=tl.float32)
+    col_std = _std_one_pass(x, 0, R, WELFORD)
+    row_std = _std_one_pass(x, 1, C, WELFORD)
+    best = _spread(col_std, JOINT) + _spread(row_std, JOINT)
+    best_c = tl.full([C], 1.0, dtype=tl.float32)
+    scale_r = tl.full([R], 1.0, dtype=tl.float32)
+    for _ in range(ITERS):
+        log_c = tl.minimum(tl.maximum(log_c + tl.log(tl.minimum(tl.maximum(col_std, STD_MIN), STD_MAX)), LOG_FLOOR), LOG_CEIL)
+        scale_c = tl.exp(log_c)
+        y = x * (1.0 / scale_c)[None, :]
+        y_row_std = _std_one_pass(y, 1, C, WELFORD)
+        row_std = y_row_std / scale_r  # row stds of x / exp(Lc) / exp(Lr) with the previous Lr
+        log_r = tl.minimum(tl.maximum(log_r + tl.log(tl.minimum(tl.maximum(row_std, STD_MIN), STD_MAX)), LOG_FLOOR), LOG_CEIL)
+        scale_r = tl.exp(log_r)
+        # x times both reciprocals rather than y / scale_r: y dies after its row std, so the
+        # loop holds two tile-sized tensors (x and one temporary) instead of three
+        cur = x * ((1.0 / scale_r)[:, None] * (1.0 / scale_c)[None, :])
+        col_std = _std_one_pass(cur, 0, R, WELFORD)
+        imb = _spread(col_std, JOINT) + _spread(y_row_std / scale_r, JOINT)
+        better = imb <= best
+        best = tl.where(better, imb, best)
+        best_c = tl.where(better, scale_c, best_c)
+    return best_c
+
+
+@triton.jit
+def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS: tl.constexpr, FAST: tl.constexpr, WELFORD: tl.constexpr, JOINT: tl.constexpr):
     """VarN column scale + per-row min-max RTN of x [R, C] (AffineQuantizer._encode_side).
 
+    FAST selects _varn_col_scale_fast and one joint min/max reduction.
     Returns (codes int32 [R, C], col_bits [C], col_mult, step_bits [R], step_mult,
     zero fp16 [R], zero_mult); *_bits are e4m3fn bit patterns.
     """
     levels: tl.constexpr = (1 << BITS) - 1
-    col = _varn_col_scale(x, R, C, ITERS)
+    if FAST:
+        col = _varn_col_scale_fast(x, R, C, ITERS, WELFORD, JOINT)
+    else:
+        col = _varn_col_scale(x, R, C, ITERS)
     col_mult = pow2_multiplier_of(tl.max(col, 0))
     col_bits = f32_to_fp8_bits(col / col_mult)
     divisor = fp8_bits_to_f32(col_bits) * col_mult
     u = x / divisor[None, :]
 
-    row_min = tl.min(u, 1)
-    row_max = tl.max(u, 1)
+    if FAST:
+        row_max, row_min = _max_min(u, 1, JOINT)
+    else:
+        row_min = tl.min(u, 1)
+        row_max = tl.max(u, 1)
     step_exact = (row_max - row_min) / levels
     step_mult = pow2_multiplier_of(tl.max(step_exact, 0))
     y = step_exact / step_mult
@@ -127,9 +235,36 @@ def _pack_store(codes, ptr, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr
 
 
 @triton.jit
+def _relayout(x, scratch, G: tl.constexpr, D: tl.constexpr, TRANSPOSE: tl.constexpr, SCRATCH: tl.constexpr):
+    """The rotated tile [G, D] (transposed to [D, G] for K), for the VarN loop.
+
+    With SCRATCH the tile goes through this program's own slice of a global scratch buffer
+    (L2-resident, written and read back once): the reload gets a plain blocked layout,
+    whereas the tensor-core accumulator layout the dot leaves would otherwise be carried
+    through the whole loop, and its column reductions need three shuffle levels over 16
+    values per thread plus several shared-memory rounds (25 barriers per iteration against
+    11, counted in the sm_90 PTX by benchmarks/aot_flush.py).
+    """
+    if SCRATCH:
+        t = tl.arange(0, G)
+        d = tl.arange(0, D)
+        tl.store(scratch + t[:, None] * D + d[None, :], x)
+        tl.debug_barrier()
+        if TRANSPOSE:
+            return tl.load(scratch + d[:, None] + t[None, :] * D)
+        else:
+            return tl.load(scratch + t[:, None] * D + d[None, :])
+    else:
+        if TRANSPOSE:
+            return tl.trans(x)
+        else:
+            return x
+
+
+@triton.jit
 def _flush_kernel(
     k_ptr, v_ptr, stride_kf, stride_kh, stride_kt, stride_vf, stride_vh, stride_vt,
-    rot_ptr, rec_ptr, stride_rb, stride_rh, block_ptr,
+    rot_ptr, rec_ptr, stride_rb, stride_rh, block_ptr, scratch_ptr,
     G: tl.constexpr, D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, ITERS: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
@@ -137,23 +272,30 @@ def _flush_kernel(
     OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     PAD_START: tl.constexpr, PAD_LEN: tl.constexpr, PAD_BLOCK: tl.constexpr,
+    FAST: tl.constexpr, WELFORD: tl.constexpr, JOINT: tl.constexpr, ROT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    SCRATCH: tl.constexpr,
 ):
     f = tl.program_id(0)
     h = tl.program_id(1)
     side = tl.program_id(2)  # 0: K, 1: V (independent halves of the record, one program each)
     t = tl.arange(0, G)
     d = tl.arange(0, D)
-    rot = tl.load(rot_ptr + d[:, None] * D + d[None, :])
+    rot = tl.load(rot_ptr + d[:, None] * D + d[None, :]).to(DOT_DTYPE)
     blk = tl.load(block_ptr + f).to(tl.int64)
     rec = rec_ptr + blk * stride_rb + h * stride_rh
     rec_f16 = rec.to(tl.pointer_type(tl.float16))
     rec_f32 = rec.to(tl.pointer_type(tl.float32))
+    scratch = scratch_ptr
+    if SCRATCH:
+        scratch += ((f * tl.num_programs(1) + h) * 2 + side).to(tl.int64) * (G * D)
 
     if side == 0:
-        k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(tl.float32)
-        k = tl.dot(k, rot, input_precision="ieee")
+        k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(DOT_DTYPE)
+        k = tl.dot(k, rot, input_precision=DOT_PRECISION)
+        if ROT_SCALE != 1.0:
+            k = k * ROT_SCALE
         # K: rows are channels (per-channel RTN over the tile's tokens), columns tokens
-        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(tl.trans(k), D, G, K_BITS, ITERS)
+        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(_relayout(k, scratch, G, D, True, SCRATCH), D, G, K_BITS, ITERS, FAST, WELFORD, JOINT)
         _pack_store(tl.trans(kc), rec + OFF_K_CODES, G, D, K_BITS)
         tl.store(rec_f16 + OFF_K_ZERO // 2 + d, kzero)
         tl.store(rec + OFF_K_SCALE + d, kstep.to(tl.uint8))
@@ -165,10 +307,12 @@ def _flush_kernel(
             p = tl.arange(0, PAD_BLOCK)
             tl.store(rec + PAD_START + p, tl.zeros([PAD_BLOCK], dtype=tl.uint8), mask=p < PAD_LEN)
     else:
-        v = tl.load(v_ptr + f.to(tl.int64) * stride_vf + h * stride_vh + t[:, None] * stride_vt + d[None, :]).to(tl.float32)
-        v = tl.dot(v, rot, input_precision="ieee")
+        v = tl.load(v_ptr + f.to(tl.int64) * stride_vf + h * stride_vh + t[:, None] * stride_vt + d[None, :]).to(DOT_DTYPE)
+        v = tl.dot(v, rot, input_precision=DOT_PRECISION)
+        if ROT_SCALE != 1.0:
+            v = v * ROT_SCALE
         # V: rows are tokens, columns channels
-        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(v, G, D, V_BITS, ITERS)
+        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(_relayout(v, scratch, G, D, False, SCRATCH), G, D, V_BITS, ITERS, FAST, WELFORD, JOINT)
         _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
         tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
         tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
@@ -178,13 +322,77 @@ def _flush_kernel(
         tl.store(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4, vcol_mult)
 
 
+#: Kernel variants: "fast" runs VarN in four reductions per iteration and the
+#: rotation on tensor cores (+-1 Hadamard: exact products); "fast2" is the same with
+#: two-pass stds (six reductions per iteration, cheaper combine steps); the "-s" forms pass
+#: the rotated tile through a global scratch buffer to leave the accumulator layout (see
+#: _relayout); "v1" is the first kernel (twelve reductions per iteration, fp32 FMA
+#: rotation), kept to time against. Which of the fast forms wins is for the H100 to say.
+VARIANTS = ("fast", "fast2", "fast-s", "fast2-s", "v1")
+#: The default until the H100 timings (benchmarks/decode_attention.py --only flush) pick one:
+#: fewest barriers and shuffles per VarN iteration and no spills in the sm_90 build, and
+#: two-pass stds like the PyTorch reference.
+DEFAULT_VARIANT = "fast2-s"
+
+
+def default_warps(head_dim: int) -> int:
+    """Warps per program: 4 at d=64 (64 values per thread per tile-sized tensor; fewer warps
+    to combine across, and 2 programs fit an SM by registers), 8 at d=128 (4 spill). A guess
+    from the sm_90 build (benchmarks/GPU_NOTES.md) until the H100 timings confirm it."""
+    return 4 if head_dim <= 64 else 8
+
+
+def kernel_constants(lay: KernelLayout, variant: str = DEFAULT_VARIANT, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """The constexpr arguments of _flush_kernel for a layout, variant and K/V dtype."""
+    if variant not in VARIANTS:
+        raise ValueError(f"flush variant must be one of {VARIANTS}, got {variant!r}")
+    fast = variant != "v1"
+    # The fast rotation multiplies by a +-1 matrix on tensor cores: with 16-bit K/V every
+    # product is exact in the operands' own dtype (half the shared memory of tf32); float32
+    # K/V take the 3-pass tf32 split. The interpreter's 16-bit dots are broken (see
+    # triton_common.dot_in_fp16), so it keeps float32 "ieee".
+    dot_dtype = tl.float32
+    if not fast or interpreted():
+        precision = "ieee"
+    elif dtype in (torch.bfloat16, torch.float16):
+        precision = "tf32"  # ignored for 16-bit operands
+        dot_dtype = tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+    else:
+        precision = "tf32x3"
+    pad_len = lay.record_bytes - lay.end_of_fields
+    return dict(
+        G=lay.block_size, D=lay.head_dim, K_BITS=lay.k_bits, V_BITS=lay.v_bits, ITERS=VARN_ITERS,
+        PAD_START=lay.end_of_fields, PAD_LEN=pad_len, PAD_BLOCK=triton.next_power_of_2(max(pad_len, 1)),
+        FAST=fast,
+        WELFORD=variant in ("fast", "fast-s") and not interpreted(),
+        JOINT=fast and not interpreted(),
+        SCRATCH=variant.endswith("-s"),
+        ROT_SCALE=float(lay.head_dim**-0.5) if fast else 1.0,
+        DOT_PRECISION=precision,
+        DOT_DTYPE=dot_dtype,
+        **lay.args(),
+    )
+
+
+_TORCH_DTYPES = {tl.float32: torch.float32, tl.bfloat16: torch.bfloat16, tl.float16: torch.float16}
+
+
+def rotation_operand(head_dim: int, device: torch.device, consts: dict) -> torch.Tensor:
+    """The B operand of the rotation dot: the +-1 Sylvester matrix in the dot's dtype (fast;
+    the kernel scales by 1/sqrt(D) afterwards) or the orthonormal float32 one (v1)."""
+    if not consts["FAST"]:
+        return rotation_on(head_dim, device)
+    return signed_hadamard(head_dim, device, _TORCH_DTYPES[consts["DOT_DTYPE"]])
+
+
 def flush_tiles(
     quantizer: Quantizer,
     k: torch.Tensor,
     v: torch.Tensor,
     records: torch.Tensor,
     block_ids: torch.Tensor,
-    num_warps: int = 8,
+    num_warps: int | None = None,
+    variant: str = DEFAULT_VARIANT,
 ) -> None:
     """Quantize full tiles k, v [F, H, G, D] (unrotated, any float dtype, last dim contiguous)
     into records[block_ids[f], h] of the paged cache `records` [num_blocks, H, record_bytes]
@@ -203,17 +411,16 @@ def flush_tiles(
         raise ValueError("k, v and records need a contiguous last dimension")
     if block_ids.shape != (n_tiles,):
         raise ValueError(f"block_ids must be [{n_tiles}], got {tuple(block_ids.shape)}")
+    consts = kernel_constants(lay, variant, k.dtype if k.dtype == v.dtype else torch.float32)
     if n_tiles == 0:
         return
-    rot = rotation_on(d, k.device)
-    pad_len = lay.record_bytes - lay.end_of_fields
+    rot = rotation_operand(d, k.device, consts)
+    scratch = torch.empty(n_tiles * heads * 2 * g * d if consts["SCRATCH"] else 1, dtype=torch.float32, device=k.device)
     _flush_kernel[(n_tiles, heads, 2)](
         k, v, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32),
-        G=g, D=d, K_BITS=lay.k_bits, V_BITS=lay.v_bits, ITERS=VARN_ITERS,
-        PAD_START=lay.end_of_fields, PAD_LEN=pad_len, PAD_BLOCK=triton.next_power_of_2(max(pad_len, 1)),
-        num_warps=num_warps,
-        **lay.args(),
+        rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32), scratch,
+        num_warps=num_warps or (default_warps(d) if variant != "v1" else 8),
+        **consts,
     )
 
 
