@@ -125,7 +125,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     engine = llm.llm_engine
 
     # warm-up: compiles the Triton kernels (and their split counts) outside the timed run
-    warm = SamplingParams(max_tokens=args.warmup_tokens, temperature=0.0, ignore_eos=True)
+    warm = SamplingParams(max_tokens=args.warmup_tokens or args.max_tokens, temperature=0.0, ignore_eos=True)
     for i in range(args.warmup_prompts):
         engine.add_request(f"warm{i}", {"prompt_token_ids": prompts[i % len(prompts)]}, warm)
     while engine.has_unfinished_requests():
@@ -167,6 +167,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "ms_per_step": round(1e3 * wall / max(1, steps), 2),
         "peak_running": int(peak_running),
         "preemptions": int(end.get("num_preemptions", 0.0) - base.get("num_preemptions", 0.0)),
+        "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT")},
         "first_request_token_ids": first_ids,
     }
 
@@ -185,7 +186,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens-estimate", type=int, default=128, help="prompt length assumed by --max-num-seqs 0")
     ap.add_argument("--baseline-max-num-seqs", type=int, default=256, help="vLLM's default for bf16/fp8")
     ap.add_argument("--warmup-prompts", type=int, default=8)
-    ap.add_argument("--warmup-tokens", type=int, default=300)
+    ap.add_argument("--warmup-tokens", type=int, default=0, help="0 = --max-tokens (meets every split count)")
     ap.add_argument("--sample-every", type=int, default=8, help="read vLLM's gauges every N steps")
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--timeout-s", type=int, default=540, help="per preset")

@@ -31,6 +31,11 @@ from kvarn_cli.kvcache.staging import AttentionGroup, StepPlan
 #: 0: use the PyTorch path on CUDA too (to compare the two inside one engine); unset: by device.
 ENV_FORCE_TRITON = "KVARN_FORCE_TRITON"
 
+#: Kernel variants the backend uses (kvarn_cli.kernels.triton_decode.VARIANTS / triton_flush.VARIANTS);
+#: unset = each module's default. For benchmarking variants inside a real engine.
+ENV_DECODE_VARIANT = "KVARN_DECODE_VARIANT"
+ENV_FLUSH_VARIANT = "KVARN_FLUSH_VARIANT"
+
 #: Longer prefill chunks are attended in slices of this many queries (bounds the score memory).
 QUERY_CHUNK = 1024
 
@@ -105,7 +110,9 @@ class Codec:
         if self.triton:
             from kvarn_cli.kernels.triton_flush import flush_tiles
 
-            flush_tiles(self.q, k.contiguous(), v.contiguous(), records, blocks)
+            variant = os.environ.get(ENV_FLUSH_VARIANT)
+            extra = {"variant": variant} if variant else {}
+            flush_tiles(self.q, k.contiguous(), v.contiguous(), records, blocks, **extra)
         else:
             records[blocks] = self.encode(k, v)
 
@@ -236,10 +243,12 @@ def _decode_group_triton(
             q, rows_out = query[tokens].contiguous(), None
     else:
         q = query[tokens].contiguous()
+    variant = os.environ.get(ENV_DECODE_VARIANT)
+    extra = {"variant": variant} if variant else {}
     out = decode_attention(
         codec.q, q, cache.records, group.dec_table, group.dec_nblk,
         cache.slot_k, cache.slot_v, group.dec_side_slot, group.dec_side_len, scale=scale,
-        out=rows_out if rows_out is not None and not group.tile_row.numel() else None,
+        out=rows_out if rows_out is not None and not group.tile_row.numel() else None, **extra,
     )
     if group.tile_row.numel():
         rows = group.tile_row
@@ -253,7 +262,7 @@ def _decode_group_triton(
         side_len = torch.full((n, 2), G, dtype=torch.int32, device=rows.device)
         out[rows] = decode_attention(
             codec.q, q[rows], cache.records, group.dec_table[rows], group.dec_nblk[rows],
-            side_k.flatten(0, 1), side_v.flatten(0, 1), side_slot, side_len, scale=scale,
+            side_k.flatten(0, 1), side_v.flatten(0, 1), side_slot, side_len, scale=scale, **extra,
         )
     if out is not rows_out:
         output[tokens] = out.to(output.dtype)
