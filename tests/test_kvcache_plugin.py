@@ -51,3 +51,50 @@ def test_backend_api_check_names_missing_symbols(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(vllm_compat, "BACKEND_SYMBOLS", vllm_compat.BACKEND_SYMBOLS + (("vllm.v1.attention.backend", "NoSuchThing"),))
     with pytest.raises(EngineError, match="NoSuchThing"):
         vllm_compat.check_backend_api()
+
+
+def test_backend_api_check_falls_back_to_the_legacy_page_spec_internals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a vLLM without `customize_spec` (0.26) the check demands the internals the page-spec
+    hook uses instead, and names the first one missing."""
+    from kvarn_cli import vllm_compat
+    from kvarn_cli.errors import EngineError
+
+    # this vLLM (0.32) has the hook, so the legacy set is not consulted even if it is absent here
+    assert vllm_compat.has_page_spec_hook()
+    monkeypatch.setattr(vllm_compat, "LEGACY_PAGE_SPEC_SYMBOLS", (("vllm.v1.kv_cache_interface", "NoSuchSpec"),))
+    assert vllm_compat.check_backend_api() == vllm.__version__
+    # a vLLM without the hook: the legacy set decides
+    monkeypatch.setattr(vllm_compat, "PAGE_SPEC_HOOK_SYMBOLS", (("vllm.v1.attention.backend", "AttentionBackend.no_hook"),))
+    assert not vllm_compat.has_page_spec_hook()
+    with pytest.raises(EngineError, match="NoSuchSpec"):
+        vllm_compat.check_backend_api()
+    monkeypatch.setattr(vllm_compat, "LEGACY_PAGE_SPEC_SYMBOLS", (("vllm.v1.kv_cache_interface", "AttentionSpec"),))
+    assert vllm_compat.check_backend_api() == vllm.__version__
+
+
+def test_page_spec_hook_rewrites_only_layers_whose_backend_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 0.26 hook wraps Attention.get_kv_cache_spec; exercised here on this vLLM's Attention
+    class with the hook forced on, and undone afterwards."""
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    from kvarn_cli import vllm_compat
+
+    api = vllm_compat.backend_api()
+    monkeypatch.setattr(api, "has_page_spec_hook", False)
+    monkeypatch.setattr(Attention, "get_kv_cache_spec", lambda self, cfg: ("spec", cfg))
+    vllm_compat.install_page_spec_hook()
+    wrapped = Attention.get_kv_cache_spec
+    vllm_compat.install_page_spec_hook()  # idempotent: no second wrapper
+    assert Attention.get_kv_cache_spec is wrapped
+
+    class Plain:
+        attn_backend = object()
+
+    class Asking:
+        class attn_backend:  # noqa: N801 - stands for a backend class
+            @staticmethod
+            def kvarn_page_spec(spec: object) -> object:
+                return ("kvarn", spec)
+
+    assert wrapped(Plain(), "cfg") == ("spec", "cfg")
+    assert wrapped(Asking(), "cfg") == ("kvarn", ("spec", "cfg"))

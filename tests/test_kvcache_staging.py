@@ -211,3 +211,30 @@ def test_the_pool_refuses_a_batch_it_cannot_stage() -> None:
     bt = np.array([[1], [2]])
     with pytest.raises(StagingPoolExhausted):
         pool.plan(qsl, seq, bt, 4)
+
+
+def test_a_plan_resolves_its_masks_on_the_host_and_moves_packed() -> None:
+    """Index lists equal the masks they stand for, and `.to()` keeps every tensor's values,
+    shape and dtype (the GPU path relies on both: no layer asks the device about a mask)."""
+    G = 4
+    pool = StagingPool(8, G)
+    bt = np.arange(12, dtype=np.int32).reshape(2, 6)
+    # request 0: a 6-token prefill (fills block 0, stages 2); request 1: 3 tokens (tail only)
+    plan = pool.plan(np.array([0, 6, 9]), np.array([6, 3]), bt, 9)
+    assert torch.equal(plan.slot_token, torch.nonzero(plan.token_slot >= 0).flatten())
+    assert torch.equal(plan.slot_id, plan.token_slot[plan.token_slot >= 0])
+    assert torch.equal(plan.tile_token, torch.nonzero(plan.token_tile >= 0).flatten())
+    assert torch.equal(plan.tile_offset, plan.token_offset[plan.token_tile >= 0])
+    assert torch.equal(plan.keep_slot, plan.flush_keep_slot[plan.flush_keep_slot >= 0])
+    assert plan.tile_token.numel() == 4 and plan.slot_token.numel() == 5
+    moved = plan.to(torch.device("cpu"))
+    for name in ("token_slot", "slot_token", "tile_id", "flush_block", "keep_tile"):
+        a, b = getattr(plan, name), getattr(moved, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    for g0, g1 in zip(plan.groups, moved.groups):
+        assert torch.equal(g0.dec_table, g1.dec_table) and g0.dec_table.dtype == g1.dec_table.dtype
+        assert torch.equal(g0.q_tokens, g1.q_tokens) and g0.dec_first_token == g1.dec_first_token
+    # the next step decodes one token per request: the rows are tokens 0, 1 in order
+    step = pool.plan(np.array([0, 1, 2]), np.array([7, 4]), bt, 2)
+    decode = [g for g in step.groups if g.q_tokens.shape[1] == 1]
+    assert len(decode) == 1 and decode[0].dec_first_token == 0
