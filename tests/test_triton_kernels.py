@@ -248,3 +248,52 @@ def test_decode_block_size_64(variant: str) -> None:
     ref = _reference(qz, query, records, table, nblk, None, None, None, None, 1.0 / d**0.5, g=g)
     rel = (out.cpu() - ref).norm() / ref.norm()
     assert float(rel) < 1e-2, f"relative error {float(rel):.2e}"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="checks the interpreter's loads")
+@pytest.mark.parametrize("variant", ["hilo", "tmw", "tmwb", "tmwh", "tmwhb", "tmwc", "tmwcb"])
+def test_decode_loads_stay_inside_its_tensors(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every unmasked load of the decode kernels lies inside a tensor it was given, with the
+    table rows padded past num_blocks by ids far out of range (as a real block table may
+    hold): on the GPU such a read is an illegal address, the interpreter reads on silently."""
+    import numpy as np
+    from triton.runtime import interpreter as ti
+
+    from kvarn_cli.kernels.triton_common import signed_hadamard
+
+    allowed: list[tuple[int, int]] = []
+    outside: list[int] = []
+    plain_load = ti.InterpreterBuilder.create_masked_load
+
+    def checked_load(self, ptrs, mask, other, cache_policy, is_volatile):  # type: ignore[no-untyped-def]
+        p = ptrs.data.astype(np.uint64)
+        m = np.broadcast_to(mask.data.astype(bool), p.shape)
+        size = np.dtype(ti._get_np_dtype(ptrs.get_element_ty())).itemsize
+        inside = np.zeros(p.shape, dtype=bool)
+        for start, nbytes in allowed:
+            inside |= (p >= start) & (p + size <= start + nbytes)
+        if (m & ~inside).any():
+            outside.append(int((m & ~inside).sum()))
+            mask = ti.TensorHandle(m & inside, mask.dtype)  # record it, never read it
+        return plain_load(self, ptrs, mask, other, cache_policy, is_volatile)
+
+    d, kv_heads, gqa, splits = 64, 2, 3, 2
+    qz = make_quantizer("k2v2", head_dim=d, block_size=G)
+    k, v = _tiles(4, kv_heads, d, seed=13)
+    records = torch.empty(4, kv_heads, qz.record_bytes, dtype=torch.uint8)
+    flush_tiles(qz, k, v, records, torch.arange(4, dtype=torch.int32))
+    nblk = torch.tensor([3, 1, 2], dtype=torch.int32)
+    table = torch.full((3, 6), 2**30, dtype=torch.int32)
+    table[0, :3] = torch.tensor([2, 0, 3])
+    table[1, :1] = torch.tensor([1])
+    table[2, :2] = torch.tensor([3, 1])
+    query = torch.randn(3, kv_heads * gqa, d, generator=torch.Generator().manual_seed(3))
+    ws = (torch.empty(3 * kv_heads * splits * 16 * d), torch.empty(3 * kv_heads * splits * 2 * 16))
+    out = torch.empty_like(query)
+    h = signed_hadamard(d, query.device, torch.float16)
+    allowed += [(x.data_ptr(), x.numel() * x.element_size()) for x in (records, table, nblk, query, h, *ws, out)]
+    monkeypatch.setattr(ti.InterpreterBuilder, "create_masked_load", checked_load)  # the decode only
+    decode_attention(qz, query, records, table, nblk, num_splits=splits, out=out, workspace=ws, variant=variant)
+    assert not outside, f"{sum(outside)} loaded elements outside the kernel's tensors"
+    ref = _reference(qz, query, records, table, nblk, None, None, None, None, 1.0 / d**0.5)
+    assert float((out - ref).norm() / ref.norm()) < 1e-2

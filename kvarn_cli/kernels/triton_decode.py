@@ -394,9 +394,15 @@ def _fetch_scales(rec, i, t, d, OFF_K_ZERO: tl.constexpr, OFF_V_ZERO: tl.constex
     # v_zero, v_channel_scale)
     m0 = rec_f32 + OFF_K_SCALE_MULT // 4
     if SCALAR_MULTS == 2:
-        # each multiplier broadcast over the vector it scales, loaded in that vector's shape
-        mults = (tl.load(m0 + 0 * d_k), tl.load(m0 + 1 + 0 * d_k), tl.load(m0 + 2 + 0 * t),
-                 tl.load(m0 + 3 + 0 * t), tl.load(m0 + 4 + 0 * t), tl.load(m0 + 5 + 0 * d_v))
+        # each multiplier broadcast over the vector it scales. Loaded as a scalar and then
+        # broadcast in registers: the earlier vector loads through splatted pointers
+        # (tl.load(m0 + 0 * d_k)) faulted with an illegal address on the H100 (triton 3.6)
+        # while the interpreter ran them fine and the scalar loads of SCALAR_MULTS=1 pass there
+        zk = tl.zeros(d_k.shape, tl.float32)
+        zt = tl.zeros(t.shape, tl.float32)
+        zv = tl.zeros(d_v.shape, tl.float32)
+        mults = (tl.load(m0) + zk, tl.load(m0 + 1) + zk, tl.load(m0 + 2) + zt,
+                 tl.load(m0 + 3) + zt, tl.load(m0 + 4) + zt, tl.load(m0 + 5) + zv)
     elif SCALAR_MULTS:
         mults = (tl.load(m0), tl.load(m0 + 1), tl.load(m0 + 2), tl.load(m0 + 3), tl.load(m0 + 4), tl.load(m0 + 5))
     else:
