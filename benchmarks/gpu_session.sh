@@ -63,6 +63,19 @@ profile)
   timeout 300 python3 benchmarks/decode_attention.py --variants "${VARIANTS:-hilo,tmwb,tmwhb,tmwb8}" --methods k2v2 \
     --contexts 32768 --batches 1,32,64 --no-flush --out "$out/decode.json" 2>&1 | tee "$out/kernels.log" | tail -30
   ;;
+decode)
+  ok="hilo"
+  for v in ${TRY:-tmw tmwb tmws tmwh tmwhb}; do
+    ids=$(python3 -m pytest --collect-only -q -p no:cacheprovider tests/test_triton_kernels.py 2>/dev/null | grep "decode_matches_dequantized_sdpa\[$v-")
+    if [ -n "$ids" ] && CUDA_LAUNCH_BLOCKING=1 timeout 90 python3 -m pytest -q -p no:cacheprovider $ids > "$out/decode_tests_$v.log" 2>&1; then
+      ok="$ok,$v"; echo "$v: tests pass"
+    else
+      echo "$v: FAILED or timed out"; tail -3 "$out/decode_tests_$v.log"
+    fi
+  done
+  timeout 300 python3 benchmarks/decode_attention.py --variants "$ok" --methods k2v2 \
+    --contexts 32768 --batches 1,32,64 --no-flush --out "$out/decode.json" 2>&1 | tee "$out/decode.log" | tail -20
+  ;;
 kernels)
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \
     -k "${TEST_FILTER:-stage or flush or hilo or tmwb or tmwhb}" 2>&1 | tee "$out/kernels_tests.log" | tail -12
