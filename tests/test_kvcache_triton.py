@@ -122,6 +122,13 @@ def test_codec_picks_the_kernels_by_device_env_and_quantizer(monkeypatch: pytest
     assert not Codec(GridQuantizer(8, 4), cpu).triton
     with pytest.raises(ValueError):
         Codec(GridQuantizer(8, 4), cpu, triton=True)
+    # "0" forces the PyTorch path on any device; the variant knobs reach the kernel calls
+    monkeypatch.setenv(ENV_FORCE_TRITON, "0")
+    assert not Codec(qz, torch.device("cuda")).triton
+    monkeypatch.setenv("KVARN_DECODE_VARIANT", "tmwhb")
+    monkeypatch.delenv("KVARN_FLUSH_VARIANT", raising=False)
+    codec = Codec(qz, cpu)
+    assert codec.decode_kernel_args == {"variant": "tmwhb"} and codec.flush_kernel_args == {}
 
 
 @pytest.mark.parametrize("preset", ["k2v2", "k4v4"])

@@ -92,6 +92,13 @@ class Codec:
         elif triton and not triton_kernels_apply(quantizer):
             raise ValueError(f"the Triton kernels do not handle {quantizer!r}")
         self.triton = triton
+        #: kernel-variant overrides, read once (the hot path runs per layer and step)
+        self.flush_kernel_args: dict[str, str] = {}
+        self.decode_kernel_args: dict[str, str] = {}
+        if os.environ.get(ENV_FLUSH_VARIANT):
+            self.flush_kernel_args["variant"] = os.environ[ENV_FLUSH_VARIANT]
+        if os.environ.get(ENV_DECODE_VARIANT):
+            self.decode_kernel_args["variant"] = os.environ[ENV_DECODE_VARIANT]
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.rotation is None else x @ self.rotation
@@ -110,9 +117,7 @@ class Codec:
         if self.triton:
             from kvarn_cli.kernels.triton_flush import flush_tiles
 
-            variant = os.environ.get(ENV_FLUSH_VARIANT)
-            extra = {"variant": variant} if variant else {}
-            flush_tiles(self.q, k.contiguous(), v.contiguous(), records, blocks, **extra)
+            flush_tiles(self.q, k.contiguous(), v.contiguous(), records, blocks, **self.flush_kernel_args)
         else:
             records[blocks] = self.encode(k, v)
 
@@ -243,8 +248,7 @@ def _decode_group_triton(
             q, rows_out = query[tokens].contiguous(), None
     else:
         q = query[tokens].contiguous()
-    variant = os.environ.get(ENV_DECODE_VARIANT)
-    extra = {"variant": variant} if variant else {}
+    extra = codec.decode_kernel_args
     out = decode_attention(
         codec.q, q, cache.records, group.dec_table, group.dec_nblk,
         cache.slot_k, cache.slot_v, group.dec_side_slot, group.dec_side_len, scale=scale,
