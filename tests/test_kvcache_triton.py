@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from kvcache_sim import GridQuantizer, Request, Shape, SimEngine, _token_vectors  # noqa: E402
 
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
-from kvarn_cli.kvcache.compute import ENV_FORCE_TRITON, Codec  # noqa: E402
+from kvarn_cli.kvcache.compute import ENV_FORCE_TRITON, Codec, use_triton  # noqa: E402
 
 SHAPE = Shape(block_size=64, kv_heads=2, q_heads=4, head_dim=64)
 #: the decode kernel against PyTorch SDPA on the same records: test_triton_kernels bounds it
@@ -124,7 +124,9 @@ def test_codec_picks_the_kernels_by_device_env_and_quantizer(monkeypatch: pytest
         Codec(GridQuantizer(8, 4), cpu, triton=True)
     # "0" forces the PyTorch path on any device; the variant knobs reach the kernel calls
     monkeypatch.setenv(ENV_FORCE_TRITON, "0")
-    assert not Codec(qz, torch.device("cuda")).triton
+    assert not use_triton(torch.device("cuda"), qz)
+    monkeypatch.delenv(ENV_FORCE_TRITON)
+    assert use_triton(torch.device("cuda"), qz)  # unset: CUDA tensors take the kernels
     monkeypatch.setenv("KVARN_DECODE_VARIANT", "tmwhb")
     monkeypatch.delenv("KVARN_FLUSH_VARIANT", raising=False)
     codec = Codec(qz, cpu)
