@@ -138,7 +138,6 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
     """
     G = cache.slot_k.shape[2]
     dtype = cache.slot_k.dtype
-    T = plan.num_tokens
     recs = cache.records
 
     # 1. spills: partial tails whose slot is reclaimed are quantized into their record, the
