@@ -36,14 +36,11 @@ MIB = 2**20
 
 
 def model_shape(model: str) -> dict[str, int]:
-    cfg = json.loads((Path(model) / "config.json").read_text())
-    heads = int(cfg["num_attention_heads"])
-    return {
-        "num_layers": int(cfg["num_hidden_layers"]),
-        "num_kv_heads": int(cfg.get("num_key_value_heads", heads)),
-        "head_dim": int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
-        "dtype_bytes": 2,
-    }
+    """The attention shape `kvarn plan` reads, in bf16 (the dtype every preset runs in here)."""
+    from kvarn_cli.commands.plan import model_shape as plan_shape
+
+    shape = plan_shape(model, "bfloat16")
+    return {key: shape[key] for key in ("num_layers", "num_kv_heads", "head_dim", "dtype_bytes")}
 
 
 def load_prompts(path: str, n: int) -> list[str]:
@@ -100,16 +97,10 @@ def best_max_num_seqs(preset: str, budget: int, shape: dict[str, int], args: arg
     return best
 
 
-def read_gauges(llm: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for metric in llm.get_metrics():
-        if metric.name in ("vllm:num_requests_running", "vllm:num_preemptions", "vllm:kv_cache_usage_perc"):
-            out[metric.name.split(":")[1]] = float(getattr(metric, "value", 0.0))
-    return out
-
-
 def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
+
+    from kvarn_cli.vllm_compat import read_gauges
 
     kwargs = engine_kwargs(preset, args)
     t0 = time.perf_counter()
@@ -147,7 +138,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
                     first_ids = list(out.outputs[0].token_ids[:64])
         steps += 1
         if steps % args.sample_every == 0:
-            peak_running = max(peak_running, read_gauges(llm).get("num_requests_running", 0.0))
+            peak_running = max(peak_running, read_gauges(llm)["num_requests_running"])
     wall = time.perf_counter() - t1
     end = read_gauges(llm)
     return {
@@ -166,7 +157,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "steps": steps,
         "ms_per_step": round(1e3 * wall / max(1, steps), 2),
         "peak_running": int(peak_running),
-        "preemptions": int(end.get("num_preemptions", 0.0) - base.get("num_preemptions", 0.0)),
+        "preemptions": int(end["num_preemptions"] - base["num_preemptions"]),
         "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT")},
         "first_request_token_ids": first_ids,
     }

@@ -95,13 +95,13 @@ def model_shape(llm: Any) -> dict[str, Any]:
 
 
 def read_gauges(llm: Any) -> dict[str, float]:
-    """Current KV-cache usage (0..1) and preemption count from the engine's metrics."""
-    out = {"kv_cache_usage": 0.0, "num_preemptions": 0.0}
+    """Current KV-cache usage (0..1), preemption count and running requests from the engine's metrics."""
+    names = {"vllm:kv_cache_usage_perc": "kv_cache_usage", "vllm:num_preemptions": "num_preemptions",
+             "vllm:num_requests_running": "num_requests_running"}
+    out = dict.fromkeys(names.values(), 0.0)
     for metric in llm.get_metrics():
-        if metric.name == "vllm:kv_cache_usage_perc":
-            out["kv_cache_usage"] = float(metric.value)
-        elif metric.name == "vllm:num_preemptions":
-            out["num_preemptions"] = float(metric.value)
+        if metric.name in names:
+            out[names[metric.name]] = float(metric.value)
     return out
 
 
