@@ -23,7 +23,7 @@ from kvarn_cli.kernels.triton_decode import decode_attention  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from kvarn_cli.kernels.triton_flush import _max_min, _std_one_pass, flush_tiles  # noqa: E402
+from kvarn_cli.kernels.triton_flush import _max_min, _std_one_pass, flush_slots, flush_tiles  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 G = 128
@@ -65,8 +65,13 @@ def test_flush_matches_torch_quantizer(variant: str, name: str, d: int, dtype: t
     flush_tiles(qz, k, v, records, ids, variant=variant)
     assert bool((records[[0, 2, 4]] == POISON).all()), "flush wrote outside its blocks"
 
-    k, v = k.float(), v.float()
-    got = records[ids.long()].reshape(n * heads, -1).cpu()
+    _assert_records_match_quantizer(qz, records[ids.long()], k.float(), v.float())
+
+
+def _assert_records_match_quantizer(qz, records: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+    """records [n, heads, record_bytes] hold the quantizer's encoding of k, v [n, heads, G, d]."""
+    n, heads, _, d = k.shape
+    got = records.reshape(n * heads, -1).cpu()
     ref = qz.quantize_batch(k.reshape(n * heads, G, d), v.reshape(n * heads, G, d)).cpu()
     lay = qz.layout
     end = lay.fields[-1].offset + lay.fields[-1].nbytes
@@ -95,6 +100,23 @@ def test_flush_matches_torch_quantizer(variant: str, name: str, d: int, dtype: t
         err_g = (g_hat - x).norm(dim=(1, 2)) / x.norm(dim=(1, 2))
         err_r = (r_hat - x).norm(dim=(1, 2)) / x.norm(dim=(1, 2))
         assert bool((err_g <= err_r * 1.10 + 1e-6).all()), (err_g, err_r)
+
+
+@pytest.mark.parametrize(("name", "d"), FLUSH_CASES)
+def test_flush_from_rotated_slots_skips_empty_entries(name: str, d: int) -> None:
+    """Decode steps quantize blocks straight from their (rotated) staging slots with a fixed
+    grid: entries with slot -1 must leave the cache untouched."""
+    qz = make_quantizer(name, head_dim=d, block_size=G)
+    heads = 2
+    k, v = _tiles(3, heads, d, seed=5 + d)
+    rot = rotation_on(d, DEVICE)
+    slot_k, slot_v = k @ rot, v @ rot  # [3 slots, H, G, D], as kvarn stages them
+    records = torch.full((6, heads, qz.record_bytes), POISON, dtype=torch.uint8, device=DEVICE)
+    slots = torch.tensor([2, -1, 0, -1], dtype=torch.int32, device=DEVICE)
+    blocks = torch.tensor([4, 1, 3, 5], dtype=torch.int32, device=DEVICE)
+    flush_slots(qz, slot_k, slot_v, slots, records, blocks)
+    assert bool((records[[0, 1, 2, 5]] == POISON).all()), "skipped entries must not be written"
+    _assert_records_match_quantizer(qz, records[[4, 3]], k[[2, 0]], v[[2, 0]])
 
 
 @triton.jit

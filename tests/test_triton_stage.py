@@ -54,6 +54,25 @@ def test_stage_tokens_matches_rotate_and_scatter(d: int, kv_heads: int, n: int, 
     assert bool((slot_k.permute(0, 2, 1, 3).reshape(slots_total * G, -1)[untouched] == 7.0).all())
 
 
+def test_stage_tokens_skips_rows_without_a_slot() -> None:
+    """A CUDA-graph decode batch is padded to a captured size; its padding rows carry slot -1."""
+    d, G = 64, 16
+    key, value = _qkv(6, 2, 1, d, torch.float32, seed=3)
+    slots = torch.tensor([1, -1, 0, -1, 2, -1], device=DEVICE)
+    offsets = torch.tensor([3, 0, 5, 0, 0, 0], device=DEVICE)
+    tokens = torch.arange(6, device=DEVICE)
+    slot_k = torch.full((3, 1, G, d), 7.0, device=DEVICE)
+    slot_v = torch.full_like(slot_k, -7.0)
+    rot = rotation_on(d, DEVICE)
+    stage_tokens(key, value, tokens, slots, offsets, rot, slot_k, slot_v)
+    written = torch.zeros(3, G, dtype=torch.bool, device=DEVICE)
+    for t in (0, 2, 4):
+        s, o = int(slots[t]), int(offsets[t])
+        written[s, o] = True
+        torch.testing.assert_close(slot_k[s, 0, o], key[t, 0] @ rot, rtol=1e-5, atol=1e-4)
+    assert bool((slot_k[:, 0][~written] == 7.0).all()) and bool((slot_v[:, 0][~written] == -7.0).all())
+
+
 def test_stage_tokens_rejects_mismatched_shapes() -> None:
     key, value = _qkv(4, 2, 1, 64, torch.float32, seed=0)
     slot = torch.zeros(2, 2, 16, 64, device=DEVICE)  # two heads, key has one

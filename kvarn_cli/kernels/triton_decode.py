@@ -80,7 +80,7 @@ def _store_acc(ws, acc, GP: tl.constexpr, D: tl.constexpr, J: tl.constexpr, PER:
 def _split_kernel(
     q_ptr, stride_qb, stride_qh, h_ptr,
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
-    ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
+    ws_acc_ptr, ws_ml_ptr, qk_scale,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
@@ -115,6 +115,7 @@ def _split_kernel(
     acc3 = tl.zeros([GP, D // VP], dtype=tl.float32)
 
     nblk = tl.load(nblk_ptr + b)
+    blocks_per_split = (nblk + NUM_SPLITS - 1) // NUM_SPLITS  # each row split by its own length
     start = s * blocks_per_split
     end = tl.minimum(start + blocks_per_split, nblk)
     kb_cols = tl.arange(0, D // KP)
@@ -252,7 +253,7 @@ def _block_values(p, vbytes, vs, vz, vcs, G: tl.constexpr, D: tl.constexpr, V_BI
 def _split_kernel_joined(
     q_ptr, stride_qb, stride_qh, h_ptr,
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
-    ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
+    ws_acc_ptr, ws_ml_ptr, qk_scale,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
@@ -279,6 +280,7 @@ def _split_kernel_joined(
     l = tl.zeros([GP], dtype=tl.float32)
     acc = tl.zeros([GP, D], dtype=tl.float32)
     nblk = tl.load(nblk_ptr + b)
+    blocks_per_split = (nblk + NUM_SPLITS - 1) // NUM_SPLITS  # each row split by its own length
     start = s * blocks_per_split
     end = tl.minimum(start + blocks_per_split, nblk)
     bt_row = bt_ptr + b.to(tl.int64) * stride_btb
@@ -440,7 +442,7 @@ def _pick(v, j8, J: tl.constexpr, SCALAR_MULTS: tl.constexpr):
 def _split_kernel_tm(
     q_ptr, stride_qb, stride_qh, h_ptr,
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
-    ws_acc_ptr, ws_ml_ptr, qk_scale, blocks_per_split,
+    ws_acc_ptr, ws_ml_ptr, qk_scale,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
@@ -511,6 +513,7 @@ def _split_kernel_tm(
     else:
         acc = tl.zeros([HP, D], dtype=tl.float32)
     nblk = tl.load(nblk_ptr + b)
+    blocks_per_split = (nblk + NUM_SPLITS - 1) // NUM_SPLITS  # each row split by its own length
     start = s * blocks_per_split * SUB
     end = tl.minimum(start + blocks_per_split * SUB, nblk * SUB)
     bt_row = bt_ptr + b.to(tl.int64) * stride_btb
@@ -799,7 +802,6 @@ def decode_attention(
     if num_splits is None:
         sms = _num_sms(query.device.index or 0) if query.is_cuda else 4
         num_splits = choose_splits(batch, kv_heads, block_table.shape[1], sms)
-    bps = max(1, math.ceil(block_table.shape[1] / num_splits))
     if workspace is None:
         ws_acc = torch.empty(batch * kv_heads * num_splits * gp * d, dtype=torch.float32, device=query.device)
         ws_ml = torch.empty(batch * kv_heads * num_splits * 2 * gp, dtype=torch.float32, device=query.device)
@@ -815,7 +817,7 @@ def decode_attention(
     args = (
         query, query.stride(0), query.stride(1), h,
         records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks,
-        ws_acc, ws_ml, qk_scale, bps,
+        ws_acc, ws_ml, qk_scale,
     )
     consts = dict(GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
                   NUM_SPLITS=num_splits, DT=dt, num_warps=num_warps, **lay.args())

@@ -262,9 +262,20 @@ def _relayout(x, scratch, G: tl.constexpr, D: tl.constexpr, TRANSPOSE: tl.conste
 
 
 @triton.jit
+def _load_tile(ptr, stride_t, G: tl.constexpr, D: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """A [G, D] tile (as [D, G] with TRANSPOSE) in float32, straight from memory."""
+    t = tl.arange(0, G)
+    d = tl.arange(0, D)
+    if TRANSPOSE:
+        return tl.load(ptr + d[:, None] + t[None, :] * stride_t).to(tl.float32)
+    else:
+        return tl.load(ptr + t[:, None] * stride_t + d[None, :]).to(tl.float32)
+
+
+@triton.jit
 def _flush_kernel(
     k_ptr, v_ptr, stride_kf, stride_kh, stride_kt, stride_vf, stride_vh, stride_vt,
-    rot_ptr, rec_ptr, stride_rb, stride_rh, block_ptr, scratch_ptr,
+    rot_ptr, rec_ptr, stride_rb, stride_rh, block_ptr, src_ptr, scratch_ptr,
     G: tl.constexpr, D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, ITERS: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
@@ -273,53 +284,73 @@ def _flush_kernel(
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     PAD_START: tl.constexpr, PAD_LEN: tl.constexpr, PAD_BLOCK: tl.constexpr,
     FAST: tl.constexpr, WELFORD: tl.constexpr, JOINT: tl.constexpr, ROT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    SCRATCH: tl.constexpr,
+    SCRATCH: tl.constexpr, ROTATED: tl.constexpr = False,
 ):
+    """Program (f, h, side): quantize tile src[f] of k/v (src[f] = f without ROTATED) into
+    records[block[f], h]. With ROTATED the tiles are kvarn's staging slots, already
+    Hadamard-rotated; an entry with src[f] < 0 (or block[f] < 0) is skipped, so a CUDA graph
+    can launch a fixed grid every step."""
     f = tl.program_id(0)
     h = tl.program_id(1)
     side = tl.program_id(2)  # 0: K, 1: V (independent halves of the record, one program each)
     t = tl.arange(0, G)
     d = tl.arange(0, D)
-    rot = tl.load(rot_ptr + d[:, None] * D + d[None, :]).to(DOT_DTYPE)
     blk = tl.load(block_ptr + f).to(tl.int64)
-    rec = rec_ptr + blk * stride_rb + h * stride_rh
-    rec_f16 = rec.to(tl.pointer_type(tl.float16))
-    rec_f32 = rec.to(tl.pointer_type(tl.float32))
-    scratch = scratch_ptr
-    if SCRATCH:
-        scratch += ((f * tl.num_programs(1) + h) * 2 + side).to(tl.int64) * (G * D)
-
-    if side == 0:
-        k = tl.load(k_ptr + f.to(tl.int64) * stride_kf + h * stride_kh + t[:, None] * stride_kt + d[None, :]).to(DOT_DTYPE)
-        k = tl.dot(k, rot, input_precision=DOT_PRECISION)
-        if ROT_SCALE != 1.0:
-            k = k * ROT_SCALE
-        # K: rows are channels (per-channel RTN over the tile's tokens), columns tokens
-        kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(_relayout(k, scratch, G, D, True, SCRATCH), D, G, K_BITS, ITERS, FAST, WELFORD, JOINT)
-        _pack_store(tl.trans(kc), rec + OFF_K_CODES, G, D, K_BITS)
-        tl.store(rec_f16 + OFF_K_ZERO // 2 + d, kzero)
-        tl.store(rec + OFF_K_SCALE + d, kstep.to(tl.uint8))
-        tl.store(rec + OFF_K_TOKEN_SCALE + t, kcol.to(tl.uint8))
-        tl.store(rec_f32 + OFF_K_SCALE_MULT // 4, kstep_mult)
-        tl.store(rec_f32 + OFF_K_ZERO_MULT // 4, kzero_mult)
-        tl.store(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4, kcol_mult)
-        if PAD_LEN > 0:
-            p = tl.arange(0, PAD_BLOCK)
-            tl.store(rec + PAD_START + p, tl.zeros([PAD_BLOCK], dtype=tl.uint8), mask=p < PAD_LEN)
+    if ROTATED:
+        src = tl.load(src_ptr + f).to(tl.int64)
     else:
-        v = tl.load(v_ptr + f.to(tl.int64) * stride_vf + h * stride_vh + t[:, None] * stride_vt + d[None, :]).to(DOT_DTYPE)
-        v = tl.dot(v, rot, input_precision=DOT_PRECISION)
-        if ROT_SCALE != 1.0:
-            v = v * ROT_SCALE
-        # V: rows are tokens, columns channels
-        vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(_relayout(v, scratch, G, D, False, SCRATCH), G, D, V_BITS, ITERS, FAST, WELFORD, JOINT)
-        _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
-        tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
-        tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
-        tl.store(rec + OFF_V_CHANNEL_SCALE + d, vcol.to(tl.uint8))
-        tl.store(rec_f32 + OFF_V_SCALE_MULT // 4, vstep_mult)
-        tl.store(rec_f32 + OFF_V_ZERO_MULT // 4, vzero_mult)
-        tl.store(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4, vcol_mult)
+        src = f.to(tl.int64)
+    if (src >= 0) & (blk >= 0):
+        rec = rec_ptr + blk * stride_rb + h * stride_rh
+        rec_f16 = rec.to(tl.pointer_type(tl.float16))
+        rec_f32 = rec.to(tl.pointer_type(tl.float32))
+        scratch = scratch_ptr
+        if SCRATCH:
+            scratch += ((f * tl.num_programs(1) + h) * 2 + side).to(tl.int64) * (G * D)
+
+        if side == 0:
+            k_tile = k_ptr + src * stride_kf + h * stride_kh
+            if ROTATED:
+                kt = _load_tile(k_tile, stride_kt, G, D, True)
+            else:
+                rot = tl.load(rot_ptr + d[:, None] * D + d[None, :]).to(DOT_DTYPE)
+                k = tl.load(k_tile + t[:, None] * stride_kt + d[None, :]).to(DOT_DTYPE)
+                k = tl.dot(k, rot, input_precision=DOT_PRECISION)
+                if ROT_SCALE != 1.0:
+                    k = k * ROT_SCALE
+                kt = _relayout(k, scratch, G, D, True, SCRATCH)
+            # K: rows are channels (per-channel RTN over the tile's tokens), columns tokens
+            kc, kcol, kcol_mult, kstep, kstep_mult, kzero, kzero_mult = _encode_side(kt, D, G, K_BITS, ITERS, FAST, WELFORD, JOINT)
+            _pack_store(tl.trans(kc), rec + OFF_K_CODES, G, D, K_BITS)
+            tl.store(rec_f16 + OFF_K_ZERO // 2 + d, kzero)
+            tl.store(rec + OFF_K_SCALE + d, kstep.to(tl.uint8))
+            tl.store(rec + OFF_K_TOKEN_SCALE + t, kcol.to(tl.uint8))
+            tl.store(rec_f32 + OFF_K_SCALE_MULT // 4, kstep_mult)
+            tl.store(rec_f32 + OFF_K_ZERO_MULT // 4, kzero_mult)
+            tl.store(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4, kcol_mult)
+            if PAD_LEN > 0:
+                p = tl.arange(0, PAD_BLOCK)
+                tl.store(rec + PAD_START + p, tl.zeros([PAD_BLOCK], dtype=tl.uint8), mask=p < PAD_LEN)
+        else:
+            v_tile = v_ptr + src * stride_vf + h * stride_vh
+            if ROTATED:
+                vt = _load_tile(v_tile, stride_vt, G, D, False)
+            else:
+                rot = tl.load(rot_ptr + d[:, None] * D + d[None, :]).to(DOT_DTYPE)
+                v = tl.load(v_tile + t[:, None] * stride_vt + d[None, :]).to(DOT_DTYPE)
+                v = tl.dot(v, rot, input_precision=DOT_PRECISION)
+                if ROT_SCALE != 1.0:
+                    v = v * ROT_SCALE
+                vt = _relayout(v, scratch, G, D, False, SCRATCH)
+            # V: rows are tokens, columns channels
+            vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(vt, G, D, V_BITS, ITERS, FAST, WELFORD, JOINT)
+            _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
+            tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
+            tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
+            tl.store(rec + OFF_V_CHANNEL_SCALE + d, vcol.to(tl.uint8))
+            tl.store(rec_f32 + OFF_V_SCALE_MULT // 4, vstep_mult)
+            tl.store(rec_f32 + OFF_V_ZERO_MULT // 4, vzero_mult)
+            tl.store(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4, vcol_mult)
 
 
 #: Kernel variants: "fast" runs VarN in four reductions per iteration and the
@@ -418,9 +449,50 @@ def flush_tiles(
     scratch = torch.empty(n_tiles * heads * 2 * g * d if consts["SCRATCH"] else 1, dtype=torch.float32, device=k.device)
     _flush_kernel[(n_tiles, heads, 2)](
         k, v, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32), scratch,
+        rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32), block_ids, scratch,
         num_warps=num_warps or (default_warps(d) if variant != "v1" else 8),
         **consts,
+    )
+
+
+def flush_slots(
+    quantizer: Quantizer,
+    slot_k: torch.Tensor,
+    slot_v: torch.Tensor,
+    slot_ids: torch.Tensor,
+    records: torch.Tensor,
+    block_ids: torch.Tensor,
+    num_warps: int | None = None,
+    variant: str = "fast2",
+) -> None:
+    """Quantize full staging slots slot_k/slot_v[slot_ids[f]] ([S, H, G, D], already rotated
+    by the quantizer's Hadamard, any float dtype) into records[block_ids[f]]. Entries with
+    slot_ids[f] < 0 are skipped inside the kernel, so the launch has a fixed grid.
+
+    This is how a decode step flushes the blocks its tokens complete: the token is staged
+    into the tail slot first, so the slot holds the whole tile and nothing is gathered. The
+    tile needs no rotation and no relayout, so the scratch forms (`-s`) run as their plain
+    counterparts.
+    """
+    lay = kernel_layout(quantizer.layout)
+    n, heads = int(slot_ids.numel()), slot_k.shape[1]
+    if slot_k.shape[2:] != (lay.block_size, lay.head_dim) or slot_v.shape != slot_k.shape:
+        raise ValueError(f"slots must be [S, H, {lay.block_size}, {lay.head_dim}], got {tuple(slot_k.shape)}, {tuple(slot_v.shape)}")
+    if slot_k.stride(3) != 1 or slot_v.stride(3) != 1 or records.stride(2) != 1:
+        raise ValueError("slots and records need a contiguous last dimension")
+    if records.dtype != torch.uint8 or records.dim() != 3 or records.shape[1:] != (heads, lay.record_bytes):
+        raise ValueError(f"records must be uint8 [num_blocks, {heads}, {lay.record_bytes}], got {records.dtype} {tuple(records.shape)}")
+    if block_ids.shape != slot_ids.shape or slot_ids.dtype != torch.int32 or block_ids.dtype != torch.int32:
+        raise ValueError("slot_ids and block_ids must be int32 tensors of one shape")
+    if n == 0:
+        return
+    consts = kernel_constants(lay, variant.removesuffix("-s"), torch.float32)
+    _flush_kernel[(n, heads, 2)](
+        slot_k, slot_v, slot_k.stride(0), slot_k.stride(1), slot_k.stride(2),
+        slot_v.stride(0), slot_v.stride(1), slot_v.stride(2),
+        records, records, records.stride(0), records.stride(1), block_ids, slot_ids, records,
+        num_warps=num_warps or (default_warps(lay.head_dim) if variant != "v1" else 8),
+        ROTATED=True, **consts,
     )
 
 

@@ -31,7 +31,8 @@ def _stage_kernel(
     rows = pid * BT + tl.arange(0, BT)
     live = rows < n
     tok = tl.load(tokens + rows, mask=live, other=0)
-    slot = tl.load(slots + rows, mask=live, other=0)
+    slot = tl.load(slots + rows, mask=live, other=-1)
+    live = live & (slot >= 0)  # a fixed-size (CUDA graph) batch marks its padding rows -1
     off = tl.load(offsets + rows, mask=live, other=0)
     d = tl.arange(0, D)
     r = tl.load(rot + d[:, None] * D + d[None, :])  # [D, D] float32
@@ -55,7 +56,8 @@ def stage_tokens(
     slot_k: torch.Tensor,
     slot_v: torch.Tensor,
 ) -> None:
-    """slot_k[slots[i], :, offsets[i]] = key[tokens[i]] @ rotation (and V alike), in place.
+    """slot_k[slots[i], :, offsets[i]] = key[tokens[i]] @ rotation (and V alike), in place;
+    entries with slots[i] < 0 are skipped.
 
     key/value [T, H, D] with a contiguous last dim (any float dtype); tokens/slots/offsets
     [N] integer; rotation [D, D] float32; slot_k/slot_v [S, H, G, D] with equal strides.
