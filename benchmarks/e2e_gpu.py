@@ -158,7 +158,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "ms_per_step": round(1e3 * wall / max(1, steps), 2),
         "peak_running": int(peak_running),
         "preemptions": int(end["num_preemptions"] - base["num_preemptions"]),
-        "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT")},
+        "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS")},
+        "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
         "first_request_token_ids": first_ids,
     }
 
@@ -190,20 +191,28 @@ def main() -> None:
         return
 
     results = []
-    for preset in args.presets.split(","):
+    for label in args.presets.split(","):
+        # "k2v2:eager-decode": the preset with vLLM's CUDA graphs of decode steps turned off
+        preset, _, variant = label.partition(":")
+        env = dict(os.environ)
+        if variant == "eager-decode":
+            env["KVARN_DECODE_GRAPHS"] = "0"
+        elif variant:
+            raise SystemExit(f"unknown preset variant {variant!r} (known: eager-decode)")
         cmd = [sys.executable, __file__, "--one", preset] + [a for a in sys.argv[1:]]
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, env=env)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
                 tail = (proc.stdout + proc.stderr)[-3000:]
-                results.append({"preset": preset, "error": f"exit {proc.returncode}", "log_tail": tail})
-                print(f"{preset}: FAILED (exit {proc.returncode})\n{tail}", flush=True)
+                results.append({"preset": label, "error": f"exit {proc.returncode}", "log_tail": tail})
+                print(f"{label}: FAILED (exit {proc.returncode})\n{tail}", flush=True)
                 continue
             res = json.loads(lines[-1][len("RESULT "):])
+            res["preset"] = label
         except subprocess.TimeoutExpired:
-            res = {"preset": preset, "error": f"timeout after {args.timeout_s}s"}
+            res = {"preset": label, "error": f"timeout after {args.timeout_s}s"}
         res["process_s"] = round(time.perf_counter() - t0, 1)
         results.append(res)
         print(json.dumps(res), flush=True)
@@ -223,12 +232,12 @@ def main() -> None:
         "results": results,
     }
     Path(args.out).write_text(json.dumps(summary, indent=1))
-    print(f"{'preset':6} {'blocks':>7} {'cap tok':>8} {'tok/s':>9} {'x bf16':>7} {'x fp8':>6} {'peak run':>8} {'preempt':>7} {'ms/step':>8}")
+    print(f"{'preset':18} {'blocks':>7} {'cap tok':>8} {'tok/s':>9} {'x bf16':>7} {'x fp8':>6} {'peak run':>8} {'preempt':>7} {'ms/step':>8}")
     for r in results:
         if "tokens_per_s" not in r:
-            print(f"{r['preset']:6} {r.get('error')}")
+            print(f"{r['preset']:18} {r.get('error')}")
             continue
-        print(f"{r['preset']:6} {r['num_blocks']:7d} {r['capacity_tokens']:8d} {r['tokens_per_s']:9.1f} "
+        print(f"{r['preset']:18} {r['num_blocks']:7d} {r['capacity_tokens']:8d} {r['tokens_per_s']:9.1f} "
               f"{r.get('speed_vs_bf16', float('nan')):7.2f} {r.get('speed_vs_fp8', float('nan')):6.2f} "
               f"{r['peak_running']:8d} {r['preemptions']:7d} {r['ms_per_step']:8.2f}")
 

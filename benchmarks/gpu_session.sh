@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_session.sh check   # CUDA tests, kvarn run fp16/k2v2, Triton vs PyTorch in vLLM
 #   bash benchmarks/gpu_session.sh e2e     # benchmarks/e2e_gpu.py: bf16 / fp8 / k4v4 / k2v2 under one KV budget
 #   bash benchmarks/gpu_session.sh kernels # decode/flush microbenchmarks
+#   bash benchmarks/gpu_session.sh graphs  # kernel tests, kvarn run fp16/k2v2 and Triton vs PyTorch with decode CUDA graphs
 # Needs, carried beside the tree: .whl/ (orjson for the CLI) and .gpuwork/gsm8k_test.jsonl.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out.
 set -u
@@ -51,6 +52,38 @@ print(f"vLLM k2v2 on CUDA, PyTorch vs Triton path: first {same} of {len(a['token
       f"logprob |diff| max {max(diff[:same] or [0]):.4f} mean {sum(diff[:same]) / max(1, same):.5f} over the equal prefix")
 PY
   timeout 60 python3 benchmarks/decode_magnitude_error.py 2>&1 | tee "$out/check_magnitude.log" | tail -12
+  ;;
+graphs)
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \
+    -k "stage or flush or hilo" 2>&1 | tee "$out/graphs_tests.log" | tail -6
+  for preset in fp16 k2v2; do
+    /usr/bin/time -f "$preset wall %e s" timeout 150 python3 -m kvarn_cli run sample_jobs/word_problems.jsonl \
+      --model "$model" --preset "$preset" --out "/tmp/runs/$preset" --temperature 0 --max-tokens 400 \
+      --kv-cache-memory 256MiB > "$out/graphs_run_$preset.log" 2>&1
+    echo "exit $? ($preset)"; tail -4 "$out/graphs_run_$preset.log"
+  done
+  grep -i "cudagraph\|capturing\|graph" "$out/graphs_run_k2v2.log" | tail -5
+  python3 - <<'PY' 2>&1 | tee "$out/graphs_agreement.log"
+import json
+rows = {p: {json.loads(l)["id"]: json.loads(l) for l in open(f"/tmp/runs/{p}/outputs.jsonl")} for p in ("fp16", "k2v2")}
+for rid, a in rows["fp16"].items():
+    b = rows["k2v2"].get(rid)
+    ta, tb = a["completions"][0], (b or {"completions": [""]})["completions"][0]
+    same = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    print(f"{rid}: first {same} chars equal; fp16 {len(ta)} chars, k2v2 {len(tb)} chars")
+PY
+  for force in 0 1; do
+    KVARN_FORCE_TRITON=$force timeout 120 python3 tests/triton_engine_smoke.py "$model" "$data" "/tmp/smoke_$force.json" 250 \
+      > "$out/graphs_smoke_$force.log" 2>&1; echo "smoke force=$force exit $?"
+  done
+  python3 - <<'PY' 2>&1 | tee -a "$out/graphs_agreement.log"
+import json
+a, b = (json.load(open(f"/tmp/smoke_{f}.json")) for f in "01")
+same = next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"])) if x != y), len(a["tokens"]))
+diff = [abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"])]
+print(f"vLLM k2v2 on CUDA, PyTorch vs Triton path (eager engine): first {same} of {len(a['tokens'])} greedy tokens equal; "
+      f"logprob |diff| max {max(diff[:same] or [0]):.4f} mean {sum(diff[:same]) / max(1, same):.5f} over the equal prefix")
+PY
   ;;
 e2e)
   timeout 570 python3 benchmarks/e2e_gpu.py --model "$model" --data "$data/gsm8k_test.jsonl" \

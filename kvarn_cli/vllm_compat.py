@@ -118,6 +118,10 @@ BACKEND_SYMBOLS: tuple[tuple[str, str], ...] = (
     ("vllm.v1.attention.backend", "AttentionMetadataBuilder"),
     ("vllm.v1.attention.backend", "AttentionMetadataBuilder._init_reorder_batch_threshold"),
     ("vllm.v1.attention.backend", "AttentionType"),
+    ("vllm.v1.attention.backend", "AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE"),
+    ("vllm.v1.attention.backend", "AttentionCGSupport.NEVER"),
+    ("vllm.v1.attention.backend", "AttentionMetadataBuilder.get_cudagraph_support"),
+    ("vllm.v1.attention.backend", "AttentionMetadataBuilder.build_for_cudagraph_capture"),
     ("vllm.v1.attention.backend", "CommonAttentionMetadata"),
     ("vllm.v1.attention.backends.registry", "AttentionBackendEnum"),
     ("vllm.v1.attention.backends.registry", "AttentionBackendEnum.CPU_ATTN"),
@@ -199,6 +203,7 @@ class BackendAPI:
         from vllm.platforms import current_platform
         from vllm.v1.attention.backend import (
             AttentionBackend,
+            AttentionCGSupport,
             AttentionImpl,
             AttentionMetadataBuilder,
             AttentionType,
@@ -212,6 +217,7 @@ class BackendAPI:
         self.AttentionImpl = AttentionImpl
         self.AttentionMetadataBuilder = AttentionMetadataBuilder
         self.AttentionType = AttentionType
+        self.AttentionCGSupport = AttentionCGSupport
         self.CommonAttentionMetadata = CommonAttentionMetadata
         self.AttentionBackendEnum = AttentionBackendEnum
         self.register_backend = register_backend
@@ -290,6 +296,25 @@ def install_page_spec_hook() -> None:
     get_kv_cache_spec.__kvarn_hook__ = True  # type: ignore[attr-defined]
     get_kv_cache_spec.__wrapped__ = current  # type: ignore[attr-defined]
     Attention.get_kv_cache_spec = get_kv_cache_spec
+
+
+def attention_layers(vllm_config: Any, layer_names: list[str]) -> list[tuple[Any, Any]]:
+    """(impl, kv cache tensor) of each named attention layer, from vLLM's static forward
+    context: how the KVarN metadata builder reaches every layer's cache once per step (its
+    spills and restores must run before a CUDA graph replays the layers)."""
+    context = getattr(getattr(vllm_config, "compilation_config", None), "static_forward_context", None)
+    if context is None:
+        raise EngineError("this vLLM's compilation_config has no static_forward_context; the KVarN cache cannot reach its layers")
+    layers = []
+    for name in layer_names:
+        layer = context.get(name)
+        if layer is None or not hasattr(layer, "impl") or not hasattr(layer, "kv_cache"):
+            raise EngineError(f"attention layer {name!r} is not in vLLM's forward context as kvarn expects")
+        kv = layer.kv_cache
+        if isinstance(kv, (list, tuple)):  # one cache per virtual engine in older vLLM
+            kv = kv[0] if kv else None
+        layers.append((layer.impl, kv))
+    return layers
 
 
 def fixed_cell_spec(spec: Any, cell_bytes: int) -> Any:

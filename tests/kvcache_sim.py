@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, update_cache
+from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, decode_fixed, maintain, update_cache
+from kvarn_cli.kvcache.graph import DecodeBuffers
 from kvarn_cli.kvcache.staging import StagingPool, StepPlan
 
 
@@ -121,7 +122,9 @@ def check_decode_inputs(plan: StepPlan, G: int) -> None:
             assert group.dec_side_len[i, 0].item() == (G if sink else 0)
             tail = group.tail_slot[group.tail_row == i].tolist()
             assert group.dec_side_slot[i, 1].item() == (tail[0] if tail else -1)
-            assert group.dec_side_len[i, 1].item() == ((int(group.ctx[i]) + 1) % G if tail else 0)
+            # the tail holds the row's tokens of its last block, the step's own included (a
+            # decode that completes the block reads all G tokens from the slot being flushed)
+            assert group.dec_side_len[i, 1].item() == (int(group.ctx[i]) % G + 1 if tail else 0)
 
 
 class SimEngine:
@@ -138,11 +141,14 @@ class SimEngine:
         seed: int = 0,
         triton: bool | None = False,
         reference: bool = True,
+        fixed_padding: int | None = None,
     ) -> None:
         """`triton` goes to the Codec (False: the PyTorch path); `reference` compares each
         step with the rule-based reference, which needs a quantizer with `roundtrip` (the
         grid codec). With triton, every step's output is also compared with the PyTorch
-        attention on the same cache state (`shadow_err`, relative)."""
+        attention on the same cache state (`shadow_err`, relative). With `fixed_padding`
+        (Triton only), decode-only steps go through the CUDA-graph form (graph.DecodeBuffers
+        + compute.decode_fixed) as in vLLM, the batch padded by that many junk rows."""
         self.shape = shape
         self.G = shape.block_size
         self.num_blocks = num_blocks
@@ -164,6 +170,9 @@ class SimEngine:
         # per physical block: offsets whose staged copy went through a record (spilled)
         self.degraded: dict[int, set[int]] = {}
         self.rng = np.random.default_rng(seed)
+        self.fixed_padding = fixed_padding
+        self.buffers = DecodeBuffers(16, 8, torch.device("cpu")) if fixed_padding is not None else None
+        self.fixed_steps = 0
         self.max_err = 0.0
         self.shadow_err = 0.0
         self.last_out = torch.empty(0)
@@ -269,9 +278,24 @@ class SimEngine:
             self.degraded.setdefault(block, set()).update(range(fill))
 
         out = torch.zeros(T, s.q_heads, s.head_dim)
-        tiles = update_cache(plan, self.codec, self.cache, k, v)
+        maintain(plan, self.codec, self.cache)
         scale = 1.0 / math.sqrt(s.head_dim)
-        attend(plan, self.codec, self.cache, q, k, v, tiles, out, scale=scale)
+        rows = len(batch) + (self.fixed_padding or 0)
+        if self.buffers is not None and self.buffers.fits(plan, rows):
+            fixed = self.buffers.load(plan, rows)
+            pad = rows - T
+
+            def padded(x: torch.Tensor) -> torch.Tensor:
+                return torch.cat([x, torch.full((pad, *x.shape[1:]), 9.0)])  # padding rows hold junk
+
+            out_rows = torch.zeros(rows, s.q_heads, s.head_dim)
+            decode_fixed(fixed, self.codec, self.cache, padded(q), padded(k), padded(v), out_rows, scale)
+            out = out_rows[:T]
+            tiles = (torch.empty(0), torch.empty(0))
+            self.fixed_steps += 1
+        else:
+            tiles = update_cache(plan, self.codec, self.cache, k, v)
+            attend(plan, self.codec, self.cache, q, k, v, tiles, out, scale=scale)
         self.last_out = out
         if self.codec.triton:
             shadow = torch.zeros_like(out)

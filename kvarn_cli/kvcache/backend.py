@@ -12,6 +12,11 @@ entry point (in vLLM's worker processes) in place of CPU_ATTN on CPU, or as CUST
 - The impl applies the plan to its layer: writes, flushes and attention (kvarn_cli.kvcache
   .compute): PyTorch on CPU; on CUDA the flushes and the decode attention go through the
   Triton kernels (kvarn_cli.kernels.triton_flush / triton_decode), prefill chunks stay PyTorch.
+- On the Triton path a decode-only step is four fixed-grid launches per layer over arrays
+  at fixed addresses (kvarn_cli.kvcache.graph), so the builder declares CUDA-graph support
+  for uniform single-token decode batches: vLLM then captures whole decode steps and
+  replays them without running any layer's Python. What a replay cannot do (spills and
+  restores of staging slots) the builder applies to every layer before the step.
 
 The preset travels in environment variables because `customize_spec` runs without a
 current vLLM config.
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -29,12 +34,17 @@ import torch
 from kvarn_cli import vllm_compat
 from kvarn_cli.errors import EngineError
 from kvarn_cli.kvcache import ENV_BLOCK_SIZE, ENV_QUANTIZER
-from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, update_cache, use_triton
+from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, decode_fixed, maintain, update_cache, use_triton
+from kvarn_cli.kvcache.graph import DecodeBuffers, table_width
 from kvarn_cli.kvcache.layout import staging_slots, token_bytes
 from kvarn_cli.kvcache.records import quantizer_for
 from kvarn_cli.kvcache.staging import StagingPool, StepPlan
 
 _api = vllm_compat.backend_api()
+
+#: "0": do not let vLLM capture decode steps in CUDA graphs (they then run eagerly, layer by
+#: layer, through the same fixed-array kernels); for comparing the two.
+ENV_DECODE_GRAPHS = "KVARN_DECODE_GRAPHS"
 
 #: Staging pools of the builders alive in this process (diagnostics: spills, restores).
 _POOLS: "weakref.WeakSet[StagingPool]" = weakref.WeakSet()
@@ -123,12 +133,17 @@ class KVarNMetadata:
 class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,name-defined]
     def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        slots = staging_slots(vllm_config.scheduler_config.max_num_seqs)
+        max_seqs = vllm_config.scheduler_config.max_num_seqs
+        slots = staging_slots(max_seqs)
+        self.buffers: DecodeBuffers | None = None
         if self._triton_decodes(device, kv_cache_spec.head_size):
             # the Triton kernel reads records in place: no reason to split a decode batch
             self.pool = StagingPool(slots, kv_cache_spec.block_size, attention_budget_rows=1 << 62)
+            width = table_width(vllm_config.model_config.max_model_len, kv_cache_spec.block_size)
+            self.buffers = DecodeBuffers(max_seqs, width, device)
         else:
             self.pool = StagingPool(slots, kv_cache_spec.block_size)
+        self._layers: list[tuple[Any, Any]] | None = None
         _POOLS.add(self.pool)
 
     @staticmethod
@@ -136,6 +151,23 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         """Whether this process's layers will attend decodes with the Triton kernel (Codec's rule)."""
         name, block = active_codec()
         return use_triton(device, quantizer_for(name, head_size, block))
+
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config: Any, kv_cache_spec: Any) -> Any:
+        support = _api.AttentionCGSupport
+        if not _api.current_platform.is_cuda_alike() or os.environ.get(ENV_DECODE_GRAPHS) == "0":
+            return support.NEVER
+        cuda = torch.device("cuda")
+        return support.UNIFORM_SINGLE_TOKEN_DECODE if cls._triton_decodes(cuda, kv_cache_spec.head_size) else support.NEVER
+
+    def _maintain(self, plan: StepPlan) -> None:
+        """Spills and restores, applied to every layer before the step's layers run."""
+        if self._layers is None:
+            self._layers = vllm_compat.attention_layers(self.vllm_config, self.layer_names)
+        for impl, kv_cache in self._layers:
+            cache = impl.layer_cache(kv_cache)
+            if cache is not None:  # a layer that has not run yet has nothing staged
+                maintain(plan, impl.codec, cache)
 
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> KVarNMetadata:
         cam = common_attn_metadata
@@ -145,8 +177,25 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         table = cam.block_table_tensor.cpu().numpy()
         num_tokens = int(qsl[cam.num_reqs])
         plan = self.pool.plan(qsl[: cam.num_reqs + 1], seq[: cam.num_reqs], table[: cam.num_reqs], num_tokens)
-        if self.device.type != "cpu":
-            plan = plan.to(self.device)
+        fixed = self.buffers is not None and self.buffers.fits(plan, cam.num_reqs)
+        moved = plan.to(self.device) if self.device.type != "cpu" and (plan.needs_maintenance or not fixed) else plan
+        if plan.needs_maintenance:
+            self._maintain(moved)
+        if fixed:
+            assert self.buffers is not None
+            plan = replace(plan, fixed=self.buffers.load(plan, cam.num_reqs))
+        else:
+            plan = moved
+        return KVarNMetadata(num_actual_tokens=num_tokens, plan=plan)
+
+    def build_for_cudagraph_capture(self, common_attn_metadata: Any) -> KVarNMetadata:
+        """A decode step in which every row is padding: the graph is captured from the
+        kernels' launches, never from the data, and the staging pool is left alone."""
+        cam = common_attn_metadata
+        if self.buffers is None:
+            raise EngineError("CUDA-graph capture of the KVarN cache needs the Triton decode path")
+        num_tokens = int(cam.num_actual_tokens)
+        plan = replace(StepPlan.empty(num_tokens), fixed=self.buffers.load_blank(cam.num_reqs))
         return KVarNMetadata(num_actual_tokens=num_tokens, plan=plan)
 
 
@@ -198,6 +247,15 @@ class KVarNAttentionImpl(_api.AttentionImpl):  # type: ignore[misc,name-defined]
             self.slot_v = torch.zeros(shape, dtype=like.dtype, device=like.device)
         return self.slot_k, self.slot_v
 
+    def layer_cache(self, kv_cache: torch.Tensor | None) -> LayerCache | None:
+        """This layer's records (a view of vLLM's pages) and staging slots; None before the
+        layer has run (no slots yet) or while vLLM has not bound its pages."""
+        if self.slot_k is None or self.slot_v is None or self.codec is None or kv_cache is None or kv_cache.numel() == 0:
+            return None
+        blocks, heads = kv_cache.shape[0], kv_cache.shape[1]
+        records = kv_cache.view(blocks, heads, -1)[:, :, : self.codec.record_bytes]
+        return LayerCache(records=records, slot_k=self.slot_k, slot_v=self.slot_v)
+
     def forward(
         self,
         layer: Any,
@@ -217,12 +275,15 @@ class KVarNAttentionImpl(_api.AttentionImpl):  # type: ignore[misc,name-defined]
             return output
         if self.codec is None:
             self.codec = Codec(self.quantizer, query.device)
-        slot_k, slot_v = self._staging(query)
-        blocks, heads = kv_cache.shape[0], kv_cache.shape[1]
-        records = kv_cache.view(blocks, heads, -1)[:, :, : self.codec.record_bytes]
-        cache = LayerCache(records=records, slot_k=slot_k, slot_v=slot_v)
+        self._staging(query)
+        cache = self.layer_cache(kv_cache)
+        assert cache is not None
         plan = attn_metadata.plan
         out = output.view(-1, self.num_heads, self.head_size)
+        q = query.view(-1, self.num_heads, self.head_size)
+        if plan.fixed is not None:
+            decode_fixed(plan.fixed, self.codec, cache, q, key, value, out, self.scale)
+            return output
         tiles = update_cache(plan, self.codec, cache, key, value)
-        attend(plan, self.codec, cache, query.view(-1, self.num_heads, self.head_size), key, value, tiles, out, self.scale)
+        attend(plan, self.codec, cache, q, key, value, tiles, out, self.scale)
         return output

@@ -121,6 +121,18 @@ class Codec:
         else:
             records[blocks] = self.encode(k, v)
 
+    def flush_slots(self, cache: LayerCache, slots: torch.Tensor, blocks: torch.Tensor) -> None:
+        """Quantize full staging slots (rotated, model dtype) into records[blocks], in place."""
+        if self.triton:
+            from kvarn_cli.kernels.triton_flush import flush_slots
+
+            flush_slots(self.q, cache.slot_k, cache.slot_v, slots.to(torch.int32), cache.records,
+                        blocks.to(torch.int32), **self.flush_kernel_args)
+        else:
+            k = self.unrotate(cache.slot_k[slots].float())
+            v = self.unrotate(cache.slot_v[slots].float())
+            cache.records[blocks] = self.encode(k, v)
+
     def decode(self, recs: torch.Tensor, *, rotated: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """[n, H, record_bytes] -> float32 K, V [n, H, G, D] (rotated domain if `rotated`)."""
         n, h, _ = recs.shape
@@ -128,28 +140,42 @@ class Codec:
         return k.view(n, h, *k.shape[1:]), v.view(n, h, *v.shape[1:])
 
 
+def maintain(plan: StepPlan, codec: Codec, cache: LayerCache) -> None:
+    """Apply the plan's spills and restores to one layer, before any of the step's tokens.
+
+    Spills: partial tails whose slot is reclaimed are quantized into their record, the missing
+    positions filled by repeating the staged tokens (keeps VarN's statistics sane). Restores:
+    a spilled tail comes back from its record into its new slot (a slot spilled this step may
+    be one of them, so spills go first). In vLLM the metadata builder calls this for every
+    layer, so a CUDA graph of the step's layers never needs to.
+    """
+    G = cache.slot_k.shape[2]
+    if plan.spill_slot.numel():
+        sk = codec.unrotate(cache.slot_k[plan.spill_slot].float())
+        sv = codec.unrotate(cache.slot_v[plan.spill_slot].float())
+        pos = torch.arange(G, device=sk.device).unsqueeze(0) % plan.spill_fill.unsqueeze(1)  # [S, G]
+        idx = pos[:, None, :, None].expand_as(sk)
+        codec.flush(sk.gather(2, idx), sv.gather(2, idx), cache.records, plan.spill_block)
+    if plan.restore_slot.numel():
+        rk, rv = codec.decode(cache.records[plan.restore_block], rotated=True)
+        cache.slot_k[plan.restore_slot] = rk.to(cache.slot_k.dtype)
+        cache.slot_v[plan.restore_slot] = rv.to(cache.slot_v.dtype)
+
+
 def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write the step's K/V [T, H, D] into staging slots and flushed records.
+    """Write the step's K/V [T, H, D] into staging slots and flushed records (after
+    `maintain` has run for this plan and layer).
 
     Returns the flush tiles in the rotated domain ([F, H, G, D] float32, K and V), which this
-    step's attention reads for the blocks that filled. Order matters: every read of a slot
-    (spills, flush prefixes) happens before any write to a slot (restores, token writes,
-    sink copies), because the plan may hand a slot released this step to another block.
+    step's attention reads for the blocks that prefill chunks filled. Order matters: the
+    tiles' staged prefixes are read before the step's tokens and sink copies are written,
+    because the plan may hand a slot read this step to another block.
     """
     G = cache.slot_k.shape[2]
     dtype = cache.slot_k.dtype
     recs = cache.records
 
-    # 1. spills: partial tails whose slot is reclaimed are quantized into their record, the
-    #    missing positions filled by repeating the staged tokens (keeps VarN's statistics sane)
-    if plan.spill_slot.numel():
-        sk = codec.unrotate(cache.slot_k[plan.spill_slot].float())
-        sv = codec.unrotate(cache.slot_v[plan.spill_slot].float())
-        pos = torch.arange(G, device=key.device).unsqueeze(0) % plan.spill_fill.unsqueeze(1)  # [S, G]
-        idx = pos[:, None, :, None].expand_as(sk)
-        codec.flush(sk.gather(2, idx), sv.gather(2, idx), recs, plan.spill_block)
-
-    # 2. flush tiles: gather the staged prefixes (unrotated, float32)
+    # 1. flush tiles of prefill chunks: gather the staged prefixes (unrotated, float32)
     nf = plan.num_flush
     tk = tv = None
     if nf:
@@ -159,18 +185,8 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
         if plan.prefix_slot.numel():
             tk[plan.prefix_slot_tile] = codec.unrotate(cache.slot_k[plan.prefix_slot].float())
             tv[plan.prefix_slot_tile] = codec.unrotate(cache.slot_v[plan.prefix_slot].float())
-        if plan.prefix_record_block.numel():
-            rk, rv = codec.decode(recs[plan.prefix_record_block], rotated=False)
-            tk[plan.prefix_record_tile] = rk
-            tv[plan.prefix_record_tile] = rv
 
-    # 3. restores: a spilled tail comes back from its record into its new slot
-    if plan.restore_slot.numel():
-        rk, rv = codec.decode(recs[plan.restore_block], rotated=True)
-        cache.slot_k[plan.restore_slot] = rk.to(dtype)
-        cache.slot_v[plan.restore_slot] = rv.to(dtype)
-
-    # 4. the step's tokens: rotated into their tail slots, unrotated into their flush tiles
+    # 2. the step's tokens: rotated into their slots, unrotated into their flush tiles
     if plan.slot_token.numel():
         if codec.triton and codec.rotation is not None:
             from kvarn_cli.kernels.triton_stage import stage_tokens
@@ -181,19 +197,50 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
             ks, vs = key[plan.slot_token].float(), value[plan.slot_token].float()
             cache.slot_k[plan.slot_id, :, plan.slot_offset] = codec.rotate(ks).to(dtype)
             cache.slot_v[plan.slot_id, :, plan.slot_offset] = codec.rotate(vs).to(dtype)
+
+    # 3. slots that decode tokens completed: quantized whole, in place
+    if plan.fill_slot.numel():
+        codec.flush_slots(cache, plan.fill_slot, plan.fill_block)
     if not nf:
         return torch.empty(0, device=key.device), torch.empty(0, device=key.device)
     assert tk is not None and tv is not None
     tk[plan.tile_id, :, plan.tile_offset] = key[plan.tile_token].float()
     tv[plan.tile_id, :, plan.tile_offset] = value[plan.tile_token].float()
 
-    # 5. flush: quantize once into the paged records; first blocks keep a 16-bit sink copy
+    # 4. flush tiles: quantize once into the paged records; first blocks keep a 16-bit sink copy
     codec.flush(tk, tv, recs, plan.flush_block)
     tk_rot, tv_rot = codec.rotate(tk), codec.rotate(tv)
     if plan.keep_slot.numel():
         cache.slot_k[plan.keep_slot] = tk_rot[plan.keep_tile].to(dtype)
         cache.slot_v[plan.keep_slot] = tv_rot[plan.keep_tile].to(dtype)
     return tk_rot, tv_rot
+
+
+def decode_fixed(
+    fixed: Any, codec: Codec, cache: LayerCache, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    output: torch.Tensor, scale: float,
+) -> None:
+    """A decode-only step on the Triton path: four launches whose grids depend only on the
+    (padded) batch size and whose inputs sit at fixed addresses (kvarn_cli.kvcache.graph),
+    so vLLM can capture the whole step in a CUDA graph and replay it.
+
+    query/output [T, Hq, D], key/value [T, H, D]; row i of `fixed` is the step's token i.
+    """
+    from kvarn_cli.kernels.triton_decode import decode_attention
+    from kvarn_cli.kernels.triton_flush import flush_slots
+    from kvarn_cli.kernels.triton_stage import stage_tokens
+
+    n = fixed.rows
+    assert codec.rotation is not None
+    stage_tokens(key[:n], value[:n], fixed.tokens, fixed.stage_slot, fixed.stage_offset, codec.rotation,
+                 cache.slot_k, cache.slot_v)
+    flush_slots(codec.q, cache.slot_k, cache.slot_v, fixed.fill_slot, cache.records, fixed.fill_block,
+                **codec.flush_kernel_args)
+    decode_attention(
+        codec.q, query[:n], cache.records, fixed.table, fixed.nblk,
+        cache.slot_k, cache.slot_v, fixed.side_slot, fixed.side_len, scale=scale,
+        num_splits=fixed.num_splits(cache.records.shape[1]), out=output[:n], **codec.decode_kernel_args,
+    )
 
 
 def attend(
@@ -212,7 +259,7 @@ def attend(
     rotated: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     for group in plan.groups:
         if codec.triton and group.q_tokens.shape[1] == 1:
-            _decode_group_triton(group, codec, cache, query, tiles, output, scale)
+            _decode_group_triton(group, codec, cache, query, output, scale)
             continue
         if rotated is None:  # a pure-decode step on the Triton path never needs these
             rotated = (codec.rotate(query[:T].float()), codec.rotate(key[:T].float()), codec.rotate(value[:T].float()))
@@ -224,19 +271,15 @@ def _decode_group_triton(
     codec: Codec,
     cache: LayerCache,
     query: torch.Tensor,
-    tiles: tuple[torch.Tensor, torch.Tensor],
     output: torch.Tensor,
     scale: float,
 ) -> None:
     """One query per row, with the Triton decode kernel: records in the block table, the
-    sink and the tail (the step's token already written there) from the staging slots.
-
-    A row whose block filled in this step (its token is that block's last) has the block's
-    16-bit tile instead of a tail slot; the tile lives only in this step's flush tensors, so
-    those rows are attended again with a small side tensor of (sink, tile) and overwritten.
-    """
+    sink and the tail (the step's token already written there) from the staging slots."""
     from kvarn_cli.kernels.triton_decode import decode_attention
 
+    if group.tile_row.numel():
+        raise AssertionError("a decode row never reads a flush tile (staging.StagingPool.plan)")
     tokens = group.q_tokens[:, 0]
     rows_out = None
     if group.dec_first_token >= 0:  # rows are the step's tokens first..first+rows-1: no gather/scatter
@@ -247,26 +290,11 @@ def _decode_group_triton(
             q, rows_out = query[tokens].contiguous(), None
     else:
         q = query[tokens].contiguous()
-    extra = codec.decode_kernel_args
     out = decode_attention(
         codec.q, q, cache.records, group.dec_table, group.dec_nblk,
         cache.slot_k, cache.slot_v, group.dec_side_slot, group.dec_side_len, scale=scale,
-        out=rows_out if rows_out is not None and not group.tile_row.numel() else None, **extra,
+        out=rows_out, **codec.decode_kernel_args,
     )
-    if group.tile_row.numel():
-        rows = group.tile_row
-        n = rows.shape[0]
-        G = cache.slot_k.shape[2]
-        sink = group.dec_side_slot[rows, 0]
-        side_k = torch.stack([cache.slot_k[sink.clamp(min=0)].float(), tiles[0][group.tile_index]], dim=1)
-        side_v = torch.stack([cache.slot_v[sink.clamp(min=0)].float(), tiles[1][group.tile_index]], dim=1)
-        pair = torch.arange(n, device=rows.device, dtype=torch.int32) * 2
-        side_slot = torch.stack([torch.where(sink >= 0, pair, -1), pair + 1], dim=1).to(torch.int32)
-        side_len = torch.full((n, 2), G, dtype=torch.int32, device=rows.device)
-        out[rows] = decode_attention(
-            codec.q, q[rows], cache.records, group.dec_table[rows], group.dec_nblk[rows],
-            side_k.flatten(0, 1), side_v.flatten(0, 1), side_slot, side_len, scale=scale, **extra,
-        )
     if out is not rows_out:
         output[tokens] = out.to(output.dtype)
 

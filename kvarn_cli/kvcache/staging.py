@@ -24,6 +24,14 @@ Rules (one vLLM block = one tile of G tokens):
   its partial tile is quantized into the block's record, and if the sequence writes to the
   block again the prefix is restored from that record into a new slot. The block is then
   quantized again when it fills: the only case where a block's record is written twice.
+- A decode token that completes its block is staged into the block's tail slot like any
+  other, and the full slot is then quantized in place ("slot flush"): no tile is gathered
+  and the step's attention reads the block from the slot. Only prefill chunks build flush
+  tiles. So a decode-only step is a fixed sequence of kernels over per-row index arrays,
+  which a CUDA graph can replay (kvarn_cli.kvcache.graph).
+- Spills and restores ("maintenance") touch no token of the step: the metadata builder
+  applies them to every layer before the step's layers run. A slot that this step reads is
+  released only after the plan is made, so no restore can overwrite it before it is read.
 """
 
 from __future__ import annotations
@@ -105,13 +113,18 @@ class StepPlan:
     # flush tiles: block id; where its already-staged prefix comes from
     flush_block: torch.Tensor
     flush_prefix_slot: torch.Tensor  # slot holding the prefix, or -1
-    flush_prefix_record: torch.Tensor  # 1 when the prefix was spilled to the record
     flush_prefix_len: torch.Tensor
     flush_keep_slot: torch.Tensor  # slot that keeps the 16-bit tile as a sink, or -1
-    # restores, applied after flush tiles are gathered: record of block -> slot
+    # restores, applied with the spills before the step: record of block -> slot
     restore_slot: torch.Tensor
     restore_block: torch.Tensor
+    # slot flushes, applied after the step's tokens are staged: full slot -> record of block
+    fill_slot: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    fill_block: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     groups: list[AttentionGroup] = field(default_factory=list)
+    #: decode-only steps on the Triton path: the step as fixed-address device arrays
+    #: (kvarn_cli.kvcache.graph.DecodeArrays); the layers then read nothing else of the plan
+    fixed: Any = None
     # The masks above, resolved to index lists once on the host when the plan is made, so a
     # layer on the GPU never waits on the device to learn which entries are set.
     #: tokens written to a tail slot: token index, slot, offset
@@ -122,11 +135,9 @@ class StepPlan:
     tile_token: torch.Tensor | None = None
     tile_id: torch.Tensor | None = None
     tile_offset: torch.Tensor | None = None
-    #: flush tiles whose staged prefix is read from a slot / from the record: tile index, source
+    #: flush tiles whose staged prefix is read from a slot: tile index, slot
     prefix_slot_tile: torch.Tensor | None = None
     prefix_slot: torch.Tensor | None = None
-    prefix_record_tile: torch.Tensor | None = None
-    prefix_record_block: torch.Tensor | None = None
     #: flush tiles kept as a 16-bit sink: tile index, slot
     keep_tile: torch.Tensor | None = None
     keep_slot: torch.Tensor | None = None
@@ -142,14 +153,24 @@ class StepPlan:
         self.tile_token, self.tile_id, self.tile_offset = to_tile, self.token_tile[to_tile], self.token_offset[to_tile]
         from_slot = torch.nonzero(self.flush_prefix_slot >= 0).flatten()
         self.prefix_slot_tile, self.prefix_slot = from_slot, self.flush_prefix_slot[from_slot]
-        from_record = torch.nonzero(self.flush_prefix_record > 0).flatten()
-        self.prefix_record_tile, self.prefix_record_block = from_record, self.flush_block[from_record]
         keep = torch.nonzero(self.flush_keep_slot >= 0).flatten()
         self.keep_tile, self.keep_slot = keep, self.flush_keep_slot[keep]
 
     @property
     def num_flush(self) -> int:
         return int(self.flush_block.numel())
+
+    @property
+    def needs_maintenance(self) -> bool:
+        return bool(self.spill_slot.numel() or self.restore_slot.numel())
+
+    @classmethod
+    def empty(cls, num_tokens: int) -> "StepPlan":
+        """A plan that changes nothing (the template a captured CUDA graph is built from)."""
+        none = torch.empty(0, dtype=torch.int64)
+        return cls(num_tokens, token_slot=none, token_tile=none, token_offset=none, spill_slot=none,
+                   spill_block=none, spill_fill=none, flush_block=none, flush_prefix_slot=none,
+                   flush_prefix_len=none, flush_keep_slot=none, restore_slot=none, restore_block=none)
 
     def to(self, device: torch.device) -> "StepPlan":
         """The same plan with its index tensors on `device` (for GPU kernels).
@@ -314,9 +335,14 @@ class StagingPool:
         # 3. flushes: blocks [full_before, full_after) of each request fill up this step
         flush_block: list[int] = []
         flush_prefix_slot: list[int] = []
-        flush_prefix_record: list[int] = []
         flush_prefix_len: list[int] = []
         flush_keep_slot: list[int] = []
+        fill_slot: list[int] = []
+        fill_block: list[int] = []
+        restore_slot: list[int] = []
+        restore_block: list[int] = []
+        release_after: list[int] = []  # slots this step reads: freed once the plan is made
+        filled_by = np.full(num_reqs, -1, dtype=np.int64)  # decode rows whose slot is flushed
         tile_base = np.zeros(num_reqs, dtype=np.int64)
         need_sink: list[int] = []  # flush indices of first blocks without a slot yet
         for r in range(num_reqs):
@@ -325,10 +351,24 @@ class StagingPool:
                 block = int(bt[r, j])
                 prefix = int(staged_before[r]) if j == full_before[r] else 0
                 slot = self.block_slot.get(block) if prefix > 0 else None
+                if prefix > 0 and slot is None:  # the prefix was spilled: back into a slot first
+                    slot = self._restore_into_slot(block, prefix, spills, restore_slot, restore_block)
+                if qlen[r] == 1 and slot is not None:
+                    # a decode completes the block: its token is staged into the slot, which
+                    # is then quantized whole; a first block stays resident as the sink
+                    fill_slot.append(slot)
+                    fill_block.append(block)
+                    filled_by[r] = slot
+                    self._touch(slot)
+                    if j == 0:
+                        self.slot_kind[slot] = _SINK
+                        self.slot_fill[slot] = G
+                    else:
+                        release_after.append(slot)
+                    continue
                 flush_block.append(block)
                 flush_prefix_len.append(prefix)
                 flush_prefix_slot.append(-1 if slot is None else slot)
-                flush_prefix_record.append(1 if (prefix > 0 and slot is None) else 0)
                 if j == 0:
                     if slot is not None:  # the staged first block becomes the sink
                         self.slot_kind[slot] = _SINK
@@ -341,13 +381,10 @@ class StagingPool:
                 else:
                     flush_keep_slot.append(-1)
                     if slot is not None:
-                        # read by this step's tile gather before any reuse overwrites it
-                        self._release(slot)
+                        release_after.append(slot)
 
         # 4. tails: the partial block after this step needs a slot (required)
         tail_slot = np.full(num_reqs, -1, dtype=np.int64)
-        restore_slot: list[int] = []
-        restore_block: list[int] = []
         for r in range(num_reqs):
             if staged_after[r] == 0 or qlen[r] <= 0:
                 if staged_after[r] > 0:  # request in the batch without new tokens: read only
@@ -358,14 +395,13 @@ class StagingPool:
             continuing = full_after[r] == full_before[r] and staged_before[r] > 0
             slot = self.block_slot.get(block) if continuing else None
             if slot is None:
-                slot = self._allocate(spills, optional=False)
-                assert slot is not None
                 if continuing:  # its prefix was spilled: bring it back from the record
-                    restore_slot.append(slot)
-                    restore_block.append(block)
-                    self.restores += 1
-                self.block_slot[block] = slot
-                self.slot_block[slot] = block
+                    slot = self._restore_into_slot(block, int(staged_before[r]), spills, restore_slot, restore_block)
+                else:
+                    slot = self._allocate(spills, optional=False)
+                    assert slot is not None
+                    self.block_slot[block] = slot
+                    self.slot_block[slot] = block
             self.slot_kind[slot] = _TAIL
             self.slot_fill[slot] = staged_after[r]
             self._touch(slot)
@@ -384,14 +420,15 @@ class StagingPool:
             self.slot_fill[slot] = G
             flush_keep_slot[f] = slot
 
-        # 6. token routing
+        # 6. token routing: a tile for prefill tokens of blocks that fill, else the row's slot
         token_req = np.repeat(np.arange(num_reqs, dtype=np.int64), np.maximum(qlen, 0))
         token_pos = ctx[token_req] + (np.arange(num_tokens, dtype=np.int64) - qsl[token_req])
         token_blk = token_pos // G
         token_off = token_pos % G
-        flushing = token_blk < full_after[token_req]
+        by_slot = filled_by[token_req]
+        flushing = (token_blk < full_after[token_req]) & (by_slot < 0)
         token_tile = np.where(flushing, tile_base[token_req] + token_blk - full_before[token_req], -1)
-        token_slot = np.where(flushing, -1, tail_slot[token_req])
+        token_slot = np.where(flushing, -1, np.where(by_slot >= 0, by_slot, tail_slot[token_req]))
 
         plan = StepPlan(
             num_tokens=num_tokens,
@@ -403,36 +440,134 @@ class StagingPool:
             spill_fill=_long([s[2] for s in spills]),
             flush_block=_long(flush_block),
             flush_prefix_slot=_long(flush_prefix_slot),
-            flush_prefix_record=_long(flush_prefix_record),
             flush_prefix_len=_long(flush_prefix_len),
             flush_keep_slot=_long(flush_keep_slot),
             restore_slot=_long(restore_slot),
             restore_block=_long(restore_block),
+            fill_slot=_long(fill_slot),
+            fill_block=_long(fill_block),
         )
 
         # 7. attention groups: decodes (one query) batched, each longer query on its own
-        decodes = [r for r in range(num_reqs) if qlen[r] == 1]
-        prefills = [r for r in range(num_reqs) if qlen[r] > 1]
+        decodes = np.nonzero(qlen == 1)[0]
+        prefills = [int(r) for r in np.nonzero(qlen > 1)[0]]
         for rows in self._decode_batches(decodes, seq):
-            plan.groups.append(self._group(rows, qsl, qlen, ctx, seq, bt, full_before, full_after, staged_after, tile_base, tail_slot))
+            plan.groups.append(self._decode_group(rows, qsl, ctx, seq, bt, full_before, full_after, staged_after, tail_slot, filled_by))
         for r in prefills:
             plan.groups.append(self._group([r], qsl, qlen, ctx, seq, bt, full_before, full_after, staged_after, tile_base, tail_slot))
+
+        for slot in release_after:
+            self._release(slot)
         return plan
 
-    def _decode_batches(self, decodes: list[int], seq: np.ndarray) -> list[list[int]]:
-        batches: list[list[int]] = []
-        current: list[int] = []
-        longest = 0
-        for r in decodes:
-            key_len = -(-int(seq[r]) // self.block_size) * self.block_size
-            if current and (len(current) + 1) * max(longest, key_len) > self.attention_budget_rows:
-                batches.append(current)
-                current, longest = [], 0
-            current.append(r)
-            longest = max(longest, key_len)
-        if current:
-            batches.append(current)
+    def _restore_into_slot(
+        self, block: int, fill: int, spills: list[tuple[int, int, int]], restore_slot: list[int], restore_block: list[int]
+    ) -> int:
+        """A slot for `block` whose first `fill` tokens come back from its (spilled) record."""
+        slot = self._allocate(spills, optional=False)
+        assert slot is not None
+        restore_slot.append(slot)
+        restore_block.append(block)
+        self.restores += 1
+        self.block_slot[block] = slot
+        self.slot_block[slot] = block
+        self.slot_kind[slot] = _TAIL
+        self.slot_fill[slot] = fill
+        return slot
+
+    def _decode_batches(self, decodes: np.ndarray, seq: np.ndarray) -> list[np.ndarray]:
+        """Decode rows in sub-batches of at most attention_budget_rows (row, key) pairs (the
+        PyTorch path materializes [rows, key_len] K/V; the Triton path takes one batch)."""
+        if decodes.size == 0:
+            return []
+        key_len = -(-seq[decodes] // self.block_size) * self.block_size
+        if decodes.size * int(key_len.max()) <= self.attention_budget_rows:
+            return [decodes]
+        batches: list[np.ndarray] = []
+        first, longest = 0, 0
+        for i in range(decodes.size):
+            longest_with = max(longest, int(key_len[i]))
+            if i > first and (i - first + 1) * longest_with > self.attention_budget_rows:
+                batches.append(decodes[first:i])
+                first, longest_with = i, int(key_len[i])
+            longest = longest_with
+        batches.append(decodes[first:])
         return batches
+
+    def _decode_group(
+        self,
+        rows: np.ndarray,
+        qsl: np.ndarray,
+        ctx: np.ndarray,
+        seq: np.ndarray,
+        bt: np.ndarray,
+        full_before: np.ndarray,
+        full_after: np.ndarray,
+        staged_after: np.ndarray,
+        tail_slot: np.ndarray,
+        filled_by: np.ndarray,
+    ) -> AttentionGroup:
+        """The group of decode rows `rows`, built with array operations (it runs every step
+        for the whole batch). A decode never builds a flush tile: the block its token
+        completes is read from the slot that is flushed after the token is staged."""
+        G = self.block_size
+        n = rows.size
+        nb = full_before[rows]
+        # the first block comes from its 16-bit sink copy while one is resident
+        has_sink = np.zeros(n, dtype=bool)
+        sink_of = np.full(n, -1, dtype=np.int64)
+        for i in np.nonzero(nb >= 1)[0]:
+            slot = self.block_slot.get(int(bt[rows[i], 0]))
+            if slot is not None and self.slot_kind[slot] == _SINK:
+                has_sink[i] = True
+                sink_of[i] = slot
+        first = has_sink.astype(np.int64)
+        count = nb - first  # record blocks first .. nb-1 of each row
+        width = max(1, int(count.max(initial=0)))
+        col = np.arange(width)
+        valid = col[None, :] < count[:, None]
+        src = np.minimum(first[:, None] + col[None, :], bt.shape[1] - 1)
+        table = np.where(valid, bt[rows[:, None], src], 0)
+        hist_row, hist_col = np.nonzero(valid)
+        # the tail: the slot just filled (and flushed) by this step's token, else the partial block
+        filled = filled_by[rows]
+        is_filled = filled >= 0
+        tail = np.where(is_filled, filled, np.where(staged_after[rows] > 0, tail_slot[rows], -1))
+        tail_len = np.where(is_filled, G, staged_after[rows])
+        tail_pos = np.where(is_filled, nb, full_after[rows])
+        has_tail = tail >= 0
+        side_slot = np.stack([sink_of, tail], axis=1).astype(np.int32)
+        side_len = np.stack([np.where(has_sink, G, 0), np.where(has_tail, tail_len, 0)], axis=1).astype(np.int32)
+        starts = qsl[rows]
+        first_token = int(starts[0]) if np.array_equal(starts, starts[0] + np.arange(n)) else -1
+        key_len = -(-int(seq[rows].max()) // G) * G
+        sink_rows = np.nonzero(has_sink)[0]
+        tail_rows = np.nonzero(has_tail)[0]
+        none = _long([])
+        return AttentionGroup(
+            q_tokens=_long(starts[:, None]),
+            ctx=_long(ctx[rows]),
+            key_len=key_len,
+            hist_row=_long(hist_row),
+            hist_pos=_long(first[hist_row] + hist_col),
+            hist_block=_long(table[hist_row, hist_col]),
+            sink_row=_long(sink_rows),
+            sink_slot=_long(sink_of[sink_rows]),
+            tile_row=none,
+            tile_pos=none,
+            tile_index=none,
+            tail_row=_long(tail_rows),
+            tail_pos=_long(tail_pos[tail_rows]),
+            tail_slot=_long(tail[tail_rows]),
+            new_row=_long(np.arange(n)),
+            new_pos=_long(ctx[rows]),
+            new_token=_long(starts),
+            dec_table=torch.from_numpy(table.astype(np.int32)),
+            dec_nblk=torch.from_numpy(count.astype(np.int32)),
+            dec_side_slot=torch.from_numpy(side_slot),
+            dec_side_len=torch.from_numpy(side_len),
+            dec_first_token=first_token,
+        )
 
     def _group(
         self,
@@ -448,6 +583,7 @@ class StagingPool:
         tile_base: np.ndarray,
         tail_slot: np.ndarray,
     ) -> AttentionGroup:
+        """The group of one prefill chunk (rows = [its request]; q_len > 1)."""
         G = self.block_size
         q = int(qlen[rows[0]])
         hist_row: list[int] = []
@@ -493,16 +629,7 @@ class StagingPool:
             new_pos.extend(range(int(ctx[r]), int(ctx[r]) + q))
             new_token.extend(range(int(qsl[r]), int(qsl[r]) + q))
         key_len = -(-longest // G) * G
-        decode: dict[str, torch.Tensor] = {}
-        first_token = -1
-        if q == 1:
-            decode = self._decode_inputs(len(rows), hist_row, hist_block, sink_row, sink_slot, tail_row, tail_slots,
-                                         [int(staged_after[r]) for r in rows])
-            starts = q_tokens[:, 0]
-            if np.array_equal(starts, starts[0] + np.arange(len(rows))):
-                first_token = int(starts[0])
         return AttentionGroup(
-            dec_first_token=first_token,
             q_tokens=_long(q_tokens),
             ctx=_long(ctx[rows]),
             key_len=key_len,
@@ -520,39 +647,4 @@ class StagingPool:
             new_row=_long(new_row),
             new_pos=_long(new_pos),
             new_token=_long(new_token),
-            **decode,
         )
-
-    def _decode_inputs(
-        self,
-        rows: int,
-        hist_row: list[int],
-        hist_block: list[int],
-        sink_row: list[int],
-        sink_slot: list[int],
-        tail_row: list[int],
-        tail_slot: list[int],
-        tail_len: list[int],
-    ) -> dict[str, torch.Tensor]:
-        """Block table and side slots of a decode group, built once per step here rather than
-        once per layer on the device. A block that fills in this step is in neither: its
-        16-bit tile exists only during the step (compute attends to it separately)."""
-        h_row = np.asarray(hist_row, dtype=np.int64)
-        s_row = np.asarray(sink_row, dtype=np.int64)
-        t_row = np.asarray(tail_row, dtype=np.int64)
-        nblk = np.bincount(h_row, minlength=rows)
-        table = np.zeros((rows, max(1, int(nblk.max(initial=0)))), dtype=np.int32)
-        col = np.arange(h_row.shape[0]) - (np.cumsum(nblk) - nblk)[h_row]  # rows are in order
-        table[h_row, col] = np.asarray(hist_block, dtype=np.int64)
-        side_slot = np.full((rows, 2), -1, dtype=np.int32)
-        side_len = np.zeros((rows, 2), dtype=np.int32)
-        side_slot[s_row, 0] = np.asarray(sink_slot, dtype=np.int64)
-        side_len[s_row, 0] = self.block_size
-        side_slot[t_row, 1] = np.asarray(tail_slot, dtype=np.int64)
-        side_len[t_row, 1] = np.asarray(tail_len, dtype=np.int64)[t_row]
-        return {
-            "dec_table": torch.from_numpy(table),
-            "dec_nblk": torch.from_numpy(nblk.astype(np.int32)),
-            "dec_side_slot": torch.from_numpy(side_slot),
-            "dec_side_len": torch.from_numpy(side_len),
-        }

@@ -1,0 +1,172 @@
+"""Decode-only steps as fixed-address device arrays, so vLLM can capture them in CUDA graphs.
+
+In a captured graph the layers' Python does not run on replay: every kernel reads its inputs
+from the addresses it was captured with, over the grid it was captured with. So a decode
+step on the Triton path (kvarn_cli.kvcache.compute.decode_fixed) takes all it needs from one
+persistent int32 buffer that the metadata builder rewrites before each step:
+
+- the decode kernel's block table [rows, W] (W = blocks of the longest sequence the engine
+  allows), record counts, and (sink, tail) slots with their token counts;
+- the staging kernel's (slot, offset) per token;
+- the slot flushes (slot, block) of the blocks the step's tokens complete.
+
+Rows past the batch (vLLM pads a batch up to a captured size) read nothing and write
+nothing: slot -1, no records. The host side is one pinned buffer, sent with one copy; an
+event keeps the next step from rewriting it while the copy may still be reading it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kvarn_cli.kvcache.staging import StepPlan
+
+#: int32 arrays of one value per row, in buffer order after the table [R, W] and the side
+#: slots and lengths [R, 2] each (the decode kernel wants those two row-major)
+_ROW_FIELDS = ("nblk", "tokens", "stage_slot", "stage_offset", "fill_slot", "fill_block")
+
+
+@dataclass
+class DecodeArrays:
+    """The device views one decode step reads; `rows` is the (padded) batch size."""
+
+    rows: int
+    table: torch.Tensor  # [rows, W] int32
+    nblk: torch.Tensor  # [rows] int32
+    side_slot: torch.Tensor  # [rows, 2] int32
+    side_len: torch.Tensor  # [rows, 2] int32
+    tokens: torch.Tensor  # [rows] int32: row i stages token i
+    stage_slot: torch.Tensor  # [rows] int32, -1 = nothing to stage
+    stage_offset: torch.Tensor  # [rows] int32
+    fill_slot: torch.Tensor  # [rows] int32, -1 = no flush
+    fill_block: torch.Tensor  # [rows] int32
+
+    def num_splits(self, kv_heads: int) -> int:
+        """Split count of the decode kernel: a function of the padded batch and the table
+        width only, so the same graph serves every step of that batch size."""
+        from kvarn_cli.kernels.triton_decode import _num_sms, choose_splits
+
+        device = self.table.device
+        sms = _num_sms(device.index or 0) if device.type == "cuda" else 4
+        return choose_splits(self.rows, kv_heads, self.table.shape[1], sms)
+
+
+class DecodeBuffers:
+    """The persistent buffer behind DecodeArrays, for batches of up to `max_rows` sequences
+    of up to `width` blocks."""
+
+    def __init__(self, max_rows: int, width: int, device: torch.device) -> None:
+        self.max_rows = max_rows
+        self.width = width
+        self.device = device
+        size = max_rows * (width + 4 + len(_ROW_FIELDS))
+        pinned = device.type == "cuda"
+        self._host_t = torch.zeros(size, dtype=torch.int32, pin_memory=pinned)
+        self._host = self._host_t.numpy()
+        self._dev = torch.zeros(size, dtype=torch.int32, device=device)
+        self._sent: torch.cuda.Event | None = None
+        R, W, F = max_rows, width, len(_ROW_FIELDS)
+        cuts = np.cumsum([0, R * W, 2 * R, 2 * R, F * R])
+        shapes = ((R, W), (R, 2), (R, 2), (F, R))
+        self._host_table, self._host_side_slot, self._host_side_len, self._host_rows = (
+            self._host[a:b].reshape(shape) for a, b, shape in zip(cuts[:-1], cuts[1:], shapes)
+        )
+        self._dev_table, self._dev_side_slot, self._dev_side_len, self._dev_rows = (
+            self._dev[a:b].view(shape) for a, b, shape in zip(cuts[:-1], cuts[1:], shapes)
+        )
+        self._host_rows[_ROW_FIELDS.index("tokens")] = np.arange(R, dtype=np.int32)
+        self._blank()
+
+    def _blank(self) -> None:
+        """Every row reads and writes nothing."""
+        rows = self._host_rows
+        self._host_side_slot[:] = -1
+        self._host_side_len[:] = 0
+        for name in ("stage_slot", "fill_slot", "fill_block"):
+            rows[_ROW_FIELDS.index(name)] = -1
+        for name in ("nblk", "stage_offset"):
+            rows[_ROW_FIELDS.index(name)] = 0
+
+    def fits(self, plan: StepPlan, rows: int) -> bool:
+        """Whether `plan` (of a batch padded to `rows`) is a decode-only step these buffers
+        can hold: no prefill tile, at most one decode group whose row i is token i."""
+        if rows > self.max_rows or plan.num_flush or len(plan.groups) > 1:
+            return False
+        if not plan.groups:
+            return plan.num_tokens <= rows
+        group = plan.groups[0]
+        return (
+            group.q_tokens.shape[1] == 1
+            and group.dec_first_token == 0
+            and plan.num_tokens == group.q_tokens.shape[0]
+            and group.dec_table.shape[1] <= self.width
+        )
+
+    def _write(self) -> None:
+        if self.device.type == "cuda":
+            if self._sent is None:
+                self._sent = torch.cuda.Event()
+            self._dev.copy_(self._host_t, non_blocking=True)
+            self._sent.record()
+        else:
+            self._dev.copy_(self._host_t)
+
+    def _wait_for_last_copy(self) -> None:
+        if self._sent is not None:
+            self._sent.synchronize()
+
+    def load(self, plan: StepPlan, rows: int) -> DecodeArrays:
+        """Write a decode-only step (host plan, `fits`) into the buffer; its device views."""
+        self._wait_for_last_copy()
+        self._blank()
+        hr = self._host_rows
+        idx = _ROW_FIELDS.index
+        if plan.groups:
+            g = plan.groups[0]
+            n, w = g.dec_table.shape
+            self._host_table[:n, :w] = g.dec_table.numpy()
+            hr[idx("nblk"), :n] = g.dec_nblk.numpy()
+            self._host_side_slot[:n] = g.dec_side_slot.numpy()
+            self._host_side_len[:n] = g.dec_side_len.numpy()
+        assert plan.slot_token is not None and plan.slot_id is not None and plan.slot_offset is not None
+        tok = plan.slot_token.numpy()
+        hr[idx("stage_slot"), tok] = plan.slot_id.numpy()
+        hr[idx("stage_offset"), tok] = plan.slot_offset.numpy()
+        nf = plan.fill_slot.numel()
+        hr[idx("fill_slot"), :nf] = plan.fill_slot.numpy()
+        hr[idx("fill_block"), :nf] = plan.fill_block.numpy()
+        self._write()
+        return self.arrays(rows)
+
+    def load_blank(self, rows: int) -> DecodeArrays:
+        """A step in which every row is padding (what a CUDA graph is captured from)."""
+        if rows > self.max_rows:
+            raise ValueError(f"a decode batch of {rows} rows exceeds the {self.max_rows} the buffers hold")
+        self._wait_for_last_copy()
+        self._blank()
+        self._write()
+        return self.arrays(rows)
+
+    def arrays(self, rows: int) -> DecodeArrays:
+        dr = self._dev_rows
+        idx = _ROW_FIELDS.index
+        return DecodeArrays(
+            rows=rows,
+            table=self._dev_table[:rows],
+            nblk=dr[idx("nblk"), :rows],
+            side_slot=self._dev_side_slot[:rows],
+            side_len=self._dev_side_len[:rows],
+            tokens=dr[idx("tokens"), :rows],
+            stage_slot=dr[idx("stage_slot"), :rows],
+            stage_offset=dr[idx("stage_offset"), :rows],
+            fill_slot=dr[idx("fill_slot"), :rows],
+            fill_block=dr[idx("fill_block"), :rows],
+        )
+
+
+def table_width(max_model_len: int, block_size: int) -> int:
+    return max(1, math.ceil(max_model_len / block_size))
