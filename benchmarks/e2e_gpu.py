@@ -160,6 +160,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "preemptions": int(end["num_preemptions"] - base["num_preemptions"]),
         "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS")},
         "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
+        "cudagraph_capture_sizes": list(llm.llm_engine.vllm_config.compilation_config.cudagraph_capture_sizes or []),
         "first_request_token_ids": first_ids,
     }
 

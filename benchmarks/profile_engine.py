@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=300)
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--gpu-profile", action="store_true",
+                    help="also run once under torch.profiler: GPU kernel time per step, top kernels")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -55,6 +57,8 @@ def main() -> None:
             steps += 1
         return time.perf_counter() - t0, steps
 
+    cc = llm.llm_engine.vllm_config.compilation_config
+    print(f"cudagraph mode {cc.cudagraph_mode}, capture sizes {cc.cudagraph_capture_sizes}", flush=True)
     wall, steps = run("warm")
     print(f"warm-up run: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step", flush=True)
     wall, steps = run("again")
@@ -68,6 +72,21 @@ def main() -> None:
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)
         print(buf.getvalue()[-9000:])
+    if args.gpu_profile:
+        gpu_profile(run)
+
+
+def gpu_profile(run) -> None:  # type: ignore[no-untyped-def]
+    """GPU busy time per step (sum of kernel times; < wall time means the GPU waits on the host)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall, steps = run("gpu")
+    events = prof.key_averages()
+    kernel_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events)
+    print(f"torch.profiler run: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step wall, "
+          f"{kernel_us / 1e3 / steps:.2f} ms/step of GPU kernel time", flush=True)
+    print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
 
 
 if __name__ == "__main__":

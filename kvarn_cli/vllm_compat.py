@@ -317,6 +317,45 @@ def attention_layers(vllm_config: Any, layer_names: list[str]) -> list[tuple[Any
     return layers
 
 
+_HOST_MIRRORS: dict[int, Any] = {}
+
+
+def host_block_table(device_table: Any) -> Any:
+    """The block table a metadata builder gets on the device, read from the host copy vLLM
+    keeps of it (numpy, same rows) instead of with `.cpu()`.
+
+    `.cpu()` on a GPU tensor waits for every kernel queued before it, so the planning of
+    step N+1 could not overlap the GPU running step N. vLLM fills the device table from a
+    pinned host buffer (`BlockTable.block_table`, a CpuGpuBuffer with `.gpu` and `.np`),
+    which is found once by identity of the device storage. Falls back to `.cpu()` (correct,
+    only slower) where that structure is not found.
+    """
+    if device_table.device.type == "cpu":
+        return device_table.numpy()
+    rows = device_table.shape[0]
+    key = device_table.data_ptr()
+    mirror = _HOST_MIRRORS.get(key)
+    if mirror is None:
+        mirror = _find_host_mirror(device_table)
+        _HOST_MIRRORS[key] = mirror if mirror is not None else False
+    if mirror is False or mirror is None or mirror.shape[0] < rows or mirror.shape[1] != device_table.shape[1]:
+        return device_table.cpu().numpy()
+    return mirror[:rows]
+
+
+def _find_host_mirror(device_table: Any) -> Any:
+    """The `.np` array of the CpuGpuBuffer whose `.gpu` tensor starts where `device_table` does."""
+    import gc
+
+    ptr = device_table.data_ptr()
+    for obj in gc.get_objects():
+        buf = getattr(obj, "block_table", None) if type(obj).__name__ == "BlockTable" else None
+        gpu, host = getattr(buf, "gpu", None), getattr(buf, "np", None)
+        if gpu is not None and host is not None and hasattr(gpu, "data_ptr") and gpu.data_ptr() == ptr:
+            return host
+    return None
+
+
 def fixed_cell_spec(spec: Any, cell_bytes: int) -> Any:
     """`spec` with uint8 pages of `cell_bytes` per (token, KV head): how vLLM's block manager
     sizes and allocates the quantized cache itself."""

@@ -98,3 +98,27 @@ def test_page_spec_hook_rewrites_only_layers_whose_backend_asks(monkeypatch: pyt
 
     assert wrapped(Plain(), "cfg") == ("spec", "cfg")
     assert wrapped(Asking(), "cfg") == ("kvarn", ("spec", "cfg"))
+
+
+def test_host_block_table_mirror_is_found_by_device_storage() -> None:
+    """The metadata builder reads vLLM's host copy of the block table instead of `.cpu()` on
+    the device one (a sync that would serialize planning with the GPU)."""
+    import types
+
+    import numpy as np
+    import torch
+
+    from kvarn_cli import vllm_compat
+
+    class BlockTable:  # the shape of vLLM's BlockTable: .block_table is a CpuGpuBuffer
+        def __init__(self, device_tensor: torch.Tensor, host: np.ndarray) -> None:
+            self.block_table = types.SimpleNamespace(gpu=device_tensor, np=host)
+
+    device = torch.arange(12, dtype=torch.int32).view(4, 3)
+    host = device.numpy().copy()
+    owner = BlockTable(device, host)
+    assert vllm_compat._find_host_mirror(device) is host
+    assert vllm_compat._find_host_mirror(torch.zeros(4, 3)) is None
+    # a CPU table is read directly (vLLM on CPU)
+    assert np.array_equal(vllm_compat.host_block_table(device[:2]), host[:2])
+    del owner

@@ -174,7 +174,7 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         qsl = cam.query_start_loc_cpu.numpy()
         seq_lens = cam.seq_lens_cpu_upper_bound if cam.seq_lens_cpu_upper_bound is not None else cam.seq_lens
         seq = seq_lens.cpu().numpy()
-        table = cam.block_table_tensor.cpu().numpy()
+        table = vllm_compat.host_block_table(cam.block_table_tensor)
         num_tokens = int(qsl[cam.num_reqs])
         plan = self.pool.plan(qsl[: cam.num_reqs + 1], seq[: cam.num_reqs], table[: cam.num_reqs], num_tokens)
         fixed = self.buffers is not None and self.buffers.fits(plan, cam.num_reqs)
