@@ -94,7 +94,9 @@ def best_max_num_seqs(preset: str, budget: int, shape: dict[str, int], args: arg
         alloc = kvcache.allocation(preset, kv_cache_memory_bytes=paged, max_num_seqs=m, **shape)
         if alloc.max_concurrent_seqs(seq_len, m) >= m:
             best = m
-    return best
+    # vLLM captures decode CUDA graphs for batch sizes 1, 2, 4 and multiples of 8 up to
+    # max_num_seqs: a full batch of, say, 107 would run uncaptured (eagerly) every step
+    return best if best < 8 else best - best % 8
 
 
 def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
