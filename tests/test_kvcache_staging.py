@@ -237,3 +237,22 @@ def test_a_plan_resolves_its_masks_on_the_host_and_moves_packed() -> None:
     step = pool.plan(np.array([0, 1, 2]), np.array([7, 4]), bt, 2)
     decode = [g for g in step.groups if g.q_tokens.shape[1] == 1]
     assert len(decode) == 1 and decode[0].dec_first_token == 0
+
+
+@pytest.mark.parametrize("chunk", [4, 1024])
+def test_fresh_prefill_attends_causally_over_its_own_tokens(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first prefill chunk skips records and slots; sliced or not it is causal GQA attention."""
+    from kvarn_cli.kvcache import compute
+
+    monkeypatch.setattr(compute, "QUERY_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(0)
+    T, L, first, hq, hkv, d = 16, 10, 3, 4, 2, 8
+    q, k, v = (torch.randn(T, h, d, generator=gen) for h in (hq, hkv, hkv))
+    out = torch.zeros(T, hq, d)
+    compute._attend_fresh(first, L, q, k, v, out, scale=0.3)
+    for t in range(L):
+        for h in range(hq):
+            keys, vals = k[first : first + t + 1, h // 2], v[first : first + t + 1, h // 2]
+            want = torch.softmax(keys @ q[first + t, h] * 0.3, dim=0) @ vals
+            torch.testing.assert_close(out[first + t, h], want, rtol=1e-5, atol=1e-5)
+    assert bool((out[:first] == 0).all()) and bool((out[first + L :] == 0).all())

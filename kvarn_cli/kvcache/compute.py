@@ -261,6 +261,9 @@ def attend(
         if codec.triton and group.q_tokens.shape[1] == 1:
             _decode_group_triton(group, codec, cache, query, output, scale)
             continue
+        if group.fresh_first_token >= 0:
+            _attend_fresh(group.fresh_first_token, group.q_tokens.shape[1], query, key, value, output, scale)
+            continue
         if rotated is None:  # a pure-decode step on the Triton path never needs these
             rotated = (codec.rotate(query[:T].float()), codec.rotate(key[:T].float()), codec.rotate(value[:T].float()))
         _attend_group(group, codec, cache, *rotated, tiles, output, scale)
@@ -297,6 +300,32 @@ def _decode_group_triton(
     )
     if out is not rows_out:
         output[tokens] = out.to(output.dtype)
+
+
+def _attend_fresh(
+    first: int, length: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output: torch.Tensor,
+    scale: float,
+) -> None:
+    """Causal attention of a prefill chunk that starts its sequence: its keys are exactly its
+    own tokens (the step's unquantized K/V), so no record is read and, attention being
+    invariant under the rotation, nothing is rotated. Float32 like the general path."""
+    span = slice(first, first + length)
+    q = query[span].float().transpose(0, 1).unsqueeze(0)  # [1, Hq, L, D]
+    k = key[span].float().transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
+    v = value[span].float().transpose(0, 1).unsqueeze(0)
+    gqa = q.shape[1] != k.shape[1]
+    if length <= QUERY_CHUNK:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    else:  # slices of queries over the keys up to their end (bounds the score memory)
+        parts = []
+        for start in range(0, length, QUERY_CHUNK):
+            stop = min(length, start + QUERY_CHUNK)
+            q_pos = torch.arange(start, stop, device=q.device)
+            mask = torch.arange(stop, device=q.device)[None, :] <= q_pos[:, None]
+            parts.append(F.scaled_dot_product_attention(
+                q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], attn_mask=mask, scale=scale, enable_gqa=gqa))
+        out = torch.cat(parts, dim=2)
+    output[span] = out[0].transpose(0, 1).to(output.dtype)
 
 
 def _assemble(

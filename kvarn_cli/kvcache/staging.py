@@ -95,6 +95,9 @@ class AttentionGroup:
     #: when the rows' queries are the step's tokens first, first+1, ... (the usual decode
     #: batch): that first token, so the kernel reads queries and writes outputs in place; else -1
     dec_first_token: int = -1
+    #: a prefill chunk that starts its sequence (nothing cached before it): its first token.
+    #: Its keys are exactly its own tokens, so attention needs neither records nor slots; else -1
+    fresh_first_token: int = -1
 
 
 @dataclass
@@ -629,7 +632,9 @@ class StagingPool:
             new_pos.extend(range(int(ctx[r]), int(ctx[r]) + q))
             new_token.extend(range(int(qsl[r]), int(qsl[r]) + q))
         key_len = -(-longest // G) * G
+        fresh = len(rows) == 1 and int(ctx[rows[0]]) == 0
         return AttentionGroup(
+            fresh_first_token=int(qsl[rows[0]]) if fresh else -1,
             q_tokens=_long(q_tokens),
             ctx=_long(ctx[rows]),
             key_len=key_len,
