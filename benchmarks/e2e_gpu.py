@@ -193,7 +193,15 @@ def main() -> None:
         print("RESULT " + json.dumps(run_one(args.one, args)), flush=True)
         return
 
-    results = []
+    import torch
+
+    results: list[dict[str, Any]] = []
+    summary = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/e2e_gpu.py " + " ".join(sys.argv[1:]),
+        "results": results,
+    }
     for label in args.presets.split(","):
         # "k2v2:eager-decode": the preset with vLLM's CUDA graphs of decode steps turned off
         preset, _, variant = label.partition(":")
@@ -219,6 +227,8 @@ def main() -> None:
         res["process_s"] = round(time.perf_counter() - t0, 1)
         results.append(res)
         print(json.dumps(res), flush=True)
+        # saved after every preset: a run killed by a time limit keeps what it measured
+        Path(args.out).write_text(json.dumps(summary, indent=1))
 
     ok = {r["preset"]: r for r in results if "tokens_per_s" in r}
     for r in ok.values():
@@ -226,14 +236,6 @@ def main() -> None:
             if ref in ok:
                 r[f"speed_vs_{ref}"] = round(r["tokens_per_s"] / ok[ref]["tokens_per_s"], 3)
                 r[f"peak_running_vs_{ref}"] = round(r["peak_running"] / max(1, ok[ref]["peak_running"]), 2)
-    import torch
-
-    summary = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/e2e_gpu.py " + " ".join(sys.argv[1:]),
-        "results": results,
-    }
     Path(args.out).write_text(json.dumps(summary, indent=1))
     print(f"{'preset':18} {'blocks':>7} {'cap tok':>8} {'tok/s':>9} {'x bf16':>7} {'x fp8':>6} {'peak run':>8} {'preempt':>7} {'ms/step':>8}")
     for r in results:

@@ -32,7 +32,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--gpu-profile", action="store_true",
-                    help="also run once under torch.profiler: GPU kernel time per step, top kernels")
+                    help="also profile decode steps under torch.profiler: GPU kernel time per step, top kernels")
+    ap.add_argument("--gpu-profile-steps", type=int, default=40)
     args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -73,15 +74,30 @@ def main() -> None:
         pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)
         print(buf.getvalue()[-9000:])
     if args.gpu_profile:
-        gpu_profile(run)
+        gpu_profile(engine, prompts, params, args.gpu_profile_steps)
 
 
-def gpu_profile(run) -> None:  # type: ignore[no-untyped-def]
-    """GPU busy time per step (sum of kernel times; < wall time means the GPU waits on the host)."""
+def gpu_profile(engine, prompts, params, max_steps: int) -> None:  # type: ignore[no-untyped-def]
+    """GPU busy time per step (sum of kernel times; < wall time means the GPU waits on the
+    host), over `max_steps` decode-phase steps: the prefills run first, outside the profiler,
+    and the requests are aborted after (the profiler's own overhead is large)."""
     from torch.profiler import ProfilerActivity, profile
 
+    ids = [f"gpu{i}" for i in range(len(prompts))]
+    for rid, p in zip(ids, prompts):
+        engine.add_request(rid, {"prompt_token_ids": p}, params)
+    for _ in range(8):  # past the prefills
+        engine.step()
+    t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        wall, steps = run("gpu")
+        steps = 0
+        while engine.has_unfinished_requests() and steps < max_steps:
+            engine.step()
+            steps += 1
+    wall = time.perf_counter() - t0
+    engine.abort_request(ids)
+    while engine.has_unfinished_requests():
+        engine.step()
     events = prof.key_averages()
     kernel_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events)
     print(f"torch.profiler run: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step wall, "
