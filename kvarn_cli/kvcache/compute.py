@@ -365,7 +365,10 @@ def _attend_group(
     scale: float,
 ) -> None:
     hist_k = hist_v = None
-    if group.hist_block.numel():
+    if group.hist_block.numel() and group.q_tokens.shape[0] == 1:
+        # one sequence's blocks are distinct (and torch.unique would wait on the GPU)
+        hist_k, hist_v = codec.decode(cache.records[group.hist_block], rotated=True)
+    elif group.hist_block.numel():
         # blocks shared through prefix caching are dequantized once per layer and step
         unique, inverse = torch.unique(group.hist_block, return_inverse=True)
         hist_k, hist_v = codec.decode(cache.records[unique], rotated=True)
