@@ -19,17 +19,16 @@ fi
 python3 -c "import torch, triton, vllm; print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name())"
 git log -1 --format='commit %h %s' 2>/dev/null || true
 
-case "$stage" in
-check)
-  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \
-    tests/test_kvcache_triton.py 2>&1 | tee "$out/check_tests.log" | tail -15
+# kvarn run fp16 and k2v2 on the word problems; how far their greedy texts agree. $1: log prefix
+engine_runs() {
   for preset in fp16 k2v2; do
     /usr/bin/time -f "$preset wall %e s" timeout 200 python3 -m kvarn_cli run sample_jobs/word_problems.jsonl \
       --model "$model" --preset "$preset" --out "/tmp/runs/$preset" --temperature 0 --max-tokens 400 \
-      --kv-cache-memory 256MiB 2>&1 | tail -25 | tee "$out/check_run_$preset.log"
-    echo "exit $? ($preset)"
+      --kv-cache-memory 256MiB > "$out/$1_run_$preset.log" 2>&1
+    echo "exit $? ($preset)"; tail -4 "$out/$1_run_$preset.log"
   done
-  python3 - <<'PY' 2>&1 | tee "$out/check_agreement.log"
+  grep -i "capturing" "$out/$1_run_k2v2.log" | tail -2
+  python3 - <<'PY' 2>&1 | tee "$out/$1_agreement.log"
 import json
 rows = {p: {json.loads(l)["id"]: json.loads(l) for l in open(f"/tmp/runs/{p}/outputs.jsonl")} for p in ("fp16", "k2v2")}
 for rid, a in rows["fp16"].items():
@@ -39,44 +38,15 @@ for rid, a in rows["fp16"].items():
     print(f"{rid}: first {same} chars equal; fp16 {len(ta)} chars, k2v2 {len(tb)} chars")
 print(json.dumps(json.load(open("/tmp/runs/k2v2/stats.json")), indent=1)[:3000])
 PY
+}
+
+# The Triton and PyTorch paths of the backend in one vLLM engine (eager, float32). $1: log prefix
+path_smoke() {
   for force in 0 1; do
     KVARN_FORCE_TRITON=$force timeout 150 python3 tests/triton_engine_smoke.py "$model" "$data" "/tmp/smoke_$force.json" 250 \
-      > "$out/check_smoke_$force.log" 2>&1; echo "smoke force=$force exit $?"
+      > "$out/$1_smoke_$force.log" 2>&1; echo "smoke force=$force exit $?"
   done
-  python3 - <<'PY' 2>&1 | tee -a "$out/check_agreement.log"
-import json
-a, b = (json.load(open(f"/tmp/smoke_{f}.json")) for f in "01")
-same = next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"])) if x != y), len(a["tokens"]))
-diff = [abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"])]
-print(f"vLLM k2v2 on CUDA, PyTorch vs Triton path: first {same} of {len(a['tokens'])} greedy tokens equal; "
-      f"logprob |diff| max {max(diff[:same] or [0]):.4f} mean {sum(diff[:same]) / max(1, same):.5f} over the equal prefix")
-PY
-  timeout 60 python3 benchmarks/decode_magnitude_error.py 2>&1 | tee "$out/check_magnitude.log" | tail -12
-  ;;
-graphs)
-  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \
-    -k "stage or flush or hilo" 2>&1 | tee "$out/graphs_tests.log" | tail -6
-  for preset in fp16 k2v2; do
-    /usr/bin/time -f "$preset wall %e s" timeout 150 python3 -m kvarn_cli run sample_jobs/word_problems.jsonl \
-      --model "$model" --preset "$preset" --out "/tmp/runs/$preset" --temperature 0 --max-tokens 400 \
-      --kv-cache-memory 256MiB > "$out/graphs_run_$preset.log" 2>&1
-    echo "exit $? ($preset)"; tail -4 "$out/graphs_run_$preset.log"
-  done
-  grep -i "cudagraph\|capturing\|graph" "$out/graphs_run_k2v2.log" | tail -5
-  python3 - <<'PY' 2>&1 | tee "$out/graphs_agreement.log"
-import json
-rows = {p: {json.loads(l)["id"]: json.loads(l) for l in open(f"/tmp/runs/{p}/outputs.jsonl")} for p in ("fp16", "k2v2")}
-for rid, a in rows["fp16"].items():
-    b = rows["k2v2"].get(rid)
-    ta, tb = a["completions"][0], (b or {"completions": [""]})["completions"][0]
-    same = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
-    print(f"{rid}: first {same} chars equal; fp16 {len(ta)} chars, k2v2 {len(tb)} chars")
-PY
-  for force in 0 1; do
-    KVARN_FORCE_TRITON=$force timeout 120 python3 tests/triton_engine_smoke.py "$model" "$data" "/tmp/smoke_$force.json" 250 \
-      > "$out/graphs_smoke_$force.log" 2>&1; echo "smoke force=$force exit $?"
-  done
-  python3 - <<'PY' 2>&1 | tee -a "$out/graphs_agreement.log"
+  python3 - <<'PY' 2>&1 | tee -a "$out/$1_agreement.log"
 import json
 a, b = (json.load(open(f"/tmp/smoke_{f}.json")) for f in "01")
 same = next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"])) if x != y), len(a["tokens"]))
@@ -84,6 +54,21 @@ diff = [abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"])]
 print(f"vLLM k2v2 on CUDA, PyTorch vs Triton path (eager engine): first {same} of {len(a['tokens'])} greedy tokens equal; "
       f"logprob |diff| max {max(diff[:same] or [0]):.4f} mean {sum(diff[:same]) / max(1, same):.5f} over the equal prefix")
 PY
+}
+
+case "$stage" in
+check)
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \
+    tests/test_kvcache_triton.py 2>&1 | tee "$out/check_tests.log" | tail -15
+  engine_runs check
+  path_smoke check
+  timeout 60 python3 benchmarks/decode_magnitude_error.py 2>&1 | tee "$out/check_magnitude.log" | tail -12
+  ;;
+graphs)
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \
+    -k "stage or flush or hilo" 2>&1 | tee "$out/graphs_tests.log" | tail -6
+  engine_runs graphs
+  path_smoke graphs
   ;;
 e2e)
   timeout 570 python3 benchmarks/e2e_gpu.py --model "$model" --data "$data/gsm8k_test.jsonl" \
