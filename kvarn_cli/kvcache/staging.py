@@ -356,33 +356,29 @@ class StagingPool:
                 slot = self.block_slot.get(block) if prefix > 0 else None
                 if prefix > 0 and slot is None:  # the prefix was spilled: back into a slot first
                     slot = self._restore_into_slot(block, prefix, spills, restore_slot, restore_block)
-                if qlen[r] == 1 and slot is not None:
+                by_slot = qlen[r] == 1 and slot is not None
+                if by_slot:
                     # a decode completes the block: its token is staged into the slot, which
-                    # is then quantized whole; a first block stays resident as the sink
+                    # is then quantized whole (no tile)
                     fill_slot.append(slot)
                     fill_block.append(block)
                     filled_by[r] = slot
-                    self._touch(slot)
-                    if j == 0:
-                        self.slot_kind[slot] = _SINK
-                        self.slot_fill[slot] = G
-                    else:
-                        release_after.append(slot)
-                    continue
-                flush_block.append(block)
-                flush_prefix_len.append(prefix)
-                flush_prefix_slot.append(-1 if slot is None else slot)
-                if j == 0:
-                    if slot is not None:  # the staged first block becomes the sink
-                        self.slot_kind[slot] = _SINK
-                        self.slot_fill[slot] = G
-                        self._touch(slot)
-                        flush_keep_slot.append(slot)
-                    else:
-                        flush_keep_slot.append(-1)
-                        need_sink.append(len(flush_block) - 1)
                 else:
+                    flush_block.append(block)
+                    flush_prefix_len.append(prefix)
+                    flush_prefix_slot.append(-1 if slot is None else slot)
+                if j == 0 and slot is not None:  # the staged first block becomes the sink
+                    self.slot_kind[slot] = _SINK
+                    self.slot_fill[slot] = G
+                    self._touch(slot)
+                    if not by_slot:  # the tile's 16-bit copy is written back into it
+                        flush_keep_slot.append(slot)
+                elif j == 0:
                     flush_keep_slot.append(-1)
+                    need_sink.append(len(flush_block) - 1)
+                else:
+                    if not by_slot:
+                        flush_keep_slot.append(-1)
                     if slot is not None:
                         release_after.append(slot)
 
