@@ -236,10 +236,11 @@ def decode_fixed(
                  cache.slot_k, cache.slot_v)
     flush_slots(codec.q, cache.slot_k, cache.slot_v, fixed.fill_slot, cache.records, fixed.fill_block,
                 **codec.flush_kernel_args)
+    # the split count follows from the batch size and the table width (fixed per graph)
     decode_attention(
         codec.q, query[:n], cache.records, fixed.table, fixed.nblk,
         cache.slot_k, cache.slot_v, fixed.side_slot, fixed.side_len, scale=scale,
-        num_splits=fixed.num_splits(cache.records.shape[1]), out=output[:n], **codec.decode_kernel_args,
+        out=output[:n], **codec.decode_kernel_args,
     )
 
 

@@ -45,15 +45,6 @@ class DecodeArrays:
     fill_slot: torch.Tensor  # [rows] int32, -1 = no flush
     fill_block: torch.Tensor  # [rows] int32
 
-    def num_splits(self, kv_heads: int) -> int:
-        """Split count of the decode kernel: a function of the padded batch and the table
-        width only, so the same graph serves every step of that batch size."""
-        from kvarn_cli.kernels.triton_decode import _num_sms, choose_splits
-
-        device = self.table.device
-        sms = _num_sms(device.index or 0) if device.type == "cuda" else 4
-        return choose_splits(self.rows, kv_heads, self.table.shape[1], sms)
-
 
 class DecodeBuffers:
     """The persistent buffer behind DecodeArrays, for batches of up to `max_rows` sequences
