@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_session.sh check   # CUDA tests, kvarn run fp16/k2v2, Triton vs PyTorch in vLLM
 #   bash benchmarks/gpu_session.sh e2e     # benchmarks/e2e_gpu.py: bf16 / fp8 / k4v4 / k2v2 under one KV budget
 #   bash benchmarks/gpu_session.sh kernels # decode/flush microbenchmarks
+#   bash benchmarks/gpu_session.sh step    # benchmarks/decode_step.py: one decode step's KV work, kvarn kernels vs vLLM bf16
 #   bash benchmarks/gpu_session.sh graphs  # kernel tests, kvarn run fp16/k2v2 and Triton vs PyTorch with decode CUDA graphs
 # Needs, carried beside the tree: .whl/ (orjson for the CLI) and .gpuwork/gsm8k_test.jsonl.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out.
@@ -69,6 +70,10 @@ graphs)
     -k "stage or flush or hilo" 2>&1 | tee "$out/graphs_tests.log" | tail -6
   engine_runs graphs
   path_smoke graphs
+  ;;
+step)
+  timeout 240 python3 benchmarks/decode_step.py --rows "${ROWS:-104,128}" --methods "${METHODS:-k2v2,k4v4}" \
+    --out "$out/decode_step.json" 2>&1 | tee "$out/step.log" | tail -20
   ;;
 e2e)
   timeout 570 python3 benchmarks/e2e_gpu.py --model "$model" --data "$data/gsm8k_test.jsonl" \
