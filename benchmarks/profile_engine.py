@@ -1,11 +1,19 @@
-"""Where a vLLM engine step goes with a KV preset: cProfile over engine steps, in-process.
+"""Where a vLLM engine step goes with a KV preset: step times, host profile, GPU time.
 
-Runs the same decode-heavy workload twice (the first pays Triton/torch.compile warm-up) and
-profiles the second; prints wall time per step and the functions with the most own and
-cumulative time. A host-device synchronisation shows up as own time in the call that waits.
+Three passes over the same kind of batch, each on prompts no earlier pass used (so no
+prefix-cache hits unless --repeat-prompts asks for them, as a re-run or a preempted request
+would get):
+1. warm-up (pays Triton and torch.compile compilation);
+2. timed: wall time of every engine step; the median step of the steady decode phase (every
+   request decoding) is the number to compare between presets at the same batch size;
+3. cProfile over the decode phase only: the Python functions with the most own and
+   cumulative time (a host-device synchronisation shows up as own time in the call that
+   waits).
+With --gpu-profile, a bounded number of decode steps under torch.profiler: GPU kernel time
+per step (less than the wall time per step means the GPU waits on the host).
 
 usage (GPU machine): VLLM_ENABLE_V1_MULTIPROCESSING=0 python benchmarks/profile_engine.py \
-    --model /tmp/models/smollm2-135m --preset k2v2 --prompts 32 --max-tokens 300
+    --model /tmp/models/smollm2-135m --preset k2v2 --prompts 104 --max-tokens 300
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ import cProfile
 import io
 import os
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -25,12 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--preset", default="k2v2")
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--prompt-tokens", type=int, default=200)
+    ap.add_argument("--preset", default="k2v2", help="a kvarn preset, or bf16 for vLLM's own cache")
+    ap.add_argument("--prompts", type=int, default=32, help="requests per pass (all admitted at once)")
+    ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--max-tokens", type=int, default=300)
-    ap.add_argument("--top", type=int, default=35)
+    ap.add_argument("--kv-cache-memory-mib", type=int, default=4096, help="large enough that nothing queues")
+    ap.add_argument("--repeat-prompts", action="store_true", help="every pass reuses the same prompts")
+    ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--no-cprofile", action="store_true")
     ap.add_argument("--gpu-profile", action="store_true",
                     help="also profile decode steps under torch.profiler: GPU kernel time per step, top kernels")
     ap.add_argument("--gpu-profile-steps", type=int, default=40)
@@ -42,50 +55,74 @@ def main() -> None:
     from kvarn_cli import kvcache
 
     kwargs = kvcache.engine_kwargs(args.preset) if args.preset != "bf16" else {}
-    llm = LLM(model=args.model, dtype="bfloat16", seed=0, max_model_len=2048, kv_cache_memory_bytes=1 << 30,
-              max_num_seqs=max(args.prompts, 8), enforce_eager=args.enforce_eager, **kwargs)
+    seqs = max(8, args.prompts + (-args.prompts) % 8)  # vLLM captures decode graphs of multiples of 8
+    llm = LLM(model=args.model, dtype="bfloat16", seed=0, max_model_len=args.prompt_tokens + args.max_tokens + 8,
+              kv_cache_memory_bytes=args.kv_cache_memory_mib << 20, max_num_seqs=seqs,
+              enforce_eager=args.enforce_eager, **kwargs)
     engine = llm.llm_engine
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
-    prompts = [[(17 * i + 31 * j) % 20000 + 100 for j in range(args.prompt_tokens)] for i in range(args.prompts)]
+    cc = engine.vllm_config.compilation_config
+    print(f"preset {args.preset}, max_num_seqs {seqs}, cudagraph mode {cc.cudagraph_mode}", flush=True)
 
-    def run(tag: str) -> tuple[float, int]:
-        for i, p in enumerate(prompts):
-            engine.add_request(f"{tag}{i}", {"prompt_token_ids": p}, params)
-        steps = 0
-        t0 = time.perf_counter()
+    passes = iter(range(100))
+
+    def prompts() -> list[list[int]]:
+        k = 0 if args.repeat_prompts else next(passes)
+        return [[(17 * i + 31 * j + 7919 * k) % 20000 + 100 for j in range(args.prompt_tokens)]
+                for i in range(args.prompts)]
+
+    def add(tag: str) -> list[str]:
+        ids = []
+        for i, p in enumerate(prompts()):
+            ids.append(f"{tag}{i}")
+            engine.add_request(ids[-1], {"prompt_token_ids": p}, params)
+        return ids
+
+    def run(tag: str, prof: Any = None) -> list[float]:
+        """Step wall times of one pass; `prof` is enabled only while every request decodes."""
+        add(tag)
+        times = []
+        decoding = False
         while engine.has_unfinished_requests():
+            t0 = time.perf_counter()
             engine.step()
-            steps += 1
-        return time.perf_counter() - t0, steps
+            times.append(time.perf_counter() - t0)
+            # past the prefill steps (a chunked prefill of all prompts takes a few), before the tail
+            decoding = len(times) >= 8 and len(times) < args.max_tokens - 8
+            if prof is not None:
+                (prof.enable if decoding else prof.disable)()
+        if prof is not None:
+            prof.disable()
+        return times
 
-    cc = llm.llm_engine.vllm_config.compilation_config
-    print(f"cudagraph mode {cc.cudagraph_mode}, capture sizes {cc.cudagraph_capture_sizes}", flush=True)
-    wall, steps = run("warm")
-    print(f"warm-up run: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step", flush=True)
-    wall, steps = run("again")
-    print(f"second run: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step", flush=True)
-    prof = cProfile.Profile()
-    prof.enable()
-    wall, steps = run("prof")
-    prof.disable()
-    print(f"profiled run: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step", flush=True)
-    for key in ("tottime", "cumulative"):
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)
-        print(buf.getvalue()[-9000:])
+    def report(label: str, times: list[float]) -> None:
+        steady = times[8: args.max_tokens - 8] or times
+        print(f"{label}: {sum(times):.2f} s, {len(times)} steps; decode phase median "
+              f"{1e3 * statistics.median(steady):.2f} ms/step (p10 {1e3 * sorted(steady)[len(steady) // 10]:.2f}, "
+              f"p90 {1e3 * sorted(steady)[9 * len(steady) // 10]:.2f}); first 8 steps {1e3 * sum(times[:8]):.0f} ms",
+              flush=True)
+
+    report("warm-up pass", run("warm"))
+    report("timed pass", run("timed"))
+    if not args.no_cprofile:
+        prof = cProfile.Profile()
+        times = run("prof", prof)
+        report("cProfile pass (decode phase profiled)", times)
+        for key in ("tottime", "cumulative"):
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)
+            print(buf.getvalue()[-12000:])
     if args.gpu_profile:
-        gpu_profile(engine, prompts, params, args.gpu_profile_steps)
+        gpu_profile(engine, add, args.gpu_profile_steps)
 
 
-def gpu_profile(engine, prompts, params, max_steps: int) -> None:  # type: ignore[no-untyped-def]
-    """GPU busy time per step (sum of kernel times; < wall time means the GPU waits on the
-    host), over `max_steps` decode-phase steps: the prefills run first, outside the profiler,
-    and the requests are aborted after (the profiler's own overhead is large)."""
+def gpu_profile(engine: Any, add: Any, max_steps: int) -> None:
+    """GPU busy time per step (sum of kernel times), over `max_steps` decode-phase steps: the
+    prefills run first, outside the profiler, and the requests are aborted after (the
+    profiler's own overhead is large)."""
     from torch.profiler import ProfilerActivity, profile
 
-    ids = [f"gpu{i}" for i in range(len(prompts))]
-    for rid, p in zip(ids, prompts):
-        engine.add_request(rid, {"prompt_token_ids": p}, params)
+    ids = add("gpu")
     for _ in range(8):  # past the prefills
         engine.step()
     t0 = time.perf_counter()
@@ -100,8 +137,8 @@ def gpu_profile(engine, prompts, params, max_steps: int) -> None:  # type: ignor
         engine.step()
     events = prof.key_averages()
     kernel_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events)
-    print(f"torch.profiler run: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step wall, "
-          f"{kernel_us / 1e3 / steps:.2f} ms/step of GPU kernel time", flush=True)
+    print(f"torch.profiler pass: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step wall (profiler "
+          f"overhead included), {kernel_us / 1e3 / steps:.2f} ms/step of GPU kernel time", flush=True)
     print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
 
 
