@@ -23,7 +23,7 @@ SMOL = dict(num_layers=30, num_kv_heads=3, head_dim=64, dtype_bytes=2)
 
 def test_bits_map_to_presets_and_presets_are_checked() -> None:
     assert kvcache.BITS_TO_PRESET == {2: "k2v2", 4: "k4v4", 16: "fp16"}
-    assert set(kvcache.PRESETS) == {"fp16", "k2v2", "k4v2", "k4v4"}
+    assert set(kvcache.PRESETS) == {"fp16", "k2v2", "k4v2", "k4v4", "k2v2-g64", "k4v2-g64", "k4v4-g64"}
     with pytest.raises(InputError):
         kvcache.check_preset("k3v3")
 
@@ -54,6 +54,26 @@ def test_staging_pool_is_two_16bit_blocks_per_sequence() -> None:
     assert total - alloc.total_bytes < alloc.block_bytes  # nothing left that would fit a block
 
 
+def test_g64_presets_halve_the_staging_per_sequence_and_use_64_token_blocks() -> None:
+    for name in ("k2v2", "k4v2", "k4v4"):
+        small, big = f"{name}-g64", name
+        assert kvcache.staging_bytes(small, **SMOL, max_num_seqs=8) * 2 == kvcache.staging_bytes(big, **SMOL, max_num_seqs=8)
+        alloc = kvcache.allocation(small, **SMOL, kv_cache_memory_bytes=64 << 20, max_num_seqs=8)
+        assert alloc.block_size == 64
+        # the record's scales are spread over half the tokens: a few more bits per element
+        assert kvcache.bits_per_element(big, head_dim=64) < alloc.bits_per_element < kvcache.bits_per_element(big, head_dim=64) + 0.5
+    # at 1152 tokens per sequence (the e2e benchmark's), 1 GiB runs about 1.4x the sequences at G=64
+    def seqs(preset: str) -> int:
+        best = 0
+        for m in range(1, 400):
+            paged = kvcache.paged_budget(preset, **SMOL, total_bytes=1 << 30, max_num_seqs=m)
+            alloc = kvcache.allocation(preset, **SMOL, kv_cache_memory_bytes=paged, max_num_seqs=m)
+            if paged > 0 and alloc.max_concurrent_seqs(1152, m) >= m:
+                best = m
+        return best
+    assert seqs("k2v2-g64") >= 1.35 * seqs("k2v2")
+
+
 @pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"test model not found at {MODEL}")
 def test_plan_prints_every_preset_from_the_model_config() -> None:
     app = typer.Typer()
@@ -68,5 +88,5 @@ def test_plan_prints_every_preset_from_the_model_config() -> None:
     assert rows["fp16"]["num_blocks"] == (256 << 20) // (30 * 3 * 128 * 256)
     for r in rows.values():
         assert r["capacity_tokens"] == r["num_blocks"] * r["block_size"]
-        assert r["max_concurrent_seqs"] == min(8, (r["num_blocks"] - 1) // 16)
+        assert r["max_concurrent_seqs"] == min(8, (r["num_blocks"] - 1) // (2048 // r["block_size"]))
     assert rows["k2v2"]["capacity_tokens"] >= 6.5 * rows["fp16"]["capacity_tokens"]

@@ -13,7 +13,7 @@ def run(
     input: Path = typer.Argument(..., help="Job file: JSONL, one object a line with 'id' and 'prompt' or 'messages'."),
     model: str = typer.Option(..., "--model", "-m", help="Hugging Face hub id or local model directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory. If it holds an earlier attempt of the same run, the run resumes."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="KV cache preset: fp16 (vLLM's own cache), k2v2, k4v2, k4v4 (KVarN records, K/V bits). Default fp16."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="KV cache preset: fp16 (vLLM's own cache), k2v2, k4v2, k4v4 (KVarN records, K/V bits, 128-token tiles), or their -g64 forms (64-token tiles: half the 16-bit sink/tail memory per sequence, for short sequences and small models). Default fp16."),
     bits: Optional[int] = typer.Option(None, "--bits", help="Shorthand for the preset: 2 = k2v2, 4 = k4v4, 16 = fp16."),
     max_tokens: int = typer.Option(4096, "--max-tokens", help="Most tokens to generate per completion."),
     temperature: float = typer.Option(0.6, "--temperature", help="Sampling temperature; 0 is greedy."),

@@ -12,7 +12,9 @@ Contract with kvarn_cli.engine (keep these functions and their meaning):
 
 Presets: `fp16` is vLLM's own unmodified cache; `k2v2`, `k4v2`, `k4v4` store KVarN records
 (K bits / V bits) in vLLM's paged cache, one block = one tile of 128 tokens, with the sink
-(first block of every sequence) and the tail (block being filled) kept in 16-bit.
+(first block of every sequence) and the tail (block being filled) kept in 16-bit. The `-g64`
+forms use 64-token tiles (the method's size for small models): a 64-token sink and half the
+16-bit staging per sequence, for a little more paged bits per element.
 """
 
 from __future__ import annotations

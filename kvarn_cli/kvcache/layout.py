@@ -39,12 +39,18 @@ class Preset:
 
 
 TILE = 128  # G of the paper; one vLLM block per tile
+#: G for small models (KVARN_METHOD.md): half the 16-bit sink and tail per sequence, so about
+#: twice the sequences fit beside the paged cache when sequences are short (~1-2k tokens)
+SMALL_TILE = 64
 
 PRESET_TABLE: dict[str, Preset] = {
     "fp16": Preset("fp16", None, None),
     "k2v2": Preset("k2v2", "k2v2", TILE),
     "k4v2": Preset("k4v2", "k4v2", TILE),
     "k4v4": Preset("k4v4", "k4v4", TILE),
+    "k2v2-g64": Preset("k2v2-g64", "k2v2", SMALL_TILE),
+    "k4v2-g64": Preset("k4v2-g64", "k4v2", SMALL_TILE),
+    "k4v4-g64": Preset("k4v4-g64", "k4v4", SMALL_TILE),
 }
 
 #: vLLM's default block size for its own 16-bit cache on CPU (GPU uses 16; the number of
