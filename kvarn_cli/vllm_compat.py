@@ -338,6 +338,12 @@ def host_block_table(device_table: Any) -> Any:
     if mirror is None:
         mirror = _find_host_mirror(device_table)
         _HOST_MIRRORS[key] = mirror if mirror is not None else False
+        if mirror is None:
+            import logging
+
+            logging.getLogger("kvarn").warning(
+                "vLLM %s: no host copy of the block table found; the KVarN builder reads the device "
+                "table instead, which waits for the GPU every step (correct, slower)", vllm_version())
     if mirror is False or mirror is None or mirror.shape[0] < rows or mirror.shape[1] != device_table.shape[1]:
         return device_table.cpu().numpy()
     return mirror[:rows]
