@@ -112,7 +112,8 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 
 
 def kvarn_timings(method: str, batch: Batch, fill: int, shape: tuple[int, int, int, int], layers: int,
-                  device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+                  device: torch.device, dtype: torch.dtype, variants: list[str] = [],
+                  split_counts: list[int] = []) -> dict[str, float]:
     from kvarn_cli.kernels.triton_decode import decode_attention
     from kvarn_cli.kernels.triton_flush import flush_slots, flush_tiles
     from kvarn_cli.kernels.triton_stage import stage_tokens
@@ -153,19 +154,26 @@ def kvarn_timings(method: str, batch: Batch, fill: int, shape: tuple[int, int, i
         for c in caches:
             flush_slots(codec.q, c.slot_k, c.slot_v, fixed.fill_slot, c.records, fixed.fill_block, **codec.flush_kernel_args)
 
-    def decode(side: bool) -> Callable[[], None]:
+    def decode(side: bool, **kw: object) -> Callable[[], None]:
+        kw = {**codec.decode_kernel_args, **kw}
+
         def run() -> None:
             for c, (q, k, v, o) in zip(caches, qkv):
                 if side:
                     decode_attention(codec.q, q, c.records, fixed.table, fixed.nblk, c.slot_k, c.slot_v,
-                                     fixed.side_slot, fixed.side_len, scale=scale, out=o, **codec.decode_kernel_args)
+                                     fixed.side_slot, fixed.side_len, scale=scale, out=o, **kw)
                 else:
-                    decode_attention(codec.q, q, c.records, fixed.table, fixed.nblk, scale=scale, out=o,
-                                     **codec.decode_kernel_args)
+                    decode_attention(codec.q, q, c.records, fixed.table, fixed.nblk, scale=scale, out=o, **kw)
         return run
+
+    def serial_step() -> None:  # the step with the flush before the decode on one stream
+        stage()
+        flush()
+        decode(True)()
 
     out = {
         "step_ms": timed(step, device),
+        "serial_step_ms": timed(serial_step, device),
         "stage_ms": timed(stage, device),
         "flush_ms": timed(flush, device),
         "decode_ms": timed(decode(True), device),
@@ -173,6 +181,10 @@ def kvarn_timings(method: str, batch: Batch, fill: int, shape: tuple[int, int, i
         "flush_rows": int((fixed.fill_slot >= 0).sum()),
         "record_bytes": layers * kvh * int(fixed.nblk.sum().item()) * codec.record_bytes,
     }
+    for variant in variants:  # the decode alone, per kernel variant and split count
+        for splits in split_counts or [None]:
+            key = f"decode_{variant}" + (f"_s{splits}" if splits else "")
+            out[key + "_ms"] = timed(decode(True, variant=variant, num_splits=splits), device)
     del caches, qkv
     return out
 
@@ -226,6 +238,8 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--fill", type=int, default=-1,
                     help="rows that flush their tail this step; -1 = those whose token completes a block")
+    ap.add_argument("--variants", default="", help="also time the decode alone with these kernel variants (e.g. hilo,tmwh)")
+    ap.add_argument("--splits", default="", help="... and these split counts (default: the kernel's own choice)")
     ap.add_argument("--no-bf16", action="store_true", help="skip vLLM's bf16 path (e.g. without vLLM)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -246,7 +260,9 @@ def main() -> None:
         if not args.no_bf16:
             row.update(bf16_timings(batch, shape, layers, device))
         for m in args.methods.split(","):
-            for key, val in kvarn_timings(m, batch, args.fill, shape, layers, device, dtype).items():
+            variants = [v for v in args.variants.split(",") if v]
+            splits = [int(x) for x in args.splits.split(",") if x]
+            for key, val in kvarn_timings(m, batch, args.fill, shape, layers, device, dtype, variants, splits).items():
                 row[f"{m}_{key}"] = val
         result["rows"].append(row)
         line = f"R={rows:4d} L={layers} mean ctx {row['mean_ctx']:.0f}:"
@@ -256,8 +272,12 @@ def main() -> None:
             line += (f" | {m} step {row[f'{m}_step_ms'] * 1e3:7.1f}us = stage {row[f'{m}_stage_ms'] * 1e3:.1f}"
                      f" + flush({row[f'{m}_flush_rows']}) {row[f'{m}_flush_ms'] * 1e3:.1f}"
                      f" + decode {row[f'{m}_decode_ms'] * 1e3:.1f} (no slots {row[f'{m}_decode_no_slots_ms'] * 1e3:.1f})")
+            line += f" (flush before decode: {row[f'{m}_serial_step_ms'] * 1e3:.1f})"
             if "bf16_step_ms" in row:
                 line += f" x{row['bf16_step_ms'] / row[f'{m}_step_ms']:.2f} of bf16"
+            extra = {k[len(m) + 1: -3]: v for k, v in row.items() if k.startswith(f"{m}_decode_") and k not in (f"{m}_decode_ms", f"{m}_decode_no_slots_ms")}
+            if extra:
+                line += "\n    decode alone: " + "  ".join(f"{k} {v * 1e3:.1f}us" for k, v in extra.items())
         print(line, flush=True)
         if args.out:
             args.out.write_text(json.dumps(result, indent=1))

@@ -81,17 +81,18 @@ def main() -> None:
     def run(tag: str, prof: Any = None) -> list[float]:
         """Step wall times of one pass; `prof` is enabled only while every request decodes."""
         add(tag)
-        times = []
-        decoding = False
+        times: list[float] = []
+        profiling = False
         while engine.has_unfinished_requests():
+            # past the prefill steps (a chunked prefill of all prompts takes a few), before the tail
+            decoding = 8 <= len(times) < args.max_tokens - 8
+            if prof is not None and decoding != profiling:
+                (prof.enable if decoding else prof.disable)()
+                profiling = decoding
             t0 = time.perf_counter()
             engine.step()
             times.append(time.perf_counter() - t0)
-            # past the prefill steps (a chunked prefill of all prompts takes a few), before the tail
-            decoding = len(times) >= 8 and len(times) < args.max_tokens - 8
-            if prof is not None:
-                (prof.enable if decoding else prof.disable)()
-        if prof is not None:
+        if prof is not None and profiling:
             prof.disable()
         return times
 

@@ -35,6 +35,9 @@ ENV_FORCE_TRITON = "KVARN_FORCE_TRITON"
 #: unset = each module's default. For benchmarking variants inside a real engine.
 ENV_DECODE_VARIANT = "KVARN_DECODE_VARIANT"
 ENV_FLUSH_VARIANT = "KVARN_FLUSH_VARIANT"
+#: "0": run a decode step's slot flush before its decode attention on one stream (default on
+#: CUDA: beside it, on a second stream).
+ENV_FLUSH_STREAM = "KVARN_FLUSH_STREAM"
 
 #: Longer prefill chunks are attended in slices of this many queries (bounds the score memory).
 QUERY_CHUNK = 1024
@@ -99,6 +102,17 @@ class Codec:
             self.flush_kernel_args["variant"] = os.environ[ENV_FLUSH_VARIANT]
         if os.environ.get(ENV_DECODE_VARIANT):
             self.decode_kernel_args["variant"] = os.environ[ENV_DECODE_VARIANT]
+        self._flush_streams: tuple[Any, Any, Any] | None = None
+
+    def flush_streams(self, device: torch.device) -> tuple[Any, Any, Any] | None:
+        """(side stream, fork event, join event) that let a decode step's slot flush run beside
+        its decode attention, on CUDA; None elsewhere or with KVARN_FLUSH_STREAM=0. One set per
+        codec (per layer), made on first use, before any graph capture needs it."""
+        if device.type != "cuda" or os.environ.get(ENV_FLUSH_STREAM) == "0":
+            return None
+        if self._flush_streams is None:
+            self._flush_streams = (torch.cuda.Stream(device), torch.cuda.Event(), torch.cuda.Event())
+        return self._flush_streams
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.rotation is None else x @ self.rotation
@@ -234,14 +248,38 @@ def decode_fixed(
     assert codec.rotation is not None
     stage_tokens(key[:n], value[:n], fixed.tokens, fixed.stage_slot, fixed.stage_offset, codec.rotation,
                  cache.slot_k, cache.slot_v)
-    flush_slots(codec.q, cache.slot_k, cache.slot_v, fixed.fill_slot, cache.records, fixed.fill_block,
-                **codec.flush_kernel_args)
-    # the split count follows from the batch size and the table width (fixed per graph)
-    decode_attention(
-        codec.q, query[:n], cache.records, fixed.table, fixed.nblk,
-        cache.slot_k, cache.slot_v, fixed.side_slot, fixed.side_len, scale=scale,
-        out=output[:n], **codec.decode_kernel_args,
-    )
+
+    def flush() -> None:
+        flush_slots(codec.q, cache.slot_k, cache.slot_v, fixed.fill_slot, cache.records, fixed.fill_block,
+                    **codec.flush_kernel_args)
+
+    def decode() -> None:
+        # the split count follows from the batch size and the table width (fixed per graph)
+        decode_attention(
+            codec.q, query[:n], cache.records, fixed.table, fixed.nblk,
+            cache.slot_k, cache.slot_v, fixed.side_slot, fixed.side_len, scale=scale,
+            out=output[:n], **codec.decode_kernel_args,
+        )
+
+    streams = codec.flush_streams(query.device)
+    if streams is None:
+        flush()
+        decode()
+        return
+    # The flush writes only the records of blocks this step's tokens complete, which the
+    # decode reads from their slots, so the two run side by side: the flush's latency (VarN's
+    # serial iterations, ~25 us on the H100) hides behind the decode. Both wait for the
+    # staging; the layer ends when both are done (also inside a captured CUDA graph, where
+    # the fork and join become graph edges).
+    side, fork, join = streams
+    main = torch.cuda.current_stream(query.device)
+    fork.record(main)
+    with torch.cuda.stream(side):
+        side.wait_event(fork)
+        flush()
+        join.record(side)
+    decode()
+    main.wait_event(join)
 
 
 def attend(
