@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--gpu-profile", action="store_true",
                     help="also profile decode steps under torch.profiler: GPU kernel time per step, top kernels")
     ap.add_argument("--gpu-profile-steps", type=int, default=40)
+    ap.add_argument("--gpu-profile-after", type=int, default=8,
+                    help="engine steps run before the torch.profiler window (the prefills take the first few)")
+    ap.add_argument("--trace", help="write the torch.profiler window as a Chrome trace to this path")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -114,17 +117,17 @@ def main() -> None:
             pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)
             print(buf.getvalue()[-12000:])
     if args.gpu_profile:
-        gpu_profile(engine, add, args.gpu_profile_steps)
+        gpu_profile(engine, add, args.gpu_profile_steps, args.gpu_profile_after, args.trace)
 
 
-def gpu_profile(engine: Any, add: Any, max_steps: int) -> None:
+def gpu_profile(engine: Any, add: Any, max_steps: int, after: int, trace: str | None) -> None:
     """GPU busy time per step (sum of kernel times), over `max_steps` decode-phase steps: the
     prefills run first, outside the profiler, and the requests are aborted after (the
     profiler's own overhead is large)."""
     from torch.profiler import ProfilerActivity, profile
 
     ids = add("gpu")
-    for _ in range(8):  # past the prefills
+    for _ in range(after):  # past the prefills, to the contexts of interest
         engine.step()
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -136,6 +139,8 @@ def gpu_profile(engine: Any, add: Any, max_steps: int) -> None:
     engine.abort_request(ids)
     while engine.has_unfinished_requests():
         engine.step()
+    if trace:
+        prof.export_chrome_trace(trace)
     events = prof.key_averages()
     kernel_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events)
     print(f"torch.profiler pass: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step wall (profiler "
