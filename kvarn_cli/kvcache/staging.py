@@ -310,30 +310,42 @@ class StagingPool:
         full_after = seq // G
         staged_after = seq % G
         bt = block_table
+        # the per-row loops below read Python lists: numpy scalar indexing costs several
+        # times more, and this runs every step for the whole batch
+        qlen_l, seq_l = qlen.tolist(), seq.tolist()
+        fb_l, sb_l = full_before.tolist(), staged_before.tolist()
+        fa_l, sa_l = full_after.tolist(), staged_after.tolist()
+        width = int(bt.shape[1]) if bt.ndim == 2 else 0
+        used = min(width, max(fa_l, default=0) + 1)  # table columns any row reaches
+        bt_l = bt[:num_reqs, :used].tolist()
+        block_slot = self.block_slot
+        slot_kind = self.slot_kind
+        stamp = self.slot_stamp
+        now = self.step
 
         spills: list[tuple[int, int, int]] = []
 
         # 1. blocks written from offset 0 this step were handed out afresh: drop stale slots
         for r in range(num_reqs):
-            if qlen[r] <= 0:
+            if qlen_l[r] <= 0:
                 continue
-            first_fresh = full_before[r] + (1 if staged_before[r] > 0 else 0)
-            last = (seq[r] - 1) // G
+            first_fresh = fb_l[r] + (1 if sb_l[r] > 0 else 0)
+            last = (seq_l[r] - 1) // G
             for j in range(first_fresh, last + 1):
-                slot = self.block_slot.get(int(bt[r, j]))
+                slot = block_slot.get(bt_l[r][j])
                 if slot is not None:
                     self._release(slot)
 
         # 2. slots the batch reads: continuing tails and sinks of context blocks
         for r in range(num_reqs):
-            if staged_before[r] > 0 and qlen[r] > 0:
-                slot = self.block_slot.get(int(bt[r, full_before[r]]))
+            if sb_l[r] > 0 and qlen_l[r] > 0:
+                slot = block_slot.get(bt_l[r][fb_l[r]])
                 if slot is not None:
-                    self._touch(slot)
-            if full_before[r] >= 1:
-                slot = self.block_slot.get(int(bt[r, 0]))
-                if slot is not None and self.slot_kind[slot] == _SINK:
-                    self._touch(slot)
+                    stamp[slot] = now
+            if fb_l[r] >= 1:
+                slot = block_slot.get(bt_l[r][0])
+                if slot is not None and slot_kind[slot] == _SINK:
+                    stamp[slot] = now
 
         # 3. flushes: blocks [full_before, full_after) of each request fill up this step
         flush_block: list[int] = []
@@ -350,13 +362,13 @@ class StagingPool:
         need_sink: list[int] = []  # flush indices of first blocks without a slot yet
         for r in range(num_reqs):
             tile_base[r] = len(flush_block)
-            for j in range(full_before[r], full_after[r]):
-                block = int(bt[r, j])
-                prefix = int(staged_before[r]) if j == full_before[r] else 0
-                slot = self.block_slot.get(block) if prefix > 0 else None
+            for j in range(fb_l[r], fa_l[r]):
+                block = bt_l[r][j]
+                prefix = sb_l[r] if j == fb_l[r] else 0
+                slot = block_slot.get(block) if prefix > 0 else None
                 if prefix > 0 and slot is None:  # the prefix was spilled: back into a slot first
                     slot = self._restore_into_slot(block, prefix, spills, restore_slot, restore_block)
-                by_slot = qlen[r] == 1 and slot is not None
+                by_slot = qlen_l[r] == 1 and slot is not None
                 if by_slot:
                     # a decode completes the block: its token is staged into the slot, which
                     # is then quantized whole (no tile)
@@ -383,28 +395,30 @@ class StagingPool:
                         release_after.append(slot)
 
         # 4. tails: the partial block after this step needs a slot (required)
-        tail_slot = np.full(num_reqs, -1, dtype=np.int64)
+        tail_l = [-1] * num_reqs
+        slot_fill = self.slot_fill
         for r in range(num_reqs):
-            if staged_after[r] == 0 or qlen[r] <= 0:
-                if staged_after[r] > 0:  # request in the batch without new tokens: read only
-                    slot = self.block_slot.get(int(bt[r, full_after[r]]))
-                    tail_slot[r] = -1 if slot is None else slot
+            if sa_l[r] == 0 or qlen_l[r] <= 0:
+                if sa_l[r] > 0:  # request in the batch without new tokens: read only
+                    slot = block_slot.get(bt_l[r][fa_l[r]])
+                    tail_l[r] = -1 if slot is None else slot
                 continue
-            block = int(bt[r, full_after[r]])
-            continuing = full_after[r] == full_before[r] and staged_before[r] > 0
-            slot = self.block_slot.get(block) if continuing else None
+            block = bt_l[r][fa_l[r]]
+            continuing = fa_l[r] == fb_l[r] and sb_l[r] > 0
+            slot = block_slot.get(block) if continuing else None
             if slot is None:
                 if continuing:  # its prefix was spilled: bring it back from the record
-                    slot = self._restore_into_slot(block, int(staged_before[r]), spills, restore_slot, restore_block)
+                    slot = self._restore_into_slot(block, sb_l[r], spills, restore_slot, restore_block)
                 else:
                     slot = self._allocate(spills, optional=False)
                     assert slot is not None
-                    self.block_slot[block] = slot
+                    block_slot[block] = slot
                     self.slot_block[slot] = block
-            self.slot_kind[slot] = _TAIL
-            self.slot_fill[slot] = staged_after[r]
-            self._touch(slot)
-            tail_slot[r] = slot
+            slot_kind[slot] = _TAIL
+            slot_fill[slot] = sa_l[r]
+            stamp[slot] = now
+            tail_l[r] = slot
+        tail_slot = np.asarray(tail_l, dtype=np.int64)
 
         # 5. sinks for first blocks flushed straight from the step's tokens (optional)
         for f in need_sink:
@@ -513,13 +527,15 @@ class StagingPool:
         n = rows.size
         nb = full_before[rows]
         # the first block comes from its 16-bit sink copy while one is resident
-        has_sink = np.zeros(n, dtype=bool)
-        sink_of = np.full(n, -1, dtype=np.int64)
-        for i in np.nonzero(nb >= 1)[0]:
-            slot = self.block_slot.get(int(bt[rows[i], 0]))
-            if slot is not None and self.slot_kind[slot] == _SINK:
-                has_sink[i] = True
-                sink_of[i] = slot
+        block_slot, slot_kind = self.block_slot, self.slot_kind
+        first_blocks = bt[rows, 0].tolist()
+        sinks = [-1] * n
+        for i in np.nonzero(nb >= 1)[0].tolist():
+            slot = block_slot.get(first_blocks[i])
+            if slot is not None and slot_kind[slot] == _SINK:
+                sinks[i] = slot
+        sink_of = np.asarray(sinks, dtype=np.int64)
+        has_sink = sink_of >= 0
         first = has_sink.astype(np.int64)
         count = nb - first  # record blocks first .. nb-1 of each row
         width = max(1, int(count.max(initial=0)))
