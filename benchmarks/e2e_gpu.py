@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-PRESETS = ("bf16", "fp8", "k4v4", "k2v2")
+PRESETS = ("bf16", "fp8", "k4v4", "k2v2", "k4v4-g64", "k2v2-g64")
 MIB = 2**20
 
 
@@ -111,16 +111,20 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     start_s = time.perf_counter() - t0
     cc = llm.llm_engine.vllm_config.cache_config
     tok = llm.get_tokenizer()
+    # the warm-up prompts come after the timed ones in the file: a timed request never hits
+    # the prefix cache on a warm-up prompt, so every preset prefills every timed prompt
+    texts = load_prompts(args.data, args.num_prompts + args.warmup_prompts)
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
-               for p in load_prompts(args.data, args.num_prompts)]
+               for p in texts]
     prompts = [p["input_ids"] if hasattr(p, "keys") else p for p in prompts]
+    prompts, warm_prompts = prompts[: args.num_prompts], prompts[args.num_prompts:]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
     engine = llm.llm_engine
 
     # warm-up: compiles the Triton kernels (and their split counts) outside the timed run
     warm = SamplingParams(max_tokens=args.warmup_tokens or args.max_tokens, temperature=0.0, ignore_eos=True)
-    for i in range(args.warmup_prompts):
-        engine.add_request(f"warm{i}", {"prompt_token_ids": prompts[i % len(prompts)]}, warm)
+    for i, p in enumerate(warm_prompts):
+        engine.add_request(f"warm{i}", {"prompt_token_ids": p}, warm)
     while engine.has_unfinished_requests():
         engine.step()
     base = read_gauges(llm)
@@ -149,6 +153,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "num_blocks": int(cc.num_gpu_blocks),
         "block_size": int(cc.block_size),
         "capacity_tokens": int(cc.num_gpu_blocks) * int(cc.block_size),
+        "kv_budget_mib": args.kv_budget_mib,
         "kv_cache_memory_bytes": int(kwargs["kv_cache_memory_bytes"]),
         "max_num_seqs": int(kwargs["max_num_seqs"]),
         "prompts": len(prompts),
@@ -203,14 +208,19 @@ def main() -> None:
         "results": results,
     }
     for label in args.presets.split(","):
-        # "k2v2:eager-decode": the preset with vLLM's CUDA graphs of decode steps turned off
+        # "k2v2:eager-decode": the preset with vLLM's CUDA graphs of decode steps turned off;
+        # "bf16:mib8192": the preset with its own KV budget (e.g. bf16 with room for every
+        # sequence, the throughput it would reach without queueing)
         preset, _, variant = label.partition(":")
         env = dict(os.environ)
+        extra: list[str] = []
         if variant == "eager-decode":
             env["KVARN_DECODE_GRAPHS"] = "0"
+        elif variant.startswith("mib") and variant[3:].isdigit():
+            extra = ["--kv-budget-mib", variant[3:]]
         elif variant:
-            raise SystemExit(f"unknown preset variant {variant!r} (known: eager-decode)")
-        cmd = [sys.executable, __file__, "--one", preset] + [a for a in sys.argv[1:]]
+            raise SystemExit(f"unknown preset variant {variant!r} (known: eager-decode, mibN)")
+        cmd = [sys.executable, __file__, "--one", preset] + [a for a in sys.argv[1:]] + extra
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, env=env)

@@ -320,6 +320,40 @@ def attention_layers(vllm_config: Any, layer_names: list[str]) -> list[tuple[Any
 _HOST_MIRRORS: dict[int, Any] = {}
 
 
+_VARLEN: list[Any] = []
+
+
+def varlen_flash_attention() -> Any:
+    """vLLM's variable-length FlashAttention as `f(q, k, v, out, cu_seqlens, max_len, scale)`
+    (causal, GQA, 16-bit, q/k/v [tokens, heads, D] with one sequence per cu_seqlens span),
+    or None where vLLM has none (CPU builds, other platforms, another API).
+
+    Used for prefill chunks that start their sequence: their attention needs no cache, so
+    they take the kernel vLLM's own CUDA backend uses. Resolved once per process.
+    """
+    if not _VARLEN:
+        _VARLEN.append(_resolve_varlen())
+    return _VARLEN[0]
+
+
+def _resolve_varlen() -> Any:
+    try:
+        from vllm.v1.attention.backends import fa_utils
+
+        if not fa_utils.is_flash_attn_varlen_func_available():
+            return None
+        kernel = fa_utils.flash_attn_varlen_func
+        version = fa_utils.get_flash_attn_version()
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+
+    def attend(q: Any, k: Any, v: Any, out: Any, cu_seqlens: Any, max_len: int, scale: float) -> None:
+        kernel(q=q, k=k, v=v, out=out, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_len,
+               max_seqlen_k=max_len, softmax_scale=scale, causal=True, fa_version=version)
+
+    return attend
+
+
 def host_block_table(device_table: Any) -> Any:
     """The block table a metadata builder gets on the device, read from the host copy vLLM
     keeps of it (numpy, same rows) instead of with `.cpu()`.

@@ -256,3 +256,55 @@ def test_fresh_prefill_attends_causally_over_its_own_tokens(chunk: int, monkeypa
             want = torch.softmax(keys @ q[first + t, h] * 0.3, dim=0) @ vals
             torch.testing.assert_close(out[first + t, h], want, rtol=1e-5, atol=1e-5)
     assert bool((out[:first] == 0).all()) and bool((out[first + L :] == 0).all())
+
+
+def test_fresh_chunks_are_listed_for_one_batched_attention_call() -> None:
+    """A step mixing a decode, a continued prefill and two sequence-starting chunks lists
+    exactly the fresh chunks' tokens and lengths, in the token order of the step."""
+    G = 4
+    pool = StagingPool(16, G)
+    bt = np.arange(1, 1 + 4 * 4).reshape(4, 4)
+    # step 1: requests 0 and 1 start (5 and 2 tokens)
+    first = pool.plan(np.array([0, 5, 7]), np.array([5, 2]), bt[:2], 7)
+    assert first.fresh_index.tolist() == list(range(7))
+    assert first.fresh_cu.tolist() == [0, 5, 7] and first.fresh_cu.dtype == torch.int32
+    assert first.fresh_max_len == 5
+    # step 2: request 0 decodes, request 1 continues its prefill (3 tokens), 2 and 3 start (2, 6)
+    qsl = np.array([0, 1, 4, 6, 12])
+    step = pool.plan(qsl, np.array([6, 5, 2, 6]), bt, 12)
+    assert step.fresh_index.tolist() == [4, 5, 6, 7, 8, 9, 10, 11]
+    assert step.fresh_cu.tolist() == [0, 2, 8] and step.fresh_max_len == 6
+    fresh_groups = [g for g in step.groups if g.fresh_first_token >= 0]
+    assert [g.fresh_first_token for g in fresh_groups] == [4, 6]
+    moved = step.to(torch.device("cpu"))
+    assert moved.fresh_cu.tolist() == [0, 2, 8] and moved.fresh_max_len == 6
+
+
+def test_batched_fresh_attention_matches_chunk_by_chunk() -> None:
+    """The batched path gives the chunk-by-chunk result (here with a reference kernel in
+    place of vLLM's FlashAttention, which only exists on CUDA) and leaves other rows alone."""
+    from kvarn_cli.kvcache import compute
+
+    G = 4
+    pool = StagingPool(16, G)
+    bt = np.arange(1, 1 + 3 * 4).reshape(3, 4)
+    pool.plan(np.array([0, 5]), np.array([5]), bt[:1], 5)
+    plan = pool.plan(np.array([0, 1, 4, 10]), np.array([6, 3, 6]), bt, 10)  # a decode, then two fresh chunks
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(10, h, 8, generator=gen).to(torch.bfloat16) for h in (4, 2, 2))
+
+    def reference(qf, kf, vf, out, cu, max_len, scale):  # type: ignore[no-untyped-def]
+        assert max_len == int((cu[1:] - cu[:-1]).max())
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            compute._attend_fresh(a, b - a, qf, kf, vf, out, scale)
+
+    batched = torch.full((10, 4, 8), 7.0, dtype=torch.bfloat16)
+    assert compute._attend_fresh_batched(plan, q, k, v, batched, 0.3, varlen=reference)
+    single = torch.full((10, 4, 8), 7.0, dtype=torch.bfloat16)
+    for g in plan.groups:
+        if g.fresh_first_token >= 0:
+            compute._attend_fresh(g.fresh_first_token, g.q_tokens.shape[1], q, k, v, single, 0.3)
+    torch.testing.assert_close(batched, single)
+    assert bool((batched[0] == 7.0).all())  # the decode row is not the fresh path's
+    # float32 (or no kernel): the caller attends chunk by chunk
+    assert not compute._attend_fresh_batched(plan, q.float(), k.float(), v.float(), batched.float(), 0.3)

@@ -217,3 +217,31 @@ def test_triton_path_inside_vllm_generates_like_the_pytorch_path(test_model, dat
     # the decode kernel's reading of records on real-model magnitudes (docs/KV_CACHE.md).
     assert float(diff[:57].max()) < 1e-2, diff[:57]
     assert float(diff.mean()) < 0.05, diff
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM's FlashAttention needs CUDA")
+def test_vllm_varlen_attention_matches_chunk_by_chunk_sdpa_on_cuda() -> None:
+    """The batched fresh-prefill attention (vLLM's FlashAttention, 16-bit) agrees with the
+    float32 chunk-by-chunk path on GQA chunks of several lengths."""
+    from kvarn_cli import vllm_compat
+    from kvarn_cli.kvcache import compute
+    from kvarn_cli.kvcache.staging import StagingPool
+
+    varlen = vllm_compat.varlen_flash_attention()
+    assert varlen is not None, "vLLM on CUDA should offer flash_attn_varlen_func"
+    lens = [1, 37, 91, 200]
+    G = 64
+    pool = StagingPool(16, G)
+    qsl = np.concatenate([[0], np.cumsum(lens)])
+    bt = np.arange(1, 1 + 4 * 4).reshape(4, 4)
+    plan = pool.plan(qsl, np.array(lens), bt, int(qsl[-1]))
+    plan = plan.to(torch.device("cuda"))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    T = int(qsl[-1])
+    q, k, v = (torch.randn(T, h, 64, device="cuda", generator=gen).to(torch.bfloat16) for h in (9, 3, 3))
+    batched = torch.zeros(T, 9, 64, device="cuda", dtype=torch.bfloat16)
+    assert compute._attend_fresh_batched(plan, q, k, v, batched, 0.125)
+    single = torch.zeros_like(batched)
+    for a, n in zip(qsl[:-1].tolist(), lens):
+        compute._attend_fresh(a, n, q, k, v, single, 0.125)
+    torch.testing.assert_close(batched.float(), single.float(), rtol=2e-2, atol=2e-2)

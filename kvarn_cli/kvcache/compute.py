@@ -296,12 +296,14 @@ def attend(
     """Causal attention of the step's queries [T, Hq, D] into `output` [T, Hq, D]."""
     T = plan.num_tokens
     rotated: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    fresh_done = _attend_fresh_batched(plan, query, key, value, output, scale)
     for group in plan.groups:
         if codec.triton and group.q_tokens.shape[1] == 1:
             _decode_group_triton(group, codec, cache, query, output, scale)
             continue
         if group.fresh_first_token >= 0:
-            _attend_fresh(group.fresh_first_token, group.q_tokens.shape[1], query, key, value, output, scale)
+            if not fresh_done:
+                _attend_fresh(group.fresh_first_token, group.q_tokens.shape[1], query, key, value, output, scale)
             continue
         if rotated is None:  # a pure-decode step on the Triton path never needs these
             rotated = (codec.rotate(query[:T].float()), codec.rotate(key[:T].float()), codec.rotate(value[:T].float()))
@@ -339,6 +341,32 @@ def _decode_group_triton(
     )
     if out is not rows_out:
         output[tokens] = out.to(output.dtype)
+
+
+def _attend_fresh_batched(
+    plan: StepPlan, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output: torch.Tensor, scale: float,
+    varlen: Any = None,
+) -> bool:
+    """All of the step's sequence-starting prefill chunks in one variable-length
+    FlashAttention call (vLLM's, on CUDA in 16-bit, as vLLM's own backend attends them),
+    instead of a handful of PyTorch ops per chunk and layer. False where that kernel is not
+    available (CPU, float32 models): the caller then attends chunk by chunk. `varlen`
+    replaces vLLM's kernel (tests)."""
+    if plan.fresh_index.numel() == 0 or query.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if varlen is None:
+        if query.device.type != "cuda":
+            return False
+        from kvarn_cli import vllm_compat
+
+        varlen = vllm_compat.varlen_flash_attention()
+        if varlen is None:
+            return False
+    idx = plan.fresh_index
+    out = torch.empty((idx.numel(), *output.shape[1:]), dtype=output.dtype, device=output.device)
+    varlen(query[idx], key[idx], value[idx], out, plan.fresh_cu, plan.fresh_max_len, scale)
+    output[idx] = out
+    return True
 
 
 def _attend_fresh(

@@ -144,6 +144,12 @@ class StepPlan:
     #: flush tiles kept as a 16-bit sink: tile index, slot
     keep_tile: torch.Tensor | None = None
     keep_slot: torch.Tensor | None = None
+    #: prefill chunks that start their sequence (groups with fresh_first_token >= 0), for one
+    #: batched attention call: their query-token indices, concatenated, and the int32
+    #: cumulative chunk lengths [chunks + 1]; fresh_max_len is the longest chunk
+    fresh_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    fresh_cu: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int32))
+    fresh_max_len: int = 0
 
     def __post_init__(self) -> None:
         if self.slot_token is not None:
@@ -468,6 +474,12 @@ class StagingPool:
             plan.groups.append(self._decode_group(rows, qsl, ctx, seq, bt, full_before, full_after, staged_after, tail_slot, filled_by))
         for r in prefills:
             plan.groups.append(self._group([r], qsl, qlen, ctx, seq, bt, full_before, full_after, staged_after, tile_base, tail_slot))
+        fresh = [r for r in prefills if ctx[r] == 0]
+        if fresh:
+            lens = qlen[fresh]
+            plan.fresh_index = torch.from_numpy(np.concatenate([np.arange(qsl[r], qsl[r + 1]) for r in fresh]))
+            plan.fresh_cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+            plan.fresh_max_len = int(lens.max())
 
         for slot in release_after:
             self._release(slot)
