@@ -6,7 +6,7 @@ first --tokens tokens (greedy, so they should not: a prefix hit changes where ke
 from, not their values while the sink copy is resident). Run on the GPU machine, where the
 CPU tests cannot reach the CUDA paths.
 
-usage: python tests/prefix_hit_smoke.py MODEL GSM8K_JSONL [PRESET] [--tokens N]
+usage: python tests/prefix_hit_smoke.py MODEL GSM8K_JSONL [PRESET] [--tokens N] [--no-async] [--eager]
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def main() -> int:
     ap.add_argument("preset", nargs="?", default="k2v2-g64")
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--tokens", type=int, default=12)
+    ap.add_argument("--no-async", action="store_true", help="turn vLLM's asynchronous scheduling off")
+    ap.add_argument("--eager", action="store_true", help="no CUDA graphs at all (enforce_eager)")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM, SamplingParams
@@ -34,8 +36,10 @@ def main() -> int:
     from kvarn_cli import kvcache
 
     kwargs = kvcache.engine_kwargs(args.preset) if args.preset != "fp16" else {}
+    if args.no_async:
+        kwargs["async_scheduling"] = False
     llm = LLM(model=args.model, dtype="bfloat16", seed=0, max_model_len=1024, kv_cache_memory_bytes=256 << 20,
-              max_num_seqs=16, **kwargs)
+              max_num_seqs=16, enforce_eager=args.eager, **kwargs)
     tok = llm.get_tokenizer()
     with open(args.data, encoding="utf-8") as fh:
         rows = [json.loads(line) for _, line in zip(range(args.prompts), fh)]
