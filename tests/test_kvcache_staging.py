@@ -308,3 +308,37 @@ def test_batched_fresh_attention_matches_chunk_by_chunk() -> None:
     assert bool((batched[0] == 7.0).all())  # the decode row is not the fresh path's
     # float32 (or no kernel): the caller attends chunk by chunk
     assert not compute._attend_fresh_batched(plan, q.float(), k.float(), v.float(), batched.float(), 0.3)
+
+
+def test_cuda_graph_padding_rows_are_not_planned() -> None:
+    """vLLM pads a decode batch to a captured graph size with requests of sequence length 0
+    whose host block-table rows still name earlier requests' blocks. Planned as requests,
+    they would release a live sequence's slot and stage their dummy token into it; the
+    builder plans only the real requests (graph.real_requests)."""
+    from kvarn_cli.kvcache.graph import real_requests
+
+    G = 4
+    bt = np.array([[1, 2, 0, 0], [3, 4, 0, 0], [3, 4, 0, 0], [1, 2, 0, 0]])  # rows 2, 3: stale copies
+    pool = StagingPool(8, G)
+    pool.plan(np.array([0, 6, 11]), np.array([6, 5]), bt[:2], 11)  # two prompts: tails in blocks 2 and 4
+    live = dict(pool.block_slot)
+    assert 2 in live and 4 in live
+
+    seq = np.array([7, 6, 0, 0])  # one decode each, then two padding rows
+    qsl = np.array([0, 1, 2, 3, 4])
+    assert real_requests(seq, 4) == 2
+    n = real_requests(seq, 4)
+    plan = pool.plan(qsl[: n + 1], seq[:n], bt[:n], int(qsl[n]))
+    assert plan.num_tokens == 2 and plan.slot_token.tolist() == [0, 1]
+    assert pool.block_slot[2] == live[2] and pool.block_slot[4] == live[4]
+
+    # what the padding rows would have done: write their dummy tokens into the live slots
+    bad = StagingPool(8, G)
+    bad.plan(np.array([0, 6, 11]), np.array([6, 5]), bt[:2], 11)
+    wrong = bad.plan(qsl, seq, bt, 4)
+    padding_writes = {int(s) for t, s in zip(wrong.slot_token.tolist(), wrong.slot_id.tolist()) if t >= 2}
+    assert padding_writes and padding_writes <= set(live.values())
+
+    with pytest.raises(ValueError):
+        real_requests(np.array([5, 0, 3]), 3)
+    assert real_requests(np.array([0, 0]), 2) == 0

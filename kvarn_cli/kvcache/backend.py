@@ -35,7 +35,7 @@ from kvarn_cli import vllm_compat
 from kvarn_cli.errors import EngineError
 from kvarn_cli.kvcache import ENV_BLOCK_SIZE, ENV_QUANTIZER
 from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, decode_fixed, maintain, update_cache, use_triton
-from kvarn_cli.kvcache.graph import DecodeBuffers, table_width
+from kvarn_cli.kvcache.graph import DecodeBuffers, real_requests, table_width
 from kvarn_cli.kvcache.layout import staging_slots, token_bytes
 from kvarn_cli.kvcache.records import quantizer_for
 from kvarn_cli.kvcache.staging import StagingPool, StepPlan
@@ -175,8 +175,11 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         seq_lens = cam.seq_lens_cpu_upper_bound if cam.seq_lens_cpu_upper_bound is not None else cam.seq_lens
         seq = seq_lens.cpu().numpy()
         table = vllm_compat.host_block_table(cam.block_table_tensor)
-        num_tokens = int(qsl[cam.num_reqs])
-        plan = self.pool.plan(qsl[: cam.num_reqs + 1], seq[: cam.num_reqs], table[: cam.num_reqs], num_tokens)
+        # only the real requests: the rows vLLM pads a CUDA-graph batch with must not touch
+        # the staging pool (their padded kernel rows read and write nothing)
+        reqs = real_requests(seq, cam.num_reqs)
+        num_tokens = int(qsl[reqs])
+        plan = self.pool.plan(qsl[: reqs + 1], seq[:reqs], table[:reqs], num_tokens)
         fixed = self.buffers is not None and self.buffers.fits(plan, cam.num_reqs)
         moved = plan.to(self.device) if self.device.type != "cpu" and (plan.needs_maintenance or not fixed) else plan
         if plan.needs_maintenance:

@@ -159,5 +159,22 @@ class DecodeBuffers:
         )
 
 
+def real_requests(seq_lens: np.ndarray, num_reqs: int) -> int:
+    """How many of a batch's `num_reqs` requests are real, the rest being vLLM's padding up
+    to a captured CUDA-graph size.
+
+    vLLM pads a decode batch with requests of sequence length 0 (one dummy token each) and
+    points only its *device* block table at the null block: the host copy the builder reads
+    keeps block ids of earlier requests in those rows. Planned as requests, such a row would
+    stage its dummy token into, flush, or release the staging slot of whatever block its
+    stale row names, corrupting a live sequence. Padding rows come last.
+    """
+    seq = np.asarray(seq_lens[:num_reqs])
+    real = int(np.count_nonzero(seq > 0))
+    if real and not bool((seq[:real] > 0).all()):
+        raise ValueError("a request with sequence length 0 before a real one: not vLLM's padding layout")
+    return real
+
+
 def table_width(max_model_len: int, block_size: int) -> int:
     return max(1, math.ceil(max_model_len / block_size))
