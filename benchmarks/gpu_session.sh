@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh kernels # decode/flush microbenchmarks
 #   bash benchmarks/gpu_session.sh step    # benchmarks/decode_step.py: one decode step's KV work, kvarn kernels vs vLLM bf16
 #   bash benchmarks/gpu_session.sh graphs  # kernel tests, kvarn run fp16/k2v2 and Triton vs PyTorch with decode CUDA graphs
+#   bash benchmarks/gpu_session.sh prefix  # prefix-cache hits, decode graphs on and off: same greedy tokens? (tests/prefix_hit_smoke.py)
 # Needs, carried beside the tree: .whl/ (orjson for the CLI) and .gpuwork/gsm8k_test.jsonl.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out.
 set -u
@@ -65,7 +66,15 @@ check)
   path_smoke check
   timeout 60 python3 benchmarks/decode_magnitude_error.py 2>&1 | tee "$out/check_magnitude.log" | tail -12
   ;;
+prefix)
+  for graphs in 1 0; do
+    echo "== KVARN_DECODE_GRAPHS=$graphs"
+    KVARN_DECODE_GRAPHS=$graphs timeout 150 python3 tests/prefix_hit_smoke.py "$model" "$data/gsm8k_test.jsonl" k2v2-g64 2>&1 \
+      | grep "prompt \|generate" | tee -a "$out/prefix.log"
+  done
+  ;;
 graphs)
+  export KVARN_DECODE_GRAPHS=1
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \
     -k "stage or flush or hilo" 2>&1 | tee "$out/graphs_tests.log" | tail -6
   engine_runs graphs
