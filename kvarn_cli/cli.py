@@ -70,10 +70,10 @@ def main() -> None:
         err_console.print("[bold red]aborted[/]")
         sys.exit(130)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+        # matched by class name: newer typer releases vendor click (typer._click), whose
+        # exception classes are not the `click` package's
+        if any(cls.__name__ == "ClickException" for cls in type(exc).__mro__):
+            exc.show()  # type: ignore[attr-defined]
             sys.exit(2)
         raise
     sys.exit(code if isinstance(code, int) else 0)

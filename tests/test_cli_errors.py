@@ -58,6 +58,9 @@ def test_duplicate_ids(tmp_path, jobs):
     (("--on-error", "ignore"), "--on-error"),
     (("--bits", "3"), "--bits 3"),
     (("--max-tokens", "0"), "--max-tokens"),
+    # click's own usage errors (typer may vendor click under another module name)
+    (("--limit", "2"), "No such option: --limit"),
+    (("--max-tokens", "many"), "--max-tokens"),
 ])
 def test_bad_options(tmp_path, jobs, extra, fragment):
     p = jobs('{"id": "a", "prompt": "x"}\n')
@@ -83,3 +86,7 @@ def test_help_lists_commands():
     assert proc.returncode == 0
     for cmd in ("run", "jobs", "model"):
         assert cmd in proc.stdout
+
+
+def test_unknown_command_is_a_usage_error():
+    assert_clean_error(kvarn("frobnicate"), "No such command 'frobnicate'")
