@@ -13,7 +13,9 @@ On CUDA (or with KVARN_FORCE_TRITON=1, which runs them in Triton's interpreter w
 TRITON_INTERPRET=1) the two hot paths use the Triton kernels of kvarn_cli.kernels: flushes
 and spills quantize straight into the paged records (triton_flush.flush_tiles), and decode
 groups attend with triton_decode.decode_attention over records + sink/tail slots. Prefill
-chunks, flush prefixes read back from a record and restores stay in PyTorch.
+chunks that start their sequence take vLLM's variable-length FlashAttention (one call per
+layer); other prefill chunks, flush prefixes read back from a record and restores stay in
+PyTorch.
 """
 
 from __future__ import annotations
