@@ -86,8 +86,8 @@ step)
   ;;
 e2e)
   timeout 570 python3 benchmarks/e2e_gpu.py --model "$model" --data "$data/gsm8k_test.jsonl" \
-    --presets "${PRESETS:-bf16,k2v2,fp8,k4v4}" --kv-budget-mib "${BUDGET:-1024}" --num-prompts "${PROMPTS:-128}" \
-    --max-tokens "${TOKENS:-1536}" --timeout-s "${PRESET_TIMEOUT:-200}" --out "$out/e2e_gpu.json" 2>&1 | tee "$out/e2e.log" | tail -40
+    --presets "${PRESETS:-bf16,k2v2-g64,fp8,k4v4-g64}" --kv-budget-mib "${BUDGET:-1024}" --num-prompts "${PROMPTS:-128}" \
+    --max-tokens "${TOKENS:-1024}" --timeout-s "${PRESET_TIMEOUT:-200}" --out "$out/e2e_gpu.json" 2>&1 | tee "$out/e2e.log" | tail -40
   ;;
 profile)
   VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 260 python3 benchmarks/profile_engine.py --model "$model" \
