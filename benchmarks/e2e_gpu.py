@@ -165,7 +165,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "ms_per_step": round(1e3 * wall / max(1, steps), 2),
         "peak_running": int(peak_running),
         "preemptions": int(end["num_preemptions"] - base["num_preemptions"]),
-        "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS")},
+        "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS", "KVARN_FLUSH_STREAM")},
         "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
         "cudagraph_capture_sizes": list(llm.llm_engine.vllm_config.compilation_config.cudagraph_capture_sizes or []),
         "first_request_token_ids": first_ids,
