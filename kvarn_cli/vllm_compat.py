@@ -7,6 +7,7 @@ so an incompatible vLLM fails with one clear line instead of a traceback deep in
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from typing import Any
@@ -320,9 +321,7 @@ def attention_layers(vllm_config: Any, layer_names: list[str]) -> list[tuple[Any
 _HOST_MIRRORS: dict[int, Any] = {}
 
 
-_VARLEN: list[Any] = []
-
-
+@functools.cache
 def varlen_flash_attention() -> Any:
     """vLLM's variable-length FlashAttention as `f(q, k, v, out, cu_seqlens, max_len, scale)`
     (causal, GQA, 16-bit, q/k/v [tokens, heads, D] with one sequence per cu_seqlens span),
@@ -331,12 +330,6 @@ def varlen_flash_attention() -> Any:
     Used for prefill chunks that start their sequence: their attention needs no cache, so
     they take the kernel vLLM's own CUDA backend uses. Resolved once per process.
     """
-    if not _VARLEN:
-        _VARLEN.append(_resolve_varlen())
-    return _VARLEN[0]
-
-
-def _resolve_varlen() -> Any:
     try:
         from vllm.v1.attention.backends import fa_utils
 

@@ -321,13 +321,10 @@ class StagingPool:
         qlen_l, seq_l = qlen.tolist(), seq.tolist()
         fb_l, sb_l = full_before.tolist(), staged_before.tolist()
         fa_l, sa_l = full_after.tolist(), staged_after.tolist()
-        width = int(bt.shape[1]) if bt.ndim == 2 else 0
-        used = min(width, max(fa_l, default=0) + 1)  # table columns any row reaches
+        used = min(int(bt.shape[1]), max(fa_l, default=0) + 1)  # table columns any row reaches
         bt_l = bt[:num_reqs, :used].tolist()
         block_slot = self.block_slot
         slot_kind = self.slot_kind
-        stamp = self.slot_stamp
-        now = self.step
 
         spills: list[tuple[int, int, int]] = []
 
@@ -347,11 +344,11 @@ class StagingPool:
             if sb_l[r] > 0 and qlen_l[r] > 0:
                 slot = block_slot.get(bt_l[r][fb_l[r]])
                 if slot is not None:
-                    stamp[slot] = now
+                    self._touch(slot)
             if fb_l[r] >= 1:
                 slot = block_slot.get(bt_l[r][0])
                 if slot is not None and slot_kind[slot] == _SINK:
-                    stamp[slot] = now
+                    self._touch(slot)
 
         # 3. flushes: blocks [full_before, full_after) of each request fill up this step
         flush_block: list[int] = []
@@ -422,7 +419,7 @@ class StagingPool:
                     self.slot_block[slot] = block
             slot_kind[slot] = _TAIL
             slot_fill[slot] = sa_l[r]
-            stamp[slot] = now
+            self._touch(slot)
             tail_l[r] = slot
         tail_slot = np.asarray(tail_l, dtype=np.int64)
 
@@ -474,10 +471,11 @@ class StagingPool:
             plan.groups.append(self._decode_group(rows, qsl, ctx, seq, bt, full_before, full_after, staged_after, tail_slot, filled_by))
         for r in prefills:
             plan.groups.append(self._group([r], qsl, qlen, ctx, seq, bt, full_before, full_after, staged_after, tile_base, tail_slot))
-        fresh = [r for r in prefills if ctx[r] == 0]
+        # the groups `_group` marked fresh, listed for one batched attention call
+        fresh = [(g.fresh_first_token, g.q_tokens.shape[1]) for g in plan.groups if g.fresh_first_token >= 0]
         if fresh:
-            lens = qlen[fresh]
-            plan.fresh_index = torch.from_numpy(np.concatenate([np.arange(qsl[r], qsl[r + 1]) for r in fresh]))
+            lens = np.array([n for _, n in fresh])
+            plan.fresh_index = torch.from_numpy(np.concatenate([np.arange(a, a + n) for a, n in fresh]))
             plan.fresh_cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
             plan.fresh_max_len = int(lens.max())
 
