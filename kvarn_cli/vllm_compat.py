@@ -130,6 +130,7 @@ BACKEND_SYMBOLS: tuple[tuple[str, str], ...] = (
     ("vllm.v1.attention.backends.registry", "AttentionBackendEnum.is_overridden"),
     ("vllm.v1.attention.backends.registry", "AttentionBackendEnum.clear_override"),
     ("vllm.v1.attention.backends.registry", "register_backend"),
+    ("vllm.v1.attention.backends.utils", "NULL_BLOCK_ID"),
     ("vllm.v1.attention.selector", "_cached_get_attn_backend"),
     ("vllm.v1.kv_cache_interface", "AttentionSpec"),
     ("vllm.config", "get_current_vllm_config"),
@@ -211,6 +212,7 @@ class BackendAPI:
             CommonAttentionMetadata,
         )
         from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+        from vllm.v1.attention.backends.utils import NULL_BLOCK_ID
         from vllm.v1.attention.selector import _cached_get_attn_backend
         from vllm.v1.kv_cache_interface import AttentionSpec
 
@@ -229,6 +231,9 @@ class BackendAPI:
         self.has_page_spec_hook = has_page_spec_hook()
         self.get_current_vllm_config = get_current_vllm_config
         self.current_platform = current_platform
+        #: the block id of rows that belong to no request: CUDA-graph padding and the dummy
+        #: batches vLLM runs to warm up and capture graphs
+        self.null_block_id = int(NULL_BLOCK_ID)
 
 
 _BACKEND_API: BackendAPI | None = None
@@ -321,30 +326,40 @@ def attention_layers(vllm_config: Any, layer_names: list[str]) -> list[tuple[Any
 _HOST_MIRRORS: dict[int, Any] = {}
 
 
-@functools.cache
 def varlen_flash_attention() -> Any:
     """vLLM's variable-length FlashAttention as `f(q, k, v, out, cu_seqlens, max_len, scale)`
     (causal, GQA, 16-bit, q/k/v [tokens, heads, D] with one sequence per cu_seqlens span),
-    or None where vLLM has none (CPU builds, other platforms, another API).
+    or None where vLLM has none (CPU builds, other platforms, another API; see
+    `varlen_flash_attention_missing`).
 
     Used for prefill chunks that start their sequence: their attention needs no cache, so
     they take the kernel vLLM's own CUDA backend uses. Resolved once per process.
     """
+    return _varlen_flash_attention()[0]
+
+
+def varlen_flash_attention_missing() -> str:
+    """Why `varlen_flash_attention()` is None ("" when it is not)."""
+    return _varlen_flash_attention()[1]
+
+
+@functools.cache
+def _varlen_flash_attention() -> tuple[Any, str]:
     try:
         from vllm.v1.attention.backends import fa_utils
 
         if not fa_utils.is_flash_attn_varlen_func_available():
-            return None
+            return None, "vLLM reports no flash_attn_varlen_func on this platform"
         kernel = fa_utils.flash_attn_varlen_func
         version = fa_utils.get_flash_attn_version()
-    except (ImportError, AttributeError, RuntimeError):
-        return None
+    except (ImportError, AttributeError, RuntimeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
 
     def attend(q: Any, k: Any, v: Any, out: Any, cu_seqlens: Any, max_len: int, scale: float) -> None:
         kernel(q=q, k=k, v=v, out=out, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_len,
                max_seqlen_k=max_len, softmax_scale=scale, causal=True, fa_version=version)
 
-    return attend
+    return attend, ""
 
 
 def host_block_table(device_table: Any) -> Any:

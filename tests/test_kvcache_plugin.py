@@ -122,3 +122,77 @@ def test_host_block_table_mirror_is_found_by_device_storage() -> None:
     # a CPU table is read directly (vLLM on CPU)
     assert np.array_equal(vllm_compat.host_block_table(device[:2]), host[:2])
     del owner
+
+
+def _builder(monkeypatch: pytest.MonkeyPatch, max_num_seqs: int, block_size: int):  # type: ignore[no-untyped-def]
+    """The KVarN metadata builder as vLLM makes one, on CPU, with only the config it reads."""
+    from types import SimpleNamespace
+
+    import torch
+
+    monkeypatch.setenv(kvcache.ENV_QUANTIZER, "k2v2")
+    monkeypatch.setenv(kvcache.ENV_BLOCK_SIZE, str(block_size))
+    monkeypatch.delenv("KVARN_FORCE_TRITON", raising=False)
+    from kvarn_cli.kvcache.backend import KVarNMetadataBuilder
+
+    config = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
+                             model_config=SimpleNamespace(max_model_len=1024))
+    spec = SimpleNamespace(block_size=block_size, head_size=64)
+    return KVarNMetadataBuilder(spec, ["layer.0"], config, torch.device("cpu"))
+
+
+def _batch(query_lens: list[int], seq_lens: list[int], table: list[list[int]]):  # type: ignore[no-untyped-def]
+    """A CommonAttentionMetadata-shaped batch (the fields the builder reads), on the host."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    qsl = torch.tensor(np.concatenate([[0], np.cumsum(query_lens)]), dtype=torch.int32)
+    seq = torch.tensor(seq_lens, dtype=torch.int32)
+    return SimpleNamespace(query_start_loc_cpu=qsl, seq_lens_cpu_upper_bound=seq, seq_lens=seq,
+                           block_table_tensor=torch.tensor(table, dtype=torch.int32), num_reqs=len(seq_lens))
+
+
+def test_builder_leaves_the_staging_pool_alone_in_vllms_dummy_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before capturing each CUDA-graph size, vLLM 0.26 runs a dummy decode batch through the
+    builder: rows of length 1 whose block-table rows are the null block (seen on the H100,
+    benchmarks/results/h100-2026-11-22/run28_trace_graphs.jsonl). Planned as requests, each
+    took a staging slot that nothing released, so the first blocks of real prompts found no
+    slot for their 16-bit sink copy. The builder plans none of those rows."""
+    G, seqs = 64, 4
+    builder = _builder(monkeypatch, seqs, G)
+    null = vllm_compat_null_block()
+    for rows in (4, 2, 1):  # the capture sizes, largest first
+        md = builder.build(0, _batch([1] * rows, [1] * rows, [[null, null]] * rows))
+        assert md.num_actual_tokens == 0 and md.plan.num_tokens == 0
+    assert builder.pool.block_slot == {}
+
+    # real prompts after the captures: two with a full first block get their sink slots
+    md = builder.build(0, _batch([100, 70, 5], [100, 70, 5], [[1, 2], [3, 4], [5, 0]]))
+    assert md.num_actual_tokens == 175
+    assert builder.pool.sink_fallbacks == 0
+    assert {1, 3} <= set(builder.pool.block_slot)  # the sinks of blocks 1 and 3
+
+    # a decode batch padded from 3 to 4 rows: the padding row is not planned either
+    md = builder.build(0, _batch([1, 1, 1, 1], [101, 71, 6, 0], [[1, 2], [3, 4], [5, 0], [null, null]]))
+    assert md.num_actual_tokens == 3 and md.plan.num_tokens == 3
+
+
+def test_builder_without_the_row_filter_would_leak_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the dummy batches did to the pool before the builder filtered them: the same
+    StagingPool, planned over those rows directly, holds a slot per row for the null block."""
+    import numpy as np
+
+    builder = _builder(monkeypatch, 4, 64)
+    null = vllm_compat_null_block()
+    for rows in (4, 2, 1):
+        builder.pool.plan(np.arange(rows + 1), np.ones(rows), np.full((rows, 2), null), rows)
+    held = [s for s, b in enumerate(builder.pool.slot_block) if b == null]
+    assert len(held) >= 4
+
+
+def vllm_compat_null_block() -> int:
+    from kvarn_cli import vllm_compat
+
+    return vllm_compat.backend_api().null_block_id

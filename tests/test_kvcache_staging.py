@@ -326,8 +326,8 @@ def test_cuda_graph_padding_rows_are_not_planned() -> None:
 
     seq = np.array([7, 6, 0, 0])  # one decode each, then two padding rows
     qsl = np.array([0, 1, 2, 3, 4])
-    assert real_requests(seq, 4) == 2
-    n = real_requests(seq, 4)
+    assert real_requests(seq, bt[:, 0], 4, 0) == 2
+    n = real_requests(seq, bt[:, 0], 4, 0)
     plan = pool.plan(qsl[: n + 1], seq[:n], bt[:n], int(qsl[n]))
     assert plan.num_tokens == 2 and plan.slot_token.tolist() == [0, 1]
     assert pool.block_slot[2] == live[2] and pool.block_slot[4] == live[4]
@@ -340,5 +340,8 @@ def test_cuda_graph_padding_rows_are_not_planned() -> None:
     assert padding_writes and padding_writes <= set(live.values())
 
     with pytest.raises(ValueError):
-        real_requests(np.array([5, 0, 3]), 3)
-    assert real_requests(np.array([0, 0]), 2) == 0
+        real_requests(np.array([5, 0, 3]), np.array([1, 2, 3]), 3, 0)
+    with pytest.raises(ValueError):  # a dummy row (null block) before a real one
+        real_requests(np.array([1, 5]), np.array([0, 3]), 2, 0)
+    assert real_requests(np.array([0, 0]), np.array([1, 2]), 2, 0) == 0
+    assert real_requests(np.array([1, 1, 1]), np.array([0, 0, 0]), 3, 0) == 0  # a dummy batch

@@ -228,7 +228,7 @@ def test_vllm_varlen_attention_matches_chunk_by_chunk_sdpa_on_cuda() -> None:
     from kvarn_cli.kvcache.staging import StagingPool
 
     varlen = vllm_compat.varlen_flash_attention()
-    assert varlen is not None, "vLLM on CUDA should offer flash_attn_varlen_func"
+    assert varlen is not None, f"vLLM on CUDA should offer flash_attn_varlen_func: {vllm_compat.varlen_flash_attention_missing()}"
     lens = [1, 37, 91, 200]
     G = 64
     pool = StagingPool(16, G)

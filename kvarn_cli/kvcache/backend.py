@@ -178,9 +178,9 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         seq_lens = cam.seq_lens_cpu_upper_bound if cam.seq_lens_cpu_upper_bound is not None else cam.seq_lens
         seq = seq_lens.cpu().numpy()
         table = vllm_compat.host_block_table(cam.block_table_tensor)
-        # only the real requests: the rows vLLM pads a CUDA-graph batch with must not touch
-        # the staging pool (their padded kernel rows read and write nothing)
-        reqs = real_requests(seq, cam.num_reqs)
+        # only the real requests: the rows vLLM pads a CUDA-graph batch with, and its dummy
+        # warm-up batches, must not touch the staging pool (their kernel rows read and write nothing)
+        reqs = real_requests(seq, table[: cam.num_reqs, 0], cam.num_reqs, _api.null_block_id)
         num_tokens = int(qsl[reqs])
         plan = self.pool.plan(qsl[: reqs + 1], seq[:reqs], table[:reqs], num_tokens)
         fixed = self.buffers is not None and self.buffers.fits(plan, cam.num_reqs)

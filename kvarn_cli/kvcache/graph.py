@@ -159,20 +159,25 @@ class DecodeBuffers:
         )
 
 
-def real_requests(seq_lens: np.ndarray, num_reqs: int) -> int:
-    """How many of a batch's `num_reqs` requests are real, the rest being vLLM's padding up
-    to a captured CUDA-graph size.
+def real_requests(seq_lens: np.ndarray, first_blocks: np.ndarray, num_reqs: int, null_block: int) -> int:
+    """How many of a batch's `num_reqs` rows are real requests, to be planned; the rest are
+    vLLM's stand-ins, which come last and must not touch the staging pool.
 
-    vLLM pads a decode batch with requests of sequence length 0 (one dummy token each) and
-    points only its *device* block table at the null block: the host copy the builder reads
-    keeps block ids of earlier requests in those rows. Planned as requests, such a row would
-    stage its dummy token into, flush, or release the staging slot of whatever block its
-    stale row names, corrupting a live sequence. Padding rows come last.
+    - Padding up to a captured CUDA-graph size: rows of sequence length 0 whose *device*
+      block-table rows vLLM points at the null block; the host copy the builder reads may
+      still name an earlier request's blocks there.
+    - Dummy batches (the warm-up before each graph capture, profiling runs): rows of length
+      1 whose table rows are the null block. Planned, each took a staging slot for the null
+      block that no request ever released: at startup the captures of a 16-sequence engine
+      held 27 of its 32 slots, so real sequences' first blocks lost their 16-bit sink copies.
+
+    `first_blocks` is column 0 of the host block table; no real request owns the null block.
     """
     seq = np.asarray(seq_lens[:num_reqs])
-    real = int(np.count_nonzero(seq > 0))
-    if real and not bool((seq[:real] > 0).all()):
-        raise ValueError("a request with sequence length 0 before a real one: not vLLM's padding layout")
+    real_rows = (seq > 0) & (np.asarray(first_blocks[:num_reqs]) != null_block)
+    real = int(np.count_nonzero(real_rows))
+    if real and not bool(real_rows[:real].all()):
+        raise ValueError("a padding or dummy row before a real request: not vLLM's batch layout")
     return real
 
 
