@@ -214,8 +214,7 @@ def main() -> None:
         preset, _, variant = label.partition(":")
         env = dict(os.environ)
         extra: list[str] = []
-        # the fast path is benchmarked: decode graphs on unless asked off (kvarn's default is off
-        # until the padded-batch fix is confirmed on a GPU; see kvarn_cli/kvcache/backend.py)
+        # decode graphs on (kvarn's default) unless the caller's environment or the variant says off
         env.setdefault("KVARN_DECODE_GRAPHS", "1")
         if variant == "eager-decode":
             env["KVARN_DECODE_GRAPHS"] = "0"

@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_session.sh e2e     # benchmarks/e2e_gpu.py: bf16 / fp8 / k4v4 / k2v2 under one KV budget
 #   bash benchmarks/gpu_session.sh kernels # decode/flush microbenchmarks
 #   bash benchmarks/gpu_session.sh step    # benchmarks/decode_step.py: one decode step's KV work, kvarn kernels vs vLLM bf16
-#   bash benchmarks/gpu_session.sh graphs  # kernel tests, kvarn run fp16/k2v2 and Triton vs PyTorch with decode CUDA graphs
+#   bash benchmarks/gpu_session.sh graphs  # kernel tests, kvarn run fp16/k2v2 and Triton vs PyTorch with decode CUDA graphs (the default)
 #   bash benchmarks/gpu_session.sh prefix  # prefix-cache hits, decode graphs on and off: same greedy tokens? (tests/prefix_hit_smoke.py)
 # Needs, carried beside the tree: .whl/ (orjson for the CLI) and .gpuwork/gsm8k_test.jsonl.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out.

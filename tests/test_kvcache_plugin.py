@@ -196,3 +196,24 @@ def vllm_compat_null_block() -> int:
     from kvarn_cli import vllm_compat
 
     return vllm_compat.backend_api().null_block_id
+
+
+def test_decode_graphs_are_declared_on_cuda_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA with the Triton decode path the builder lets vLLM capture uniform decode
+    steps by default; KVARN_DECODE_GRAPHS=0 and the CPU platform never do."""
+    from types import SimpleNamespace
+
+    from kvarn_cli.kvcache import backend
+
+    monkeypatch.setenv(kvcache.ENV_QUANTIZER, "k2v2")
+    monkeypatch.setenv(kvcache.ENV_BLOCK_SIZE, "64")
+    support = backend._api.AttentionCGSupport
+    spec = SimpleNamespace(block_size=64, head_size=64)
+    monkeypatch.delenv(backend.ENV_DECODE_GRAPHS, raising=False)
+    assert backend.KVarNMetadataBuilder.get_cudagraph_support(None, spec) == support.NEVER  # this CPU box
+
+    monkeypatch.setattr(backend._api.current_platform, "is_cuda_alike", lambda: True)
+    monkeypatch.setattr(backend.KVarNMetadataBuilder, "_triton_decodes", staticmethod(lambda device, head_size: True))
+    assert backend.KVarNMetadataBuilder.get_cudagraph_support(None, spec) == support.UNIFORM_SINGLE_TOKEN_DECODE
+    monkeypatch.setenv(backend.ENV_DECODE_GRAPHS, "0")
+    assert backend.KVarNMetadataBuilder.get_cudagraph_support(None, spec) == support.NEVER

@@ -14,10 +14,11 @@ entry point (in vLLM's worker processes) in place of CPU_ATTN on CPU, or as CUST
   Triton kernels (kvarn_cli.kernels.triton_flush / triton_decode), prefill chunks stay PyTorch.
 - On the Triton path a decode-only step is four fixed-grid launches per layer over arrays
   at fixed addresses (kvarn_cli.kvcache.graph), so the builder can declare CUDA-graph support
-  for uniform single-token decode batches (opt-in, KVARN_DECODE_GRAPHS=1): vLLM then
+  for uniform single-token decode batches (KVARN_DECODE_GRAPHS=0 turns that off): vLLM then
   captures whole decode steps and replays them without running any layer's Python. What a
   replay cannot do (spills and restores of staging slots) the builder applies to every
-  layer before the step; the rows vLLM pads such a batch with are left out of the plan.
+  layer before the step; the rows vLLM pads such a batch with, and the dummy batches it
+  warms up each capture with, are left out of the plan (graph.real_requests).
 
 The preset travels in environment variables because `customize_spec` runs without a
 current vLLM config.
@@ -43,10 +44,10 @@ from kvarn_cli.kvcache.staging import StagingPool, StepPlan
 
 _api = vllm_compat.backend_api()
 
-#: "1": let vLLM capture decode steps in CUDA graphs (fast). Off by default until a GPU run
-#: confirms the fix for padded graph batches (graph.real_requests): before it, decode graphs
-#: gave wrong tokens on the H100 (benchmarks/results/h100-2026-11-22/run27_prefix_variants.log).
-#: Otherwise decode steps run eagerly, layer by layer, through the same fixed-array kernels.
+#: "0": no decode CUDA graphs; decode steps then run eagerly, layer by layer, through the
+#: same fixed-array kernels (slower: the step becomes host-bound). On by default since the
+#: builder leaves vLLM's padding and warm-up rows alone: with graphs on, the prefix-hit smoke
+#: gives the eager path's greedy tokens (benchmarks/results/h100-2026-11-22/run29_prefix.log).
 ENV_DECODE_GRAPHS = "KVARN_DECODE_GRAPHS"
 
 #: Staging pools of the builders alive in this process (diagnostics: spills, restores).
@@ -158,7 +159,7 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
     @classmethod
     def get_cudagraph_support(cls, vllm_config: Any, kv_cache_spec: Any) -> Any:
         support = _api.AttentionCGSupport
-        if not _api.current_platform.is_cuda_alike() or os.environ.get(ENV_DECODE_GRAPHS) != "1":
+        if not _api.current_platform.is_cuda_alike() or os.environ.get(ENV_DECODE_GRAPHS) == "0":
             return support.NEVER
         cuda = torch.device("cuda")
         return support.UNIFORM_SINGLE_TOKEN_DECODE if cls._triton_decodes(cuda, kv_cache_spec.head_size) else support.NEVER
