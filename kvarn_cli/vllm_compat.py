@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import weakref
 from typing import Any
 
 from kvarn_cli.errors import EngineError
@@ -323,7 +324,7 @@ def attention_layers(vllm_config: Any, layer_names: list[str]) -> list[tuple[Any
     return layers
 
 
-_HOST_MIRRORS: dict[int, Any] = {}
+_HOST_MIRRORS: dict[int, "weakref.ref[Any]"] = {}
 
 
 def varlen_flash_attention() -> Any:
@@ -369,30 +370,50 @@ def host_block_table(device_table: Any) -> Any:
     `.cpu()` on a GPU tensor waits for every kernel queued before it, so the planning of
     step N+1 could not overlap the GPU running step N. vLLM fills the device table from a
     pinned host buffer (`BlockTable.block_table`, a CpuGpuBuffer with `.gpu` and `.np`),
-    which is found once by identity of the device storage. Falls back to `.cpu()` (correct,
-    only slower) where that structure is not found.
+    found by identity of the device storage and remembered while vLLM keeps that buffer.
+    Falls back to `.cpu()` (correct, only slower) where that structure is not found.
+
+    vLLM freezes Python's garbage collector while it captures CUDA graphs (`gc.freeze()`),
+    which hides every existing object from `gc.get_objects()`; the first builds of a
+    graph-capturing engine happen then. The search waits until the collector is unfrozen:
+    before, it ran once, failed there, and the builder waited for the GPU on every step.
     """
     if device_table.device.type == "cpu":
         return device_table.numpy()
     rows = device_table.shape[0]
     key = device_table.data_ptr()
-    mirror = _HOST_MIRRORS.get(key)
-    if mirror is None:
-        mirror = _find_host_mirror(device_table)
-        _HOST_MIRRORS[key] = mirror if mirror is not None else False
-        if mirror is None:
-            import logging
+    found = _HOST_MIRRORS.get(key)
+    buffer = found() if found is not None else None
+    if buffer is None or buffer.gpu.data_ptr() != key:
+        buffer = None
+        if not _gc_frozen():
+            buffer = _find_host_buffer(device_table)
+            if buffer is not None:
+                _HOST_MIRRORS[key] = weakref.ref(buffer)
+            elif key not in _MIRRORS_MISSING:
+                _MIRRORS_MISSING.add(key)
+                import logging
 
-            logging.getLogger("kvarn").warning(
-                "vLLM %s: no host copy of the block table found; the KVarN builder reads the device "
-                "table instead, which waits for the GPU every step (correct, slower)", vllm_version())
-    if mirror is False or mirror is None or mirror.shape[0] < rows or mirror.shape[1] != device_table.shape[1]:
+                logging.getLogger("kvarn").warning(
+                    "vLLM %s: no host copy of the block table found; the KVarN builder reads the device "
+                    "table instead, which waits for the GPU every step (correct, slower)", vllm_version())
+    mirror = None if buffer is None else buffer.np
+    if mirror is None or mirror.shape[0] < rows or mirror.shape[1] != device_table.shape[1]:
         return device_table.cpu().numpy()
     return mirror[:rows]
 
 
-def _find_host_mirror(device_table: Any) -> Any:
-    """The `.np` array of the CpuGpuBuffer whose `.gpu` tensor starts where `device_table` does."""
+_MIRRORS_MISSING: set[int] = set()
+
+
+def _gc_frozen() -> bool:
+    import gc
+
+    return gc.get_freeze_count() > 0
+
+
+def _find_host_buffer(device_table: Any) -> Any:
+    """The CpuGpuBuffer (`.gpu`, `.np`) whose `.gpu` tensor starts where `device_table` does."""
     import gc
 
     ptr = device_table.data_ptr()
@@ -400,7 +421,7 @@ def _find_host_mirror(device_table: Any) -> Any:
         buf = getattr(obj, "block_table", None) if type(obj).__name__ == "BlockTable" else None
         gpu, host = getattr(buf, "gpu", None), getattr(buf, "np", None)
         if gpu is not None and host is not None and hasattr(gpu, "data_ptr") and gpu.data_ptr() == ptr:
-            return host
+            return buf
     return None
 
 

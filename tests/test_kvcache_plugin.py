@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kvarn_cli import kvcache
@@ -100,28 +102,73 @@ def test_page_spec_hook_rewrites_only_layers_whose_backend_asks(monkeypatch: pyt
     assert wrapped(Asking(), "cfg") == ("kvarn", ("spec", "cfg"))
 
 
+class _FakeCudaTable:
+    """A device block table as host_block_table sees one: a CUDA device, a storage address
+    and `.cpu()` (which on a GPU would wait for the queued kernels)."""
+
+    def __init__(self, tensor: Any) -> None:
+        from types import SimpleNamespace
+
+        self.tensor = tensor
+        self.device = SimpleNamespace(type="cuda")
+        self.shape = tensor.shape
+        self.cpu_calls = 0
+
+    def data_ptr(self) -> int:
+        return int(self.tensor.data_ptr())
+
+    def cpu(self) -> Any:
+        self.cpu_calls += 1
+        return self.tensor.clone()
+
+
 def test_host_block_table_mirror_is_found_by_device_storage() -> None:
     """The metadata builder reads vLLM's host copy of the block table instead of `.cpu()` on
-    the device one (a sync that would serialize planning with the GPU)."""
-    import types
+    the device one (a sync that would serialize planning with the GPU). vLLM freezes the
+    garbage collector while it captures CUDA graphs, when the first builds happen: the search
+    waits for the thaw instead of giving up for good (on the H100 it had given up, run 30)."""
+    import gc
 
     import numpy as np
     import torch
 
     from kvarn_cli import vllm_compat
 
+    class CpuGpuBuffer:  # vLLM's: .gpu and its pinned host twin .np
+        def __init__(self, device_tensor: torch.Tensor, host: np.ndarray) -> None:
+            self.gpu, self.np = device_tensor, host
+
     class BlockTable:  # the shape of vLLM's BlockTable: .block_table is a CpuGpuBuffer
         def __init__(self, device_tensor: torch.Tensor, host: np.ndarray) -> None:
-            self.block_table = types.SimpleNamespace(gpu=device_tensor, np=host)
+            self.block_table = CpuGpuBuffer(device_tensor, host)
 
-    device = torch.arange(12, dtype=torch.int32).view(4, 3)
-    host = device.numpy().copy()
-    owner = BlockTable(device, host)
-    assert vllm_compat._find_host_mirror(device) is host
-    assert vllm_compat._find_host_mirror(torch.zeros(4, 3)) is None
+    storage = torch.arange(12, dtype=torch.int32).view(4, 3)
+    host = storage.numpy().copy()
+    owner = BlockTable(storage, host)
+    assert vllm_compat._find_host_buffer(storage) is owner.block_table
+    assert vllm_compat._find_host_buffer(torch.zeros(4, 3)) is None
     # a CPU table is read directly (vLLM on CPU)
-    assert np.array_equal(vllm_compat.host_block_table(device[:2]), host[:2])
+    assert np.array_equal(vllm_compat.host_block_table(storage[:2]), storage[:2].numpy())
+
+    table = _FakeCudaTable(storage[:2])
+    gc.freeze()
+    try:
+        rows = vllm_compat.host_block_table(table)  # objects are hidden: read the device table
+    finally:
+        gc.unfreeze()
+    assert table.cpu_calls == 1 and np.array_equal(rows, host[:2])
+    rows = vllm_compat.host_block_table(table)
+    assert table.cpu_calls == 1 and np.shares_memory(rows, host)
+    host[0, 0] = 99  # vLLM writes the next step's table on the host: the builder sees it
+    assert vllm_compat.host_block_table(table)[0, 0] == 99
+
+    # vLLM replaced its input batch: the buffer it dropped is not read again
     del owner
+    gc.collect()
+    fresh = np.full((4, 3), 7, dtype=np.int32)
+    replacement = BlockTable(storage, fresh)
+    assert np.shares_memory(vllm_compat.host_block_table(table), fresh)
+    del replacement
 
 
 def _builder(monkeypatch: pytest.MonkeyPatch, max_num_seqs: int, block_size: int):  # type: ignore[no-untyped-def]
