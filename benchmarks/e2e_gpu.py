@@ -235,8 +235,9 @@ def main() -> None:
             res = json.loads(lines[-1][len("RESULT "):])
             res["preset"] = label
             # kvarn's warnings (e.g. the builder reading the device block table, a sync per step)
-            res["kvarn_warnings"] = sorted({ln[ln.index("WARNING:kvarn:"):][:200] for ln in proc.stderr.splitlines()
-                                            if "WARNING:kvarn:" in ln})
+            # (logging's last-resort handler prints the bare message, without "WARNING:kvarn:")
+            res["kvarn_warnings"] = sorted({ln.strip()[-200:] for ln in proc.stderr.splitlines()
+                                            if "WARNING:kvarn:" in ln or "KVarN builder" in ln})
         except subprocess.TimeoutExpired:
             res = {"preset": label, "error": f"timeout after {args.timeout_s}s"}
         res["process_s"] = round(time.perf_counter() - t0, 1)
