@@ -324,7 +324,6 @@ def attention_layers(vllm_config: Any, layer_names: list[str]) -> list[tuple[Any
     return layers
 
 
-_HOST_MIRRORS: dict[int, "weakref.ref[Any]"] = {}
 
 
 def varlen_flash_attention() -> Any:
@@ -370,59 +369,92 @@ def host_block_table(device_table: Any) -> Any:
     `.cpu()` on a GPU tensor waits for every kernel queued before it, so the planning of
     step N+1 could not overlap the GPU running step N. vLLM fills the device table from a
     pinned host buffer (`BlockTable.block_table`, a CpuGpuBuffer with `.gpu` and `.np`),
-    found by identity of the device storage and remembered while vLLM keeps that buffer.
+    found once by identity of the device storage and remembered while vLLM keeps it.
     Falls back to `.cpu()` (correct, only slower) where that structure is not found.
-
-    vLLM freezes Python's garbage collector while it captures CUDA graphs (`gc.freeze()`),
-    which hides every existing object from `gc.get_objects()`; the first builds of a
-    graph-capturing engine happen then. The search waits until the collector is unfrozen:
-    before, it ran once, failed there, and the builder waited for the GPU on every step.
     """
     if device_table.device.type == "cpu":
         return device_table.numpy()
     rows = device_table.shape[0]
     key = device_table.data_ptr()
-    found = _HOST_MIRRORS.get(key)
+    found = _HOST_BUFFERS.get(key)
     buffer = found() if found is not None else None
-    if buffer is None or buffer.gpu.data_ptr() != key:
-        buffer = None
-        if not _gc_frozen():
-            buffer = _find_host_buffer(device_table)
-            if buffer is not None:
-                _HOST_MIRRORS[key] = weakref.ref(buffer)
-            elif key not in _MIRRORS_MISSING:
-                _MIRRORS_MISSING.add(key)
-                import logging
+    if (buffer is None or buffer.gpu.data_ptr() != key) and key not in _HOST_BUFFERS_MISSING:
+        buffer = _find_host_buffer(device_table)
+        if buffer is not None:
+            _HOST_BUFFERS[key] = weakref.ref(buffer)
+        else:
+            _HOST_BUFFERS_MISSING.add(key)
+            import logging
 
-                logging.getLogger("kvarn").warning(
-                    "vLLM %s: no host copy of the block table found; the KVarN builder reads the device "
-                    "table instead, which waits for the GPU every step (correct, slower)", vllm_version())
+            logging.getLogger("kvarn").warning(
+                "vLLM %s: no host copy of the block table found; the KVarN builder reads the device "
+                "table instead, which waits for the GPU every step (correct, slower)", vllm_version())
     mirror = None if buffer is None else buffer.np
     if mirror is None or mirror.shape[0] < rows or mirror.shape[1] != device_table.shape[1]:
         return device_table.cpu().numpy()
     return mirror[:rows]
 
 
-_MIRRORS_MISSING: set[int] = set()
-
-
-def _gc_frozen() -> bool:
-    import gc
-
-    return gc.get_freeze_count() > 0
+_HOST_BUFFERS: dict[int, "weakref.ref[Any]"] = {}
+_HOST_BUFFERS_MISSING: set[int] = set()
 
 
 def _find_host_buffer(device_table: Any) -> Any:
-    """The CpuGpuBuffer (`.gpu`, `.np`) whose `.gpu` tensor starts where `device_table` does."""
+    """The CpuGpuBuffer (`.gpu`, `.np`) whose `.gpu` tensor starts where `device_table` does:
+    first through the model runner that called the builder (vLLM's GPUModelRunner keeps
+    `input_batch.block_table.block_tables[i].block_table`), else by scanning the heap.
+
+    The scan must thaw the heap: vLLM freezes the garbage collector after start-up and
+    while it captures CUDA graphs, and `gc.get_objects()` does not list frozen objects (on
+    vLLM 0.26 the search found nothing there and the builder waited for the GPU on every
+    step, run 30). The scan costs about a second per few million objects, once.
+    """
     import gc
 
     ptr = device_table.data_ptr()
-    for obj in gc.get_objects():
-        buf = getattr(obj, "block_table", None) if type(obj).__name__ == "BlockTable" else None
-        gpu, host = getattr(buf, "gpu", None), getattr(buf, "np", None)
-        if gpu is not None and host is not None and hasattr(gpu, "data_ptr") and gpu.data_ptr() == ptr:
-            return buf
+    found = _buffer_from_callers(ptr)
+    if found is not None:
+        return found
+    frozen = gc.get_freeze_count() > 0
+    if frozen:
+        gc.unfreeze()
+    try:
+        for obj in gc.get_objects():
+            buf = getattr(obj, "block_table", None) if type(obj).__name__ == "BlockTable" else None
+            if _is_host_buffer_of(buf, ptr):
+                return buf
+        return None
+    finally:
+        if frozen:
+            gc.freeze()
+
+
+def _buffer_from_callers(ptr: int, max_depth: int = 16) -> Any:
+    """The block-table buffer of the model runner among the calling frames' `self`, if any.
+
+    Reading a running frame's locals pins them in a snapshot until the frame returns, so the
+    walk stops at the first match, a few frames up (builder.build, vLLM's metadata step).
+    """
+    import sys
+
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        tables = getattr(getattr(getattr(owner, "input_batch", None), "block_table", None), "block_tables", None)
+        if isinstance(tables, (list, tuple)):
+            for table in tables:
+                buf = getattr(table, "block_table", None)
+                if _is_host_buffer_of(buf, ptr):
+                    return buf
+        frame = frame.f_back
     return None
+
+
+def _is_host_buffer_of(buf: Any, ptr: int) -> bool:
+    gpu, host = getattr(buf, "gpu", None), getattr(buf, "np", None)
+    return gpu is not None and host is not None and hasattr(gpu, "data_ptr") and gpu.data_ptr() == ptr
 
 
 def fixed_cell_spec(spec: Any, cell_bytes: int) -> Any:
