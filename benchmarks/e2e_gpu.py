@@ -12,6 +12,11 @@ exactly --max-tokens tokens and the presets do the same work. Reported per prese
 blocks and token capacity, generated tokens/s over the timed run, peak running requests
 (vLLM's num_requests_running gauge, sampled every few steps), preemptions.
 
+Speeds of this host-bound workload moved by up to ~30% between processes and machine leases
+for the same command (docs/BENCHMARKS.md runs 29 and 32), so `--passes` repeats the timed
+generation inside one engine (on fresh prompts) and `--rounds` repeats the whole preset list,
+interleaved; ratios then compare medians.
+
 Run (GPU machine; vLLM 0.26 as in ../shared/gpu/, model from its GGUF):
     python benchmarks/e2e_gpu.py --model /tmp/models/smollm2-135m \
         --data .gpuwork/gsm8k_test.jsonl --kv-budget-mib 1024 --num-prompts 256 \
@@ -102,8 +107,6 @@ def best_max_num_seqs(preset: str, budget: int, shape: dict[str, int], args: arg
 def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
 
-    from kvarn_cli.vllm_compat import read_gauges
-
     kwargs = engine_kwargs(preset, args)
     t0 = time.perf_counter()
     llm = LLM(model=args.model, dtype="bfloat16", seed=0, disable_log_stats=False,
@@ -113,11 +116,14 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     tok = llm.get_tokenizer()
     # the warm-up prompts come after the timed ones in the file: a timed request never hits
     # the prefix cache on a warm-up prompt, so every preset prefills every timed prompt
-    texts = load_prompts(args.data, args.num_prompts + args.warmup_prompts)
+    n, passes = args.num_prompts, max(1, args.passes)
+    texts = load_prompts(args.data, n * passes + args.warmup_prompts)
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
                for p in texts]
     prompts = [p["input_ids"] if hasattr(p, "keys") else p for p in prompts]
-    prompts, warm_prompts = prompts[: args.num_prompts], prompts[args.num_prompts:]
+    # each timed pass has its own prompts, and the warm-up prompts come after all of them:
+    # no timed request hits the prefix cache, so every pass prefills every prompt it times
+    warm_prompts = prompts[n * passes:]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
     engine = llm.llm_engine
 
@@ -127,26 +133,11 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         engine.add_request(f"warm{i}", {"prompt_token_ids": p}, warm)
     while engine.has_unfinished_requests():
         engine.step()
-    base = read_gauges(llm)
 
-    generated = 0
-    steps = 0
-    peak_running = 0.0
-    first_ids: list[int] = []
-    t1 = time.perf_counter()
-    for i, p in enumerate(prompts):
-        engine.add_request(str(i), {"prompt_token_ids": p}, params)
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                generated += len(out.outputs[0].token_ids)
-                if out.request_id == "0":
-                    first_ids = list(out.outputs[0].token_ids[:64])
-        steps += 1
-        if steps % args.sample_every == 0:
-            peak_running = max(peak_running, read_gauges(llm)["num_requests_running"])
-    wall = time.perf_counter() - t1
-    end = read_gauges(llm)
+    runs = [timed_pass(llm, prompts[k * n:(k + 1) * n], params, args.sample_every, f"p{k}-") for k in range(passes)]
+    median = sorted(runs, key=lambda r: r["tokens_per_s"])[(len(runs) - 1) // 2]
+    prompts = prompts[:n]
+    generated, wall, steps = median["generated_tokens"], median["wall_s"], median["steps"]
     return {
         "preset": preset,
         "engine_start_s": round(start_s, 1),
@@ -159,17 +150,46 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "prompts": len(prompts),
         "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
         "generated_tokens": generated,
-        "wall_s": round(wall, 2),
-        "tokens_per_s": round(generated / wall, 1),
+        "wall_s": wall,
+        "tokens_per_s": median["tokens_per_s"],
         "steps": steps,
-        "ms_per_step": round(1e3 * wall / max(1, steps), 2),
-        "peak_running": int(peak_running),
-        "preemptions": int(end["num_preemptions"] - base["num_preemptions"]),
+        "ms_per_step": median["ms_per_step"],
+        "peak_running": median["peak_running"],
+        "preemptions": median["preemptions"],
+        "passes": [{k: r[k] for k in ("tokens_per_s", "ms_per_step", "steps", "preemptions")} for r in runs],
         "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS", "KVARN_FLUSH_STREAM")},
         "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
         "cudagraph_capture_sizes": list(llm.llm_engine.vllm_config.compilation_config.cudagraph_capture_sizes or []),
-        "first_request_token_ids": first_ids,
+        "first_request_token_ids": runs[0]["first_ids"],
     }
+
+
+def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: int, prefix: str) -> dict[str, Any]:
+    """Generate for `prompts` at once, timed; tokens/s, steps, peak running, preemptions."""
+    from kvarn_cli.vllm_compat import read_gauges
+
+    engine = llm.llm_engine
+    base = read_gauges(llm)
+    generated = steps = 0
+    peak_running = 0.0
+    first_ids: list[int] = []
+    t1 = time.perf_counter()
+    for i, p in enumerate(prompts):
+        engine.add_request(f"{prefix}{i}", {"prompt_token_ids": p}, params)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                generated += len(out.outputs[0].token_ids)
+                if out.request_id == f"{prefix}0":
+                    first_ids = list(out.outputs[0].token_ids[:64])
+        steps += 1
+        if steps % sample_every == 0:
+            peak_running = max(peak_running, read_gauges(llm)["num_requests_running"])
+    wall = time.perf_counter() - t1
+    end = read_gauges(llm)
+    return {"generated_tokens": generated, "wall_s": round(wall, 2), "tokens_per_s": round(generated / wall, 1),
+            "steps": steps, "ms_per_step": round(1e3 * wall / max(1, steps), 2), "peak_running": int(peak_running),
+            "preemptions": int(end["num_preemptions"] - base["num_preemptions"]), "first_ids": first_ids}
 
 
 def main() -> None:
@@ -190,6 +210,11 @@ def main() -> None:
     ap.add_argument("--sample-every", type=int, default=8, help="read vLLM's gauges every N steps")
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--timeout-s", type=int, default=540, help="per preset")
+    ap.add_argument("--passes", type=int, default=1,
+                    help="timed passes per engine, each on its own --num-prompts prompts; the median pass (the lower middle one) is reported")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the preset list this many times, interleaved (a fresh engine each time); "
+                         "ratios use each preset's median round")
     ap.add_argument("--out", default="e2e_gpu.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -207,7 +232,7 @@ def main() -> None:
         "command": "python benchmarks/e2e_gpu.py " + " ".join(sys.argv[1:]),
         "results": results,
     }
-    for label in args.presets.split(","):
+    for round_, label in [(k, lab) for k in range(max(1, args.rounds)) for lab in args.presets.split(",")]:
         # "k2v2:eager-decode": the preset with vLLM's CUDA graphs of decode steps turned off;
         # "bf16:mib8192": the preset with its own KV budget (e.g. bf16 with room for every
         # sequence, the throughput it would reach without queueing)
@@ -234,6 +259,7 @@ def main() -> None:
                 continue
             res = json.loads(lines[-1][len("RESULT "):])
             res["preset"] = label
+            res["round"] = round_
             # kvarn's warnings (e.g. the builder reading the device block table, a sync per step)
             # (logging's last-resort handler prints the bare message, without "WARNING:kvarn:")
             res["kvarn_warnings"] = sorted({ln.strip()[-200:] for ln in proc.stderr.splitlines()
@@ -246,7 +272,14 @@ def main() -> None:
         # saved after every preset: a run killed by a time limit keeps what it measured
         Path(args.out).write_text(json.dumps(summary, indent=1))
 
-    ok = {r["preset"]: r for r in results if "tokens_per_s" in r}
+    # per preset, its median round (with one round: its only one)
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        if "tokens_per_s" in r:
+            by_label.setdefault(r["preset"], []).append(r)
+    ok = {label: sorted(rs, key=lambda r: r["tokens_per_s"])[(len(rs) - 1) // 2] for label, rs in by_label.items()}
+    summary["median_rounds"] = {label: {"round": ok[label]["round"], "tokens_per_s": [r["tokens_per_s"] for r in rs]}
+                                for label, rs in by_label.items()}
     for r in ok.values():
         for ref in ("bf16", "fp8"):
             if ref in ok:
@@ -254,7 +287,7 @@ def main() -> None:
                 r[f"peak_running_vs_{ref}"] = round(r["peak_running"] / max(1, ok[ref]["peak_running"]), 2)
     Path(args.out).write_text(json.dumps(summary, indent=1))
     print(f"{'preset':18} {'blocks':>7} {'cap tok':>8} {'tok/s':>9} {'x bf16':>7} {'x fp8':>6} {'peak run':>8} {'preempt':>7} {'ms/step':>8}")
-    for r in results:
+    for r in [r for r in results if "tokens_per_s" not in r] + list(ok.values()):
         if "tokens_per_s" not in r:
             print(f"{r['preset']:18} {r.get('error')}")
             continue
