@@ -324,8 +324,6 @@ def attention_layers(vllm_config: Any, layer_names: list[str]) -> list[tuple[Any
     return layers
 
 
-
-
 def varlen_flash_attention() -> Any:
     """vLLM's variable-length FlashAttention as `f(q, k, v, out, cu_seqlens, max_len, scale)`
     (causal, GQA, 16-bit, q/k/v [tokens, heads, D] with one sequence per cu_seqlens span),
