@@ -114,8 +114,6 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     start_s = time.perf_counter() - t0
     cc = llm.llm_engine.vllm_config.cache_config
     tok = llm.get_tokenizer()
-    # the warm-up prompts come after the timed ones in the file: a timed request never hits
-    # the prefix cache on a warm-up prompt, so every preset prefills every timed prompt
     n, passes = args.num_prompts, max(1, args.passes)
     texts = load_prompts(args.data, n * passes + args.warmup_prompts)
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
@@ -135,9 +133,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         engine.step()
 
     runs = [timed_pass(llm, prompts[k * n:(k + 1) * n], params, args.sample_every, f"p{k}-") for k in range(passes)]
-    median = sorted(runs, key=lambda r: r["tokens_per_s"])[(len(runs) - 1) // 2]
-    prompts = prompts[:n]
-    generated, wall, steps = median["generated_tokens"], median["wall_s"], median["steps"]
+    median = median_run(runs)
+    timed = prompts[: n * passes]
     return {
         "preset": preset,
         "engine_start_s": round(start_s, 1),
@@ -147,12 +144,12 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "kv_budget_mib": args.kv_budget_mib,
         "kv_cache_memory_bytes": int(kwargs["kv_cache_memory_bytes"]),
         "max_num_seqs": int(kwargs["max_num_seqs"]),
-        "prompts": len(prompts),
-        "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
-        "generated_tokens": generated,
-        "wall_s": wall,
+        "prompts": n,
+        "mean_prompt_tokens": round(sum(map(len, timed)) / len(timed), 1),
+        "generated_tokens": median["generated_tokens"],
+        "wall_s": median["wall_s"],
         "tokens_per_s": median["tokens_per_s"],
-        "steps": steps,
+        "steps": median["steps"],
         "ms_per_step": median["ms_per_step"],
         "peak_running": median["peak_running"],
         "preemptions": median["preemptions"],
@@ -162,6 +159,11 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "cudagraph_capture_sizes": list(llm.llm_engine.vllm_config.compilation_config.cudagraph_capture_sizes or []),
         "first_request_token_ids": runs[0]["first_ids"],
     }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median tokens/s (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r["tokens_per_s"])[(len(runs) - 1) // 2]
 
 
 def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: int, prefix: str) -> dict[str, Any]:
@@ -277,7 +279,7 @@ def main() -> None:
     for r in results:
         if "tokens_per_s" in r:
             by_label.setdefault(r["preset"], []).append(r)
-    ok = {label: sorted(rs, key=lambda r: r["tokens_per_s"])[(len(rs) - 1) // 2] for label, rs in by_label.items()}
+    ok = {label: median_run(rs) for label, rs in by_label.items()}
     summary["median_rounds"] = {label: {"round": ok[label]["round"], "tokens_per_s": [r["tokens_per_s"] for r in rs]}
                                 for label, rs in by_label.items()}
     for r in ok.values():
