@@ -194,6 +194,27 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: in
             "preemptions": int(end["num_preemptions"] - base["num_preemptions"]), "first_ids": first_ids}
 
 
+def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
+    """(preset, environment overrides, extra arguments) of a --presets entry:
+    "k2v2:eager-decode" turns vLLM's CUDA graphs of decode steps off; "bf16:mib8192" gives the
+    preset its own KV budget (e.g. bf16 with room for every sequence: its speed without
+    queueing); "k2v2-g64:dv-tmwhb" runs another decode-kernel variant (KVARN_DECODE_VARIANT)."""
+    preset, _, variant = label.partition(":")
+    if variant == "eager-decode":
+        return preset, {"KVARN_DECODE_GRAPHS": "0"}, []
+    if variant.startswith("mib") and variant[3:].isdigit():
+        return preset, {}, ["--kv-budget-mib", variant[3:]]
+    if variant.startswith("dv-"):
+        from kvarn_cli.kernels.triton_decode import VARIANTS
+
+        if variant[3:] not in VARIANTS:
+            raise SystemExit(f"{label}: unknown decode variant {variant[3:]!r} (known: {', '.join(VARIANTS)})")
+        return preset, {"KVARN_DECODE_VARIANT": variant[3:]}, []
+    if variant:
+        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, dv-NAME)")
+    return preset, {}, []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
@@ -234,21 +255,14 @@ def main() -> None:
         "command": "python benchmarks/e2e_gpu.py " + " ".join(sys.argv[1:]),
         "results": results,
     }
-    for round_, label in [(k, lab) for k in range(max(1, args.rounds)) for lab in args.presets.split(",")]:
-        # "k2v2:eager-decode": the preset with vLLM's CUDA graphs of decode steps turned off;
-        # "bf16:mib8192": the preset with its own KV budget (e.g. bf16 with room for every
-        # sequence, the throughput it would reach without queueing)
-        preset, _, variant = label.partition(":")
+    labels = args.presets.split(",")
+    setups = {label: preset_setup(label) for label in labels}  # bad labels fail before any run
+    for round_, label in [(k, lab) for k in range(max(1, args.rounds)) for lab in labels]:
+        preset, env_extra, extra = setups[label]
         env = dict(os.environ)
-        extra: list[str] = []
-        # decode graphs on (kvarn's default) unless the caller's environment or the variant says off
+        # decode graphs on (kvarn's default) unless the caller's environment or the label says off
         env.setdefault("KVARN_DECODE_GRAPHS", "1")
-        if variant == "eager-decode":
-            env["KVARN_DECODE_GRAPHS"] = "0"
-        elif variant.startswith("mib") and variant[3:].isdigit():
-            extra = ["--kv-budget-mib", variant[3:]]
-        elif variant:
-            raise SystemExit(f"unknown preset variant {variant!r} (known: eager-decode, mibN)")
+        env.update(env_extra)
         cmd = [sys.executable, __file__, "--one", preset] + [a for a in sys.argv[1:]] + extra
         t0 = time.perf_counter()
         try:

@@ -96,17 +96,22 @@ profile)
     --contexts 32768 --batches 1,32,64 --no-flush --out "$out/decode.json" 2>&1 | tee "$out/kernels.log" | tail -30
   ;;
 decode)
-  ok="hilo"
+  # each candidate's CUDA tests in its own process (an illegal access poisons the CUDA context
+  # for every later test), then the 32k timings of the candidates that passed and hilo
+  # (with TUNE=1 the first passing candidate's split counts are tried too)
+  ok=""
   for v in ${TRY:-tmw tmwb tmws tmwh tmwhb}; do
-    ids=$(python3 -m pytest --collect-only -q -p no:cacheprovider tests/test_triton_kernels.py 2>/dev/null | grep "decode_matches_dequantized_sdpa\[$v-")
+    ids=$(python3 -m pytest --collect-only -q -p no:cacheprovider tests/test_triton_kernels.py 2>/dev/null \
+      | grep -E "decode_matches_dequantized_sdpa\[$v-|decode_block_size_64\[$v\]|loads_stay_inside_its_tensors\[$v\]")
     if [ -n "$ids" ] && CUDA_LAUNCH_BLOCKING=1 timeout 90 python3 -m pytest -q -p no:cacheprovider $ids > "$out/decode_tests_$v.log" 2>&1; then
-      ok="$ok,$v"; echo "$v: tests pass"
+      ok="$ok$v,"; echo "$v: tests pass ($(tail -1 "$out/decode_tests_$v.log"))"
     else
       echo "$v: FAILED or timed out"; tail -3 "$out/decode_tests_$v.log"
     fi
   done
-  timeout 300 python3 benchmarks/decode_attention.py --variants "$ok" --methods k2v2 \
-    --contexts 32768 --batches 1,32,64 --no-flush --out "$out/decode.json" 2>&1 | tee "$out/decode.log" | tail -20
+  timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/decode_attention.py --variants "${ok}hilo" --methods "${METHODS:-k2v2}" \
+    --contexts 32768 --batches "${BATCHES:-1,32,64}" --no-flush ${TUNE:+--tune} --out "$out/decode.json" 2>&1 \
+    | tee "$out/decode.log" | tail -24
   ;;
 kernels)
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \

@@ -715,6 +715,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmwhc": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SUB": 2},
     "tmwb": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": 2},
     "tmwhb": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2},
+    "tmwhb8": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2, "num_warps": 8},
     "tmwb8": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": 2, "num_warps": 8},
     "tmwcb": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SCALAR_MULTS": 2},
     "tmwhcb": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2},
