@@ -42,7 +42,7 @@ from triton.testing import do_bench_cudagraph
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
-from kvarn_cli.kernels.triton_decode import decode_attention  # noqa: E402
+from kvarn_cli.kernels.triton_decode import choose_splits, decode_attention, programs_per_sm  # noqa: E402
 from kvarn_cli.kernels.triton_flush import DEFAULT_VARIANT, VARIANTS, default_warps, flush_tiles  # noqa: E402
 
 SHAPES = {"smollm2": (3, 9, 64), "qwen3-4b": (8, 32, 128)}  # (kv heads, q heads, head dim)
@@ -188,7 +188,8 @@ def main() -> None:
     ap.add_argument("--shapes", default="smollm2,qwen3-4b")
     ap.add_argument("--methods", default="k2v2,k4v4")
     ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
-    ap.add_argument("--tune", action="store_true", help="also try num_warps/num_stages/splits at 32k")
+    ap.add_argument("--tune", action="store_true",
+                    help="also time the first variant at 32k with half and twice the split count choose_splits picks")
     ap.add_argument("--no-flush", action="store_true", help="skip the flush-kernel timings")
     ap.add_argument("--only", choices=("flush",), help="time only the flush kernel (each variant, warp count)")
     ap.add_argument("--flush-variants", default=",".join(VARIANTS), help="with --only flush")
@@ -240,19 +241,22 @@ def main() -> None:
                 print(f"flush {shape} {m} B={batch}: {ms * 1e3:.1f}us for {batch}x{kvh} tiles")
                 save()
         if args.tune:
+            # the heuristic's split count for the first variant, and half and twice that,
+            # at every batch (32k): does choose_splits pick the fastest of its neighbours?
             nblk = 32768 // G - 1
             sms = torch.cuda.get_device_properties(0).multi_processor_count
+            var = variants[0]
             for m in methods:
-                for batch in (1, 32):
-                    base = max(1, math.ceil(8 * sms / (batch * kvh)))
-                    for warps in (4,):
-                        for stages in (2,):
-                            for splits in sorted({max(1, base // 4), max(1, base // 2), min(nblk, base)}):
-                                kw = {"num_warps": warps, "num_stages": stages, "num_splits": splits, "variant": variants[0]}
-                                ms, nbytes = kvarn_case(m, batch, kvh, qh, d, 32768, pools[m], **kw)
-                                result["tune"].append({"shape": shape, "method": m, "batch": batch, **kw, "ms": ms, "bytes": nbytes})
-                                print(f"tune {shape} {m} B={batch} {kw}: {ms * 1e3:.1f}us ({nbytes / ms / 1e9 / bw * 1e12:.0%})")
-                                save()
+                for batch in batches:
+                    chosen = choose_splits(batch, kvh, nblk, sms, programs_per_sm(var, d))
+                    for splits in sorted({max(1, chosen // 2), chosen, min(nblk, 2 * chosen)}):
+                        kw = {"num_splits": splits, "variant": var}
+                        ms, nbytes = kvarn_case(m, batch, kvh, qh, d, 32768, pools[m], **kw)
+                        result["tune"].append({"shape": shape, "method": m, "batch": batch, **kw, "chosen": chosen,
+                                               "ms": ms, "bytes": nbytes})
+                        print(f"tune {shape} {m} B={batch} {kw}{' (chosen)' if splits == chosen else ''}: "
+                              f"{ms * 1e3:.1f}us ({nbytes / ms / 1e9 / bw * 1e12:.0%})")
+                        save()
         del pools
         torch.cuda.empty_cache()
 

@@ -154,7 +154,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "peak_running": median["peak_running"],
         "preemptions": median["preemptions"],
         "passes": [{k: r[k] for k in ("tokens_per_s", "ms_per_step", "steps", "preemptions")} for r in runs],
-        "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS", "KVARN_FLUSH_STREAM")},
+        "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS",
+                                                           "KVARN_FLUSH_STREAM", "VLLM_USE_V2_MODEL_RUNNER")},
         "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
         "cudagraph_capture_sizes": list(llm.llm_engine.vllm_config.compilation_config.cudagraph_capture_sizes or []),
         "first_request_token_ids": runs[0]["first_ids"],
@@ -198,12 +199,16 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
     """(preset, environment overrides, extra arguments) of a --presets entry:
     "k2v2:eager-decode" turns vLLM's CUDA graphs of decode steps off; "bf16:mib8192" gives the
     preset its own KV budget (e.g. bf16 with room for every sequence: its speed without
-    queueing); "k2v2-g64:dv-tmwhb" runs another decode-kernel variant (KVARN_DECODE_VARIANT)."""
+    queueing); "k2v2-g64:dv-tmwhb" runs another decode-kernel variant (KVARN_DECODE_VARIANT);
+    "bf16:v1" runs a baseline on vLLM's V1 model runner, the one kvarn's presets run on
+    (vllm_compat.prefer_v1_model_runner), where vLLM 0.26 would pick its V2 runner."""
     preset, _, variant = label.partition(":")
     if variant == "eager-decode":
         return preset, {"KVARN_DECODE_GRAPHS": "0"}, []
     if variant.startswith("mib") and variant[3:].isdigit():
         return preset, {}, ["--kv-budget-mib", variant[3:]]
+    if variant == "v1":
+        return preset, {"VLLM_USE_V2_MODEL_RUNNER": "0"}, []
     if variant.startswith("dv-"):
         from kvarn_cli.kernels.triton_decode import VARIANTS
 
@@ -211,7 +216,7 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
             raise SystemExit(f"{label}: unknown decode variant {variant[3:]!r} (known: {', '.join(VARIANTS)})")
         return preset, {"KVARN_DECODE_VARIANT": variant[3:]}, []
     if variant:
-        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, dv-NAME)")
+        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, dv-NAME, v1)")
     return preset, {}, []
 
 

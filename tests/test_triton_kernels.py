@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -19,7 +20,7 @@ from kv_tiles import key_like, value_like  # noqa: E402
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kernels.hadamard import rotation_on  # noqa: E402
 from kvarn_cli.kernels.packing import unpack_codes  # noqa: E402
-from kvarn_cli.kernels.triton_decode import decode_attention  # noqa: E402
+from kvarn_cli.kernels.triton_decode import choose_splits, decode_attention, programs_per_sm  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
@@ -320,3 +321,24 @@ def test_decode_loads_stay_inside_its_tensors(variant: str, monkeypatch: pytest.
     assert not outside, f"{sum(outside)} loaded elements outside the kernel's tensors"
     ref = _reference(qz, query, records, table, nblk, None, None, None, None, 1.0 / d**0.5)
     assert float((out - ref).norm() / ref.norm()) < 1e-2
+
+
+@given(
+    batch=st.integers(1, 256), kv_heads=st.integers(1, 16), max_blocks=st.integers(1, 1024),
+    variant=st.sampled_from(["hilo", "tmwhb"]), d=st.sampled_from([64, 128]),
+)
+def test_split_count_aims_at_programs_per_sm(batch: int, kv_heads: int, max_blocks: int, variant: str, d: int) -> None:
+    """A power of two (it is a kernel constant), at least 2 blocks per split, and, unless
+    the row is too short to split that far, within a factor of 2 of programs_per_sm's target
+    (the tm variants aim at one wave of resident programs, hilo at 8 per SM)."""
+    sms = 132
+    per_sm = programs_per_sm(variant, d)
+    splits = choose_splits(batch, kv_heads, max_blocks, sms, per_sm)
+    assert splits >= 1 and splits & (splits - 1) == 0
+    assert splits == 1 or splits <= max_blocks // 2
+    programs = batch * kv_heads * splits
+    target = per_sm * sms
+    if splits > 1:
+        assert programs <= 2 * target  # never more than twice the target
+    if 2 * splits <= max_blocks // 2:  # not capped by the row length
+        assert 2 * programs > target  # more than half the target

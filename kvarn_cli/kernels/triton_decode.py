@@ -686,10 +686,11 @@ def _reduce_kernel(
              out.to(out_ptr.dtype.element_ty), mask=g[:, None] < GQA)
 
 
-#: Split-kernel versions (benchmarks/GPU_NOTES.md has their timings and accuracy). "hilo" is
-#: the default: the versions without HILO round q * k_scale and p * v_scale to bf16 and are
-#: off by 1-2.5e-2 (relative) on the GPU where K's zero points cancel large terms; they stay
-#: as speed references.
+#: Split-kernel versions (benchmarks/GPU_NOTES.md has their timings and accuracy). The
+#: versions without HILO (or the tm variants' hi/lo columns) round q * k_scale and p * v_scale
+#: to bf16 and are off by 1-2.5e-2 (relative) on the GPU where K's zero points cancel large
+#: terms; they stay as speed references. tmw, tmwb and tmws fault on the H100 (illegal
+#: address, run 12) while their half-block forms pass; cause not found.
 VARIANTS: dict[str, dict[str, object]] = {
     "chunked": {},
     "joined": {},
@@ -723,6 +724,12 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
 LAUNCH_KEYS = ("num_warps",)
+#: tokens on the MMA rows, codes unpacked from 32-bit words, half-block steps, prefetch. On the
+#: H100 at 32k it is 1.0-1.5x faster than hilo at every batch of 1-64 (docs/BENCHMARKS.md runs
+#: 13 and 33; at B=1 with programs_per_sm's split counts), as accurate on the kernel tests,
+#: and gave hilo's greedy tokens end to end (run 33). "hilo" (the default before run 33)
+#: stays as the reference.
+DEFAULT_VARIANT = "tmwhb"
 
 
 def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
@@ -739,15 +746,27 @@ def _num_sms(device_index: int) -> int:
     return int(torch.cuda.get_device_properties(device_index).multi_processor_count)
 
 
-def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int) -> int:
-    """Splits per (sequence, KV head): about 8 programs per SM, at least 2 blocks per split.
+def programs_per_sm(variant: str, head_dim: int) -> int:
+    """How many split programs per SM `choose_splits` aims for (H100, 32k context; run 33 in
+    docs/BENCHMARKS.md). hilo is latency-bound with ~4 resident programs per SM and gains
+    from ~8 per SM (shorter programs). The tm variants keep more bytes in flight per program
+    (prefetch), so extra splits only add per-program work (the query rotation, a [16, D]
+    float32 partial, more partials to merge): about one wave of resident programs is best,
+    i.e. what their registers allow, 3 per SM at D = 64 (tmwhb: 135 registers) and 2 at
+    D = 128 (192). Measured for tmwhb at 32k: Qwen3-4B shape B=1 75.8 us with 33 splits
+    (one wave) against 100.1 with 66 and 146.2 with 132; SmolLM2 shape B=32 254-261 us with
+    5-11 splits against 406.8 with 2 (under half a wave)."""
+    if variant.startswith("tm"):
+        return 3 if head_dim <= 64 else 2
+    return 8
 
-    Measured on the H100 (benchmarks/GPU_NOTES.md): the kernel is latency-bound with ~4
-    resident programs per SM, so more, shorter programs help until the reduce's cost shows.
-    """
+
+def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, per_sm: int = 8) -> int:
+    """Splits per (sequence, KV head): about `per_sm` programs per SM (programs_per_sm), at
+    least 2 blocks per split."""
     if max_blocks <= 2:
         return 1
-    want = math.ceil(8 * num_sms / max(1, batch * kv_heads))
+    want = math.ceil(per_sm * num_sms / max(1, batch * kv_heads))
     splits = max(1, min(want, max_blocks // 2))
     # a power of two: the count is a kernel constant, so this bounds the compiled versions
     # (as a sequence grows) to a handful that a warm-up meets
@@ -770,7 +789,7 @@ def decode_attention(
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     num_warps: int = 4,
     num_stages: int = 3,
-    variant: str = "hilo",
+    variant: str = DEFAULT_VARIANT,
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its quantized blocks and 16-bit slots.
 
@@ -802,7 +821,7 @@ def decode_attention(
     qk_scale = scale * LOG2E / math.sqrt(d)  # 1/sqrt(D): the +-1 Hadamard's normalization
     if num_splits is None:
         sms = _num_sms(query.device.index or 0) if query.is_cuda else 4
-        num_splits = choose_splits(batch, kv_heads, block_table.shape[1], sms)
+        num_splits = choose_splits(batch, kv_heads, block_table.shape[1], sms, programs_per_sm(variant, d))
     if workspace is None:
         ws_acc = torch.empty(batch * kv_heads * num_splits * gp * d, dtype=torch.float32, device=query.device)
         ws_ml = torch.empty(batch * kv_heads * num_splits * 2 * gp, dtype=torch.float32, device=query.device)
