@@ -146,6 +146,8 @@ def gpu_profile(engine: Any, add: Any, max_steps: int, after: int, trace: str | 
     print(f"torch.profiler pass: {wall:.2f} s, {steps} steps, {1e3 * wall / steps:.2f} ms/step wall (profiler "
           f"overhead included), {kernel_us / 1e3 / steps:.2f} ms/step of GPU kernel time", flush=True)
     print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+    # the host side, where a step that waits for the GPU (or a slow graph launch) shows
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
 
 
 if __name__ == "__main__":
