@@ -13,6 +13,8 @@ Two launches:
    conversions are broken in triton 3.9, the dots use fp16 instead; same code otherwise.) Codes of 2^bits channels share a byte;
    rather than reshaping, the dots run per bit position j over the channels d = PER * i + j.
    Online softmax in base 2; partial (max, sum, acc) go to a float32 workspace.
+   The default split kernel (DEFAULT_VARIANT, tmwhb) is `_split_kernel_tm`, the same
+   contract with the tokens as the MMA's rows: see its docstring.
 2. `_reduce_kernel`, grid (batch, kv_heads): merges the partials, attends to the 16-bit
    sink/tail tokens (kvarn's staging slots, already in the rotated domain), normalizes and
    rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype.
@@ -725,10 +727,10 @@ VARIANTS: dict[str, dict[str, object]] = {
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
 LAUNCH_KEYS = ("num_warps",)
 #: tokens on the MMA rows, codes unpacked from 32-bit words, half-block steps, prefetch. On the
-#: H100 at 32k it is 1.0-1.5x faster than hilo at every batch of 1-64 (docs/BENCHMARKS.md runs
-#: 13 and 33; at B=1 with programs_per_sm's split counts), as accurate on the kernel tests,
-#: and gave hilo's greedy tokens end to end (run 33). "hilo" (the default before run 33)
-#: stays as the reference.
+#: H100 at 32k (docs/BENCHMARKS.md run 34) it is 1.1-1.8x faster than hilo at batches 1-64 on
+#: both benchmark shapes, passes every kernel test, and in vLLM gave hilo's greedy tokens
+#: (run 33) and the PyTorch path's 250 of 250 (run 34). "hilo", the default before, stays
+#: as the reference (KVARN_DECODE_VARIANT=hilo).
 DEFAULT_VARIANT = "tmwhb"
 
 
@@ -747,15 +749,16 @@ def _num_sms(device_index: int) -> int:
 
 
 def programs_per_sm(variant: str, head_dim: int) -> int:
-    """How many split programs per SM `choose_splits` aims for (H100, 32k context; run 33 in
-    docs/BENCHMARKS.md). hilo is latency-bound with ~4 resident programs per SM and gains
+    """How many split programs per SM `choose_splits` aims for (H100, 32k context; runs 33-34
+    in docs/BENCHMARKS.md). hilo is latency-bound with ~4 resident programs per SM and gains
     from ~8 per SM (shorter programs). The tm variants keep more bytes in flight per program
     (prefetch), so extra splits only add per-program work (the query rotation, a [16, D]
     float32 partial, more partials to merge): about one wave of resident programs is best,
     i.e. what their registers allow, 3 per SM at D = 64 (tmwhb: 135 registers) and 2 at
     D = 128 (192). Measured for tmwhb at 32k: Qwen3-4B shape B=1 75.8 us with 33 splits
     (one wave) against 100.1 with 66 and 146.2 with 132; SmolLM2 shape B=32 254-261 us with
-    5-11 splits against 406.8 with 2 (under half a wave)."""
+    5-11 splits against 406.8 with 2 (under half a wave). Run 34 timed half and twice the
+    counts this gives, at batches 1-64 on both shapes: none was more than 1.5% faster."""
     if variant.startswith("tm"):
         return 3 if head_dim <= 64 else 2
     return 8
