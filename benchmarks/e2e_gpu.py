@@ -109,6 +109,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
 
     kwargs = engine_kwargs(preset, args)
     t0 = time.perf_counter()
+    if args.load_format:
+        kwargs["load_format"] = args.load_format
     llm = LLM(model=args.model, dtype="bfloat16", seed=0, disable_log_stats=False,
               max_model_len=args.max_tokens + args.max_prompt_tokens, enforce_eager=args.enforce_eager, **kwargs)
     start_s = time.perf_counter() - t0
@@ -237,6 +239,9 @@ def main() -> None:
     ap.add_argument("--warmup-tokens", type=int, default=0, help="0 = --max-tokens (meets every split count)")
     ap.add_argument("--sample-every", type=int, default=8, help="read vLLM's gauges every N steps")
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--load-format", default="",
+                    help="vLLM's load_format, e.g. dummy: random weights for a model directory written by "
+                         "benchmarks/dummy_model.py (throughput only)")
     ap.add_argument("--timeout-s", type=int, default=540, help="per preset")
     ap.add_argument("--passes", type=int, default=1,
                     help="timed passes per engine, each on its own --num-prompts prompts; the median pass (the lower middle one) is reported")

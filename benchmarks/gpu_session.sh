@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_session.sh step    # benchmarks/decode_step.py: one decode step's KV work, kvarn kernels vs vLLM bf16
 #   bash benchmarks/gpu_session.sh graphs  # kernel tests, kvarn run fp16/k2v2 and Triton vs PyTorch with decode CUDA graphs (the default)
 #   bash benchmarks/gpu_session.sh prefix  # prefix-cache hits, decode graphs on and off: same greedy tokens? (tests/prefix_hit_smoke.py)
+#   bash benchmarks/gpu_session.sh dummy   # e2e_gpu.py on a Qwen3-4B-shaped model with random weights (benchmarks/dummy_model.py)
 # Needs, carried beside the tree: .whl/ (orjson for the CLI) and .gpuwork/gsm8k_test.jsonl.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out.
 set -u
@@ -88,6 +89,14 @@ e2e)
   timeout 570 python3 benchmarks/e2e_gpu.py --model "$model" --data "$data/gsm8k_test.jsonl" \
     --presets "${PRESETS:-bf16,k2v2-g64,fp8,k4v4-g64}" --kv-budget-mib "${BUDGET:-1024}" --num-prompts "${PROMPTS:-128}" \
     --max-tokens "${TOKENS:-1024}" --timeout-s "${PRESET_TIMEOUT:-200}" --out "$out/e2e_gpu.json" 2>&1 | tee "$out/e2e.log" | tail -40
+  ;;
+dummy)
+  # a model whose GPU step outweighs vLLM's host work per request (SmolLM2's does not)
+  python3 benchmarks/dummy_model.py /tmp/models/qwen3-4b-shape --like "$model"
+  timeout 570 python3 benchmarks/e2e_gpu.py --model /tmp/models/qwen3-4b-shape --load-format dummy \
+    --data "$data/gsm8k_test.jsonl" --presets "${PRESETS:-bf16,fp8,k2v2}" --kv-budget-mib "${BUDGET:-4096}" \
+    --num-prompts "${PROMPTS:-128}" --max-tokens "${TOKENS:-1024}" --passes "${PASSES:-1}" \
+    --timeout-s "${PRESET_TIMEOUT:-180}" --out "$out/e2e_dummy.json" 2>&1 | tee "$out/e2e_dummy.log" | tail -12
   ;;
 profile)
   VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 260 python3 benchmarks/profile_engine.py --model "$model" \
