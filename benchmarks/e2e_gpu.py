@@ -108,9 +108,9 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
 
     kwargs = engine_kwargs(preset, args)
-    t0 = time.perf_counter()
     if args.load_format:
         kwargs["load_format"] = args.load_format
+    t0 = time.perf_counter()
     llm = LLM(model=args.model, dtype="bfloat16", seed=0, disable_log_stats=False,
               max_model_len=args.max_tokens + args.max_prompt_tokens, enforce_eager=args.enforce_eager, **kwargs)
     start_s = time.perf_counter() - t0
