@@ -101,7 +101,7 @@ dummy)
 profile)
   VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 260 python3 benchmarks/profile_engine.py --model "$model" \
     --preset "${PRESET:-k2v2}" --prompts 32 --max-tokens 300 2>&1 | grep -v "Capturing\|Loading" | tee "$out/profile.log" | tail -120
-  timeout 300 python3 benchmarks/decode_attention.py --variants "${VARIANTS:-hilo,tmwb,tmwhb,tmwb8}" --methods k2v2 \
+  timeout 300 python3 benchmarks/decode_attention.py --variants "${VARIANTS:-tmwhb,hilo}" --methods k2v2 \
     --contexts 32768 --batches 1,32,64 --no-flush --out "$out/decode.json" 2>&1 | tee "$out/kernels.log" | tail -30
   ;;
 decode)
@@ -124,8 +124,8 @@ decode)
   ;;
 kernels)
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_triton_stage.py tests/test_triton_kernels.py \
-    -k "${TEST_FILTER:-stage or flush or hilo or tmwb or tmwhb}" 2>&1 | tee "$out/kernels_tests.log" | tail -12
-  timeout 200 python3 benchmarks/decode_attention.py --variants "${VARIANTS:-hilo,tmwb,tmwhb,tmwb8}" --methods k2v2 \
+    -k "${TEST_FILTER:-stage or flush or hilo or tmwhb}" 2>&1 | tee "$out/kernels_tests.log" | tail -12
+  timeout 200 python3 benchmarks/decode_attention.py --variants "${VARIANTS:-tmwhb,hilo}" --methods k2v2 \
     --contexts 32768 --batches 1,32,64 --no-flush --out "$out/decode.json" 2>&1 | tee "$out/kernels.log" | tail -20
   timeout 120 python3 benchmarks/decode_attention.py --only flush --methods k2v2,k4v4 --flush-warps auto \
     --out "$out/flush.json" 2>&1 | tee "$out/flush.log" | tail -20

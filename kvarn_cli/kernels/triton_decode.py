@@ -764,7 +764,7 @@ def programs_per_sm(variant: str, head_dim: int) -> int:
     return 8
 
 
-def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, per_sm: int = 8) -> int:
+def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, per_sm: int) -> int:
     """Splits per (sequence, KV head): about `per_sm` programs per SM (programs_per_sm), at
     least 2 blocks per split."""
     if max_blocks <= 2:
