@@ -93,14 +93,14 @@ e2e)
 dummy)
   # a model whose GPU step outweighs vLLM's host work per request (SmolLM2's does not)
   python3 benchmarks/dummy_model.py /tmp/models/qwen3-4b-shape --like "$model"
-  timeout 570 python3 benchmarks/e2e_gpu.py --model /tmp/models/qwen3-4b-shape --load-format dummy \
+  timeout "${TOTAL_TIMEOUT:-570}" python3 benchmarks/e2e_gpu.py --model /tmp/models/qwen3-4b-shape --load-format dummy \
     --data "$data/gsm8k_test.jsonl" --presets "${PRESETS:-bf16,fp8,k2v2}" --kv-budget-mib "${BUDGET:-4096}" \
     --num-prompts "${PROMPTS:-128}" --max-tokens "${TOKENS:-1024}" --passes "${PASSES:-1}" \
     --timeout-s "${PRESET_TIMEOUT:-180}" --out "$out/e2e_dummy.json" 2>&1 | tee "$out/e2e_dummy.log" | tail -12
   ;;
 profile)
   VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 260 python3 benchmarks/profile_engine.py --model "$model" \
-    --preset "${PRESET:-k2v2}" --prompts 32 --max-tokens 300 2>&1 | grep -v "Capturing\|Loading" | tee "$out/profile.log" | tail -120
+    --preset "${PRESET:-k2v2}" --prompts "${PROMPTS:-32}" --max-tokens "${TOKENS:-300}" ${PROFILE_ARGS:-} 2>&1 | grep -v "Capturing\|Loading" | tee "$out/profile.log" | tail -120
   timeout 300 python3 benchmarks/decode_attention.py --variants "${VARIANTS:-tmwhb,hilo}" --methods k2v2 \
     --contexts 32768 --batches 1,32,64 --no-flush --out "$out/decode.json" 2>&1 | tee "$out/kernels.log" | tail -30
   ;;
