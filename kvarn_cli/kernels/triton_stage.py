@@ -6,6 +6,12 @@ about ten kernel launches per layer, which at 30 layers costs more than the atte
 on a small model. This kernel does all of it in one launch: load the tokens' K and V rows
 (strided, as vLLM's fused QKV projection leaves them), rotate them in float32, store them
 in the slot dtype at (slot, head, offset).
+
+Each program computes BN output channels of BT tokens of one head. A whole [D, D] float32
+rotation per program (64 KiB at D = 128) does not fit in registers and spilled: on the H100
+that made the kernel 4.4 ms of a 11.5 ms decode step on a Qwen3-4B-shaped model at batch 64
+(docs/BENCHMARKS.md run 36). A [D, BN] slice does, and the extra programs fill the GPU at
+small batches.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import triton.language as tl
 
 #: tokens per program; tl.dot needs at least 16 rows
 BLOCK_T = 16
+#: output channels per program (at most; D when D is smaller)
+BLOCK_N = 32
 
 
 @triton.jit
@@ -24,10 +32,11 @@ def _stage_kernel(
     tokens, slots, offsets, n,
     rot,
     slot_k, slot_v, stride_ss, stride_sh, stride_sg,
-    D: tl.constexpr, BT: tl.constexpr,
+    D: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
+    col = tl.program_id(2) * BN + tl.arange(0, BN)
     rows = pid * BT + tl.arange(0, BT)
     live = rows < n
     tok = tl.load(tokens + rows, mask=live, other=0)
@@ -35,13 +44,13 @@ def _stage_kernel(
     live = live & (slot >= 0)  # a fixed-size (CUDA graph) batch marks its padding rows -1
     off = tl.load(offsets + rows, mask=live, other=0)
     d = tl.arange(0, D)
-    r = tl.load(rot + d[:, None] * D + d[None, :])  # [D, D] float32
+    r = tl.load(rot + d[:, None] * D + col[None, :])  # [D, BN] float32
     m2 = live[:, None]
     k = tl.load(key + tok[:, None] * stride_kt + h * stride_kh + d[None, :], mask=m2, other=0.0).to(tl.float32)
     v = tl.load(value + tok[:, None] * stride_vt + h * stride_vh + d[None, :], mask=m2, other=0.0).to(tl.float32)
     kr = tl.dot(k, r, input_precision="ieee")
     vr = tl.dot(v, r, input_precision="ieee")
-    dst = slot[:, None].to(tl.int64) * stride_ss + h * stride_sh + off[:, None] * stride_sg + d[None, :]
+    dst = slot[:, None].to(tl.int64) * stride_ss + h * stride_sh + off[:, None] * stride_sg + col[None, :]
     tl.store(slot_k + dst, kr.to(slot_k.dtype.element_ty), mask=m2)
     tl.store(slot_v + dst, vr.to(slot_v.dtype.element_ty), mask=m2)
 
@@ -72,11 +81,12 @@ def stage_tokens(
         raise ValueError("key, value and the slots need a contiguous last dim (and the slots equal strides)")
     if rotation.shape != (d, d) or rotation.dtype != torch.float32:
         raise ValueError(f"rotation must be float32 [{d}, {d}]")
-    grid = (triton.cdiv(n, BLOCK_T), heads)
+    bn = min(d, BLOCK_N)
+    grid = (triton.cdiv(n, BLOCK_T), heads, d // bn)
     _stage_kernel[grid](
         key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         tokens, slots, offsets, n,
         rotation.contiguous(),
         slot_k, slot_v, slot_k.stride(0), slot_k.stride(1), slot_k.stride(2),
-        D=d, BT=BLOCK_T, num_warps=4,
+        D=d, BT=BLOCK_T, BN=bn, num_warps=4,
     )
