@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--gpu-profile-steps", type=int, default=40)
     ap.add_argument("--gpu-profile-after", type=int, default=8,
                     help="engine steps run before the torch.profiler window (the prefills take the first few)")
+    ap.add_argument("--load-format", default="auto",
+                    help="vLLM's load_format; 'dummy' with benchmarks/dummy_model.py (random weights, any shape)")
     ap.add_argument("--trace", help="write the torch.profiler window as a Chrome trace to this path")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -59,7 +61,7 @@ def main() -> None:
 
     kwargs = kvcache.engine_kwargs(args.preset) if args.preset != "bf16" else {}
     seqs = max(8, args.prompts + (-args.prompts) % 8)  # vLLM captures decode graphs of multiples of 8
-    llm = LLM(model=args.model, dtype="bfloat16", seed=0, max_model_len=args.prompt_tokens + args.max_tokens + 8,
+    llm = LLM(model=args.model, load_format=args.load_format, dtype="bfloat16", seed=0, max_model_len=args.prompt_tokens + args.max_tokens + 8,
               kv_cache_memory_bytes=args.kv_cache_memory_mib << 20, max_num_seqs=seqs,
               enforce_eager=args.enforce_eager, **kwargs)
     engine = llm.llm_engine
