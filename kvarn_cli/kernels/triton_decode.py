@@ -1,6 +1,6 @@
 """Triton decode attention over the paged KVarN cache (one query token per sequence).
 
-Three launches:
+Two launches:
 1. `_split_kernel`, grid (batch, kv_heads, splits): each program takes one query-head group
    (all GQA heads of one KV head, padded to 16 rows for the tensor cores) and a run of the
    sequence's quantized blocks. It rotates the query once (q @ H, +-1 matrix in bf16, exact)
@@ -15,11 +15,12 @@ Three launches:
    Online softmax in base 2; partial (max, sum, acc) go to a float32 workspace.
    The default split kernel (DEFAULT_VARIANT, tmwhb) is `_split_kernel_tm`, the same
    contract with the tokens as the MMA's rows: see its docstring.
-2. `_side_kernel`, grid (batch, kv_heads, side slots x chunks): attention over the 16-bit
-   sink/tail tokens (kvarn's staging slots, already in the rotated domain), SIDE_CHUNK tokens
-   per program, partials like the splits'.
-3. `_reduce_kernel`, grid (batch, kv_heads): merges both kinds of partials, normalizes and
+2. `_reduce_kernel`, grid (batch, kv_heads): merges the partials, attends to the 16-bit
+   sink/tail tokens (kvarn's staging slots, already in the rotated domain), normalizes and
    rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype.
+   The sink/tail part already reads near the H100's bandwidth (Qwen3-4B shape, batch 64: ~50
+   MB per layer in ~23 us); a separate launch with 64-token chunks in parallel was slower
+   (docs/BENCHMARKS.md run 37: the partials it writes and reads back cost more than it won).
 """
 
 from __future__ import annotations
@@ -35,11 +36,6 @@ from kvarn_cli.kernels.quantizers import Quantizer
 from kvarn_cli.kernels.triton_common import dot_in_fp16, fp8_bits_to_f32, kernel_layout, signed_hadamard
 
 LOG2E = 1.4426950408889634
-#: tokens of a 16-bit side slot per _side_kernel program: a 128-token slot is two programs, so
-#: the sink and tail of a sequence are read by four programs in parallel instead of in turn by
-#: the one program that merges the splits (on the H100, Qwen3-4B shape, batch 64, that merge
-#: took as long as the split kernel: docs/BENCHMARKS.md run 36)
-SIDE_CHUNK = 64
 NEG_BIG = tl.constexpr(-1.0e30)
 
 
@@ -636,51 +632,25 @@ def _split_kernel_tm(
 
 
 @triton.jit
-def _side_kernel(
-    q_ptr, stride_qb, stride_qh, h_ptr,
+def _reduce_kernel(
+    q_ptr, stride_qb, stride_qh, h_ptr, out_ptr, stride_ob, stride_oh,
+    ws_acc_ptr, ws_ml_ptr,
     sk_ptr, sv_ptr, stride_ss, stride_sh, stride_st, side_slot_ptr, side_len_ptr, stride_side,
-    ws_acc_ptr, ws_ml_ptr, qk_scale,
-    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CT: tl.constexpr, CHUNKS: tl.constexpr,
-    DT: tl.constexpr,
+    qk_scale, inv_sqrt_d,
+    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, NUM_SIDE: tl.constexpr, DT: tl.constexpr,
 ):
-    """One chunk of CT tokens of one 16-bit side slot (sink or tail) for one (sequence, KV
-    head): an unnormalized partial (m, l, acc) like a split's, at partial index
-    (b * Hkv + kvh) * num_programs(2) + j, j = side * CHUNKS + chunk."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
-    j = tl.program_id(2)
-    si = j // CHUNKS
     g = tl.arange(0, GP)
     d = tl.arange(0, D)
-    t = (j % CHUNKS) * CT + tl.arange(0, CT)
-    slot = tl.load(side_slot_ptr + b.to(tl.int64) * stride_side + si)
-    n = tl.load(side_len_ptr + b.to(tl.int64) * stride_side + si)
-    n = tl.where(slot >= 0, n, 0)
-    slot = tl.maximum(slot, 0).to(tl.int64)
-    valid = t < n
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
-                mask=g[:, None] < GQA, other=0.0).to(tl.float32)
-    q_rot = _rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale
-    off = slot * stride_ss + kvh * stride_sh + t[:, None] * stride_st + d[None, :]
-    k = tl.load(sk_ptr + off, mask=valid[:, None], other=0.0).to(DT)
-    v = tl.load(sv_ptr + off, mask=valid[:, None], other=0.0).to(DT)
-    scores, _ = _dot_split(q_rot, tl.trans(k), DT, True)
-    scores = tl.where(valid[None, :], scores, NEG_BIG)
-    m = tl.max(scores, 1)
-    p = tl.where(valid[None, :], tl.exp2(scores - m[:, None]), 0.0)
-    acc = tl.dot(p.to(DT), v)
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * tl.num_programs(2) + j
-    tl.store(ws_acc_ptr + part * GP * D + g[:, None] * D + d[None, :], acc)
-    tl.store(ws_ml_ptr + part * 2 * GP + g, m)
-    tl.store(ws_ml_ptr + part * 2 * GP + GP + g, tl.sum(p, 1))
+    t = tl.arange(0, G)
 
-
-@triton.jit
-def _merge(m, l, acc, ws_acc_ptr, ws_ml_ptr, base, COUNT: tl.constexpr, GP: tl.constexpr, D: tl.constexpr):
-    """(m, l, acc) merged with the COUNT partials that start at partial index `base`."""
-    g = tl.arange(0, GP)
-    d = tl.arange(0, D)
-    for s in range(COUNT):
+    m = tl.full([GP], NEG_BIG, dtype=tl.float32)
+    l = tl.zeros([GP], dtype=tl.float32)
+    acc = tl.zeros([GP, D], dtype=tl.float32)
+    base = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS
+    for s in range(NUM_SPLITS):
         ml = ws_ml_ptr + (base + s) * 2 * GP
         ms = tl.load(ml + g)
         ls = tl.load(ml + GP + g)
@@ -691,27 +661,30 @@ def _merge(m, l, acc, ws_acc_ptr, ws_ml_ptr, base, COUNT: tl.constexpr, GP: tl.c
         l = l * alpha + ls * beta
         acc = acc * alpha[:, None] + a * beta[:, None]
         m = m_new
-    return m, l, acc
 
+    if NUM_SIDE > 0:
+        q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
+                    mask=g[:, None] < GQA, other=0.0).to(tl.float32)
+        q_rot = _rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale
+        for si in range(NUM_SIDE):
+            slot = tl.load(side_slot_ptr + b.to(tl.int64) * stride_side + si)
+            n = tl.load(side_len_ptr + b.to(tl.int64) * stride_side + si)
+            n = tl.where(slot >= 0, n, 0)
+            slot = tl.maximum(slot, 0).to(tl.int64)
+            valid = t < n
+            off = slot * stride_ss + kvh * stride_sh + t[:, None] * stride_st + d[None, :]
+            k = tl.load(sk_ptr + off, mask=valid[:, None], other=0.0).to(DT)
+            v = tl.load(sv_ptr + off, mask=valid[:, None], other=0.0).to(DT)
+            scores, _ = _dot_split(q_rot, tl.trans(k), DT, True)
+            scores = tl.where(valid[None, :], scores, NEG_BIG)
+            m_new = tl.maximum(m, tl.max(scores, 1))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(scores - m_new[:, None])
+            p = tl.where(valid[None, :], p, 0.0)
+            l = l * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(DT), v)
+            m = m_new
 
-@triton.jit
-def _reduce_kernel(
-    h_ptr, out_ptr, stride_ob, stride_oh,
-    ws_acc_ptr, ws_ml_ptr, side_acc_ptr, side_ml_ptr, inv_sqrt_d,
-    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, NUM_SIDE_PARTS: tl.constexpr, DT: tl.constexpr,
-):
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
-    g = tl.arange(0, GP)
-    d = tl.arange(0, D)
-    m = tl.full([GP], NEG_BIG, dtype=tl.float32)
-    l = tl.zeros([GP], dtype=tl.float32)
-    acc = tl.zeros([GP, D], dtype=tl.float32)
-    pair = b.to(tl.int64) * tl.num_programs(1) + kvh
-    m, l, acc = _merge(m, l, acc, ws_acc_ptr, ws_ml_ptr, pair * NUM_SPLITS, NUM_SPLITS, GP, D)
-    if NUM_SIDE_PARTS > 0:
-        m, l, acc = _merge(m, l, acc, side_acc_ptr, side_ml_ptr, pair * NUM_SIDE_PARTS, NUM_SIDE_PARTS, GP, D)
     out = acc / tl.maximum(l, 1e-30)[:, None]
     out = _rotate(out, h_ptr, D, 0, 1, D, DT) * inv_sqrt_d
     tl.store(out_ptr + b.to(tl.int64) * stride_ob + (kvh * GQA + g[:, None]) * stride_oh + d[None, :],
@@ -880,26 +853,24 @@ def decode_attention(
     except triton.runtime.errors.OutOfResources:
         # software pipelining buffers too large for shared memory on this shape: go unpipelined
         kernel[(batch, kv_heads, num_splits)](*args, num_stages=1, **consts)
-    side_parts = 0
-    side_acc = side_ml = ws_acc  # never read without side slots
-    if side_k is not None:
+    if side_k is None:
+        num_side = 0
+        side_k = side_v = query  # never read
+        side_slots = side_lens = num_blocks.view(-1, 1)
+        strides = (0, 0, 0)
+    else:
         assert side_v is not None and side_slots is not None and side_lens is not None
+        num_side = side_slots.shape[1]
         if side_k.stride() != side_v.stride() or side_k.stride(3) != 1:
             raise ValueError("side_k and side_v need the same strides and a contiguous last dim")
-        ct = min(lay.block_size, SIDE_CHUNK)
-        chunks = lay.block_size // ct
-        side_parts = side_slots.shape[1] * chunks
-        side_acc = torch.empty(batch * kv_heads * side_parts * gp * d, dtype=torch.float32, device=query.device)
-        side_ml = torch.empty(batch * kv_heads * side_parts * 2 * gp, dtype=torch.float32, device=query.device)
-        _side_kernel[(batch, kv_heads, side_parts)](
-            query, query.stride(0), query.stride(1), h,
-            side_k, side_v, side_k.stride(0), side_k.stride(1), side_k.stride(2), side_slots, side_lens,
-            side_slots.stride(0), side_acc, side_ml, qk_scale,
-            GQA=gqa, GP=gp, D=d, CT=ct, CHUNKS=chunks, DT=dt, num_warps=4, num_stages=1,
-        )
+        strides = (side_k.stride(0), side_k.stride(1), side_k.stride(2))
+    assert side_slots is not None and side_lens is not None
     _reduce_kernel[(batch, kv_heads)](
-        h, out, out.stride(0), out.stride(1), ws_acc, ws_ml, side_acc, side_ml, 1.0 / math.sqrt(d),
-        GQA=gqa, GP=gp, D=d, NUM_SPLITS=num_splits, NUM_SIDE_PARTS=side_parts, DT=dt,
+        query, query.stride(0), query.stride(1), h, out, out.stride(0), out.stride(1),
+        ws_acc, ws_ml,
+        side_k, side_v, *strides, side_slots, side_lens, side_slots.stride(0),
+        qk_scale, 1.0 / math.sqrt(d),
+        GQA=gqa, GP=gp, D=d, G=lay.block_size, NUM_SPLITS=num_splits, NUM_SIDE=num_side, DT=dt,
         num_warps=4, num_stages=1,
     )
     return out
