@@ -140,7 +140,6 @@ def kvarn_timings(method: str, batch: Batch, fill: int, shape: tuple[int, int, i
         qkv.append((q, k, v, torch.empty_like(q)))
     scale = 1.0 / math.sqrt(d)
     assert codec.rotation is not None
-    rot = codec.rotation
 
     def step() -> None:
         for c, (q, k, v, o) in zip(caches, qkv):
@@ -148,7 +147,7 @@ def kvarn_timings(method: str, batch: Batch, fill: int, shape: tuple[int, int, i
 
     def stage() -> None:
         for c, (q, k, v, o) in zip(caches, qkv):
-            stage_tokens(k, v, fixed.tokens, fixed.stage_slot, fixed.stage_offset, rot, c.slot_k, c.slot_v)
+            stage_tokens(k, v, fixed.tokens, fixed.stage_slot, fixed.stage_offset, c.slot_k, c.slot_v)
 
     def flush() -> None:
         for c in caches:

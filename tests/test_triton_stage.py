@@ -44,7 +44,7 @@ def test_stage_tokens_matches_rotate_and_scatter(d: int, kv_heads: int, n: int, 
     want_k[slots, :, offsets] = (key[tokens].float() @ rot).to(dtype)
     want_v[slots, :, offsets] = (value[tokens].float() @ rot).to(dtype)
 
-    stage_tokens(key, value, tokens, slots, offsets, rot, slot_k, slot_v)
+    stage_tokens(key, value, tokens, slots, offsets, slot_k, slot_v)
 
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     torch.testing.assert_close(slot_k, want_k, rtol=tol, atol=tol * 8)
@@ -64,7 +64,7 @@ def test_stage_tokens_skips_rows_without_a_slot() -> None:
     slot_k = torch.full((3, 1, G, d), 7.0, device=DEVICE)
     slot_v = torch.full_like(slot_k, -7.0)
     rot = rotation_on(d, DEVICE)
-    stage_tokens(key, value, tokens, slots, offsets, rot, slot_k, slot_v)
+    stage_tokens(key, value, tokens, slots, offsets, slot_k, slot_v)
     written = torch.zeros(3, G, dtype=torch.bool, device=DEVICE)
     for t in (0, 2, 4):
         s, o = int(slots[t]), int(offsets[t])
@@ -78,4 +78,4 @@ def test_stage_tokens_rejects_mismatched_shapes() -> None:
     slot = torch.zeros(2, 2, 16, 64, device=DEVICE)  # two heads, key has one
     idx = torch.zeros(1, dtype=torch.long, device=DEVICE)
     with pytest.raises(ValueError, match="key/value must be"):
-        stage_tokens(key, value, idx, idx, idx, rotation_on(64, DEVICE), slot, slot.clone())
+        stage_tokens(key, value, idx, idx, idx, slot, slot.clone())

@@ -207,7 +207,7 @@ def update_cache(plan: StepPlan, codec: Codec, cache: LayerCache, key: torch.Ten
         if codec.triton and codec.rotation is not None:
             from kvarn_cli.kernels.triton_stage import stage_tokens
 
-            stage_tokens(key, value, plan.slot_token, plan.slot_id, plan.slot_offset, codec.rotation,
+            stage_tokens(key, value, plan.slot_token, plan.slot_id, plan.slot_offset,
                          cache.slot_k, cache.slot_v)
         else:
             ks, vs = key[plan.slot_token].float(), value[plan.slot_token].float()
@@ -248,7 +248,7 @@ def decode_fixed(
 
     n = fixed.rows
     assert codec.rotation is not None
-    stage_tokens(key[:n], value[:n], fixed.tokens, fixed.stage_slot, fixed.stage_offset, codec.rotation,
+    stage_tokens(key[:n], value[:n], fixed.tokens, fixed.stage_slot, fixed.stage_offset,
                  cache.slot_k, cache.slot_v)
 
     def flush() -> None:
