@@ -95,7 +95,7 @@ dummy)
   python3 benchmarks/dummy_model.py /tmp/models/qwen3-4b-shape --like "$model"
   timeout "${TOTAL_TIMEOUT:-570}" python3 benchmarks/e2e_gpu.py --model /tmp/models/qwen3-4b-shape --load-format dummy \
     --data "$data/gsm8k_test.jsonl" --presets "${PRESETS:-bf16,fp8,k2v2}" --kv-budget-mib "${BUDGET:-4096}" \
-    --num-prompts "${PROMPTS:-128}" --max-tokens "${TOKENS:-1024}" --passes "${PASSES:-1}" \
+    --num-prompts "${PROMPTS:-128}" --max-tokens "${TOKENS:-1024}" --passes "${PASSES:-1}" --warmup-prompts "${WARMUP:-8}" \
     --timeout-s "${PRESET_TIMEOUT:-180}" --out "$out/e2e_dummy.json" 2>&1 | tee "$out/e2e_dummy.log" | tail -12
   ;;
 profile)
