@@ -1,6 +1,10 @@
 """Compile a decode split kernel for sm_90 without a GPU and print its resources.
 
     PYTHONPATH=$PWD python benchmarks/aot_registers.py --variants hilo,tm --presets k2v2,k4v4 --head-dims 64,128
+    PYTHONPATH=$PWD python benchmarks/aot_registers.py --stage [--stage-source old_triton_stage.py]
+
+(--stage: the staging kernel instead, for 16-bit and float32 slots; --stage-source compiles
+another version of kvarn_cli/kernels/triton_stage.py, e.g. `git show REV:<that path>`.)
 
 Why: the split kernel is latency-bound on the H100 (benchmarks/GPU_NOTES.md) and its
 registers per thread decide how many programs share an SM; this compiles the kernel as the
@@ -12,6 +16,7 @@ registers and spill stores/loads from the cubin, shared memory from the metadata
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import re
 import subprocess
@@ -69,6 +74,50 @@ def compile_variant(variant: str, preset: str, d: int, gqa: int, warps: int, sta
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
 
 
+STAGE_TYPES = {"key": "*bf16", "value": "*bf16", "tokens": "*i32", "slots": "*i32", "offsets": "*i32",
+               "rot": "*fp32", "inv_sqrt_d": "fp32"}
+
+
+def compile_stage(fn, d: int, parts: int):  # type: ignore[no-untyped-def]
+    """The staging kernel at head_dim d: 16-bit slots (parts 2) or float32 slots (parts 0);
+    constexprs the given version does not have are left out."""
+    slot = "*fp32" if parts == 0 else "*bf16"
+    types = dict(STAGE_TYPES, slot_k=slot, slot_v=slot, h_ptr=slot)
+    want: dict[str, object] = dict(D=d, BT=16, BN=min(d, 32), PARTS=parts, DT=tl.bfloat16)
+    consts = {k: v for k, v in want.items() if k in fn.arg_names}
+    sig: dict[str, str] = {}
+    div = []
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        else:
+            sig[name] = types.get(name, "i32")
+            if sig[name].startswith("*") or name.startswith("stride"):
+                div.append(i)
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+                    attrs={(i,): [["tt.divisibility", 16]] for i in div})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+
+
+def stage_report(source: Path | None, head_dims: list[int]) -> None:
+    if source is None:
+        from kvarn_cli.kernels import triton_stage as mod
+    else:
+        spec = importlib.util.spec_from_file_location("stage_version", source)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    print(f"triton {triton.__version__}, sm_90, staging kernel of {source or 'this tree'}")
+    print(f"{'slots':8s} {'D':>4s} {'regs':>5s} {'stack':>6s} {'spillST':>7s} {'spillLD':>7s} {'sass':>6s}")
+    for parts, slots in ((2, "16-bit"), (0, "float32")):
+        for d in head_dims:
+            r = resources(compile_stage(mod._stage_kernel, d, parts).asm["cubin"])
+            print(f"{slots:8s} {d:4d} {r['regs']:5d} {r['stack']:6d} {r['spill_st']:7d} {r['spill_ld']:7d} {r['sass']:6d}",
+                  flush=True)
+        if "PARTS" not in mod._stage_kernel.arg_names:
+            break  # a version with one form only
+
+
 def resources(cubin: bytes) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.cubin"
@@ -123,7 +172,12 @@ def main() -> None:
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--dump", type=Path, default=None, help="directory for .sass/.ptx/.ttgir of each kernel")
+    ap.add_argument("--stage", action="store_true", help="the staging kernel (triton_stage) instead of the split kernel")
+    ap.add_argument("--stage-source", type=Path, default=None, help="with --stage: another version's triton_stage.py")
     args = ap.parse_args()
+    if args.stage:
+        stage_report(args.stage_source, [int(x) for x in args.head_dims.split(",")])
+        return
     print(f"triton {triton.__version__}, sm_90, {args.warps} warps, {args.stages} stages")
     print(f"{'variant':8s} {'preset':6s} {'D':>4s} {'regs':>5s} {'stack':>6s} {'spillST':>7s} {'spillLD':>7s} {'shared':>7s} "
           f"{'sass':>6s} {'loop':>5s} {'mma':>4s} {'ldg':>4s} {'lds':>4s} {'sts':>4s} {'bar':>4s} {'shfl':>5s} {'mufu':>5s}")

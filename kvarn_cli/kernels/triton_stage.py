@@ -38,15 +38,17 @@ BLOCK_N = 32
 def _rotate_rows(x, h, PARTS: tl.constexpr, DT: tl.constexpr):
     """x [BT, D] float32 @ h [D, BN]: with PARTS > 0, h is +-1 in DT and x is split into
     PARTS DT parts; with PARTS = 0, h is float32 and the dot is float32."""
+    # one return at the end: on the GPU, code after a `return` inside a constexpr `if` is still compiled
     if PARTS == 0:
-        return tl.dot(x, h, input_precision="ieee")
-    part = x.to(DT)
-    acc = tl.dot(part, h)
-    rest = x - part.to(tl.float32)
-    for _ in tl.static_range(PARTS - 1):
-        part = rest.to(DT)
-        acc += tl.dot(part, h)
-        rest -= part.to(tl.float32)
+        acc = tl.dot(x, h, input_precision="ieee")
+    else:
+        part = x.to(DT)
+        acc = tl.dot(part, h)
+        rest = x - part.to(tl.float32)
+        for _ in tl.static_range(PARTS - 1):
+            part = rest.to(DT)
+            acc += tl.dot(part, h)
+            rest -= part.to(tl.float32)
     return acc
 
 
