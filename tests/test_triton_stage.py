@@ -79,3 +79,27 @@ def test_stage_tokens_rejects_mismatched_shapes() -> None:
     idx = torch.zeros(1, dtype=torch.long, device=DEVICE)
     with pytest.raises(ValueError, match="key/value must be"):
         stage_tokens(key, value, idx, idx, idx, slot, slot.clone())
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_16bit_slots_hold_the_rounded_float32_rotation(d: int) -> None:
+    """16-bit slots are filled on the tensor cores from 16-bit parts of each row: with float32
+    keys (more bits than one part holds) the slots must still get the float32 product rounded
+    once to the slot dtype, bar near-ties and values that cancel to near zero (float32-level
+    error against the inputs' size). One part alone gets about half the values wrong."""
+    T, G = 32, 16
+    gen = torch.Generator().manual_seed(d)
+    key = (torch.randn(T, 2, d, generator=gen) * 3 + 1).to(DEVICE)
+    value = torch.randn(T, 2, d, generator=gen).to(DEVICE)
+    cells = torch.arange(T, device=DEVICE)
+    slot_k = torch.zeros(T // G, 2, G, d, dtype=torch.float16, device=DEVICE)
+    slot_v = torch.zeros_like(slot_k)
+    stage_tokens(key, value, cells, cells // G, cells % G, slot_k, slot_v)
+    rot = rotation_on(d, DEVICE)
+    for slots, x in ((slot_k, key), (slot_v, value)):
+        want = (x.float() @ rot).half()
+        got = slots[cells // G, :, cells % G]
+        assert float((got == want).float().mean()) > 0.95  # bf16 parts on a GPU carry ~16 bits, a bit flips ~2%
+        ulp = torch.finfo(torch.float16).eps * want.float().abs().clamp(min=2**-14)
+        tol = ulp + 1e-6 * float(x.abs().max())
+        assert bool(((got.float() - want.float()).abs() <= tol).all())
