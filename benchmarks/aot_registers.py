@@ -53,18 +53,20 @@ def compile_variant(variant: str, preset: str, d: int, gqa: int, warps: int, sta
     for param in fn.params:  # constexpr defaults the variant leaves alone
         if param.is_constexpr and param.name not in consts and param.default is not inspect.Parameter.empty:
             consts[param.name] = param.default
+    return compile_sm90(fn, consts, TYPES, warps, stages)
+
+
+def compile_sm90(fn, consts: dict[str, object], types: dict[str, str], warps: int, stages: int):  # type: ignore[no-untyped-def]
+    """Compile `fn` for sm_90 as the JIT would: constexprs from `consts`, argument types from
+    `types` (i32 for the rest), 16-divisible pointers and strides."""
     sig: dict[str, str] = {}
     div = []
     for i, name in enumerate(fn.arg_names):
         if name in consts:
             sig[name] = "constexpr"
-        elif name in TYPES:
-            sig[name] = TYPES[name]
-            if TYPES[name].startswith("*"):
-                div.append(i)
         else:
-            sig[name] = "i32"
-            if name.startswith("stride"):
+            sig[name] = types.get(name, "i32")
+            if sig[name].startswith("*") or name.startswith("stride"):
                 div.append(i)
     src = ASTSource(
         fn=fn, signature=sig,
@@ -85,18 +87,7 @@ def compile_stage(fn, d: int, parts: int):  # type: ignore[no-untyped-def]
     types = dict(STAGE_TYPES, slot_k=slot, slot_v=slot, h_ptr=slot)
     want: dict[str, object] = dict(D=d, BT=16, BN=min(d, 32), PARTS=parts, DT=tl.bfloat16)
     consts = {k: v for k, v in want.items() if k in fn.arg_names}
-    sig: dict[str, str] = {}
-    div = []
-    for i, name in enumerate(fn.arg_names):
-        if name in consts:
-            sig[name] = "constexpr"
-        else:
-            sig[name] = types.get(name, "i32")
-            if sig[name].startswith("*") or name.startswith("stride"):
-                div.append(i)
-    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
-                    attrs={(i,): [["tt.divisibility", 16]] for i in div})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+    return compile_sm90(fn, consts, types, 4, 3)
 
 
 def stage_report(source: Path | None, head_dims: list[int]) -> None:

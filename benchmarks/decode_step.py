@@ -139,7 +139,6 @@ def kvarn_timings(method: str, batch: Batch, fill: int, shape: tuple[int, int, i
         v = torch.randn(R, kvh, d, device=device, dtype=dtype, generator=gen)
         qkv.append((q, k, v, torch.empty_like(q)))
     scale = 1.0 / math.sqrt(d)
-    assert codec.rotation is not None
 
     def step() -> None:
         for c, (q, k, v, o) in zip(caches, qkv):
