@@ -7,6 +7,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -81,25 +83,29 @@ def test_stage_tokens_rejects_mismatched_shapes() -> None:
         stage_tokens(key, value, idx, idx, idx, slot, slot.clone())
 
 
-@pytest.mark.parametrize("d", [64, 128])
-def test_16bit_slots_hold_the_rounded_float32_rotation(d: int) -> None:
+@settings(max_examples=12, deadline=None)
+@given(log_d=st.integers(4, 8), heads=st.integers(1, 3), n=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_16bit_slots_hold_the_rounded_float32_rotation(log_d: int, heads: int, n: int, seed: int) -> None:
     """16-bit slots are filled on the tensor cores from 16-bit parts of each row: with float32
     keys (more bits than one part holds) the slots must still get the float32 product rounded
     once to the slot dtype, bar near-ties and values that cancel to near zero (float32-level
-    error against the inputs' size). One part alone gets about half the values wrong."""
-    T, G = 32, 16
-    gen = torch.Generator().manual_seed(d)
-    key = (torch.randn(T, 2, d, generator=gen) * 3 + 1).to(DEVICE)
-    value = torch.randn(T, 2, d, generator=gen).to(DEVICE)
-    cells = torch.arange(T, device=DEVICE)
-    slot_k = torch.zeros(T // G, 2, G, d, dtype=torch.float16, device=DEVICE)
+    error against the inputs' size). One part alone gets about half the values wrong. Head
+    dims 16-256: below 32 a program takes all D output channels, above it slices of 32."""
+    d, G = 1 << log_d, 16
+    gen = torch.Generator().manual_seed(seed)
+    key = (torch.randn(n, heads, d, generator=gen) * 3 + 1).to(DEVICE)
+    value = torch.randn(n, heads, d, generator=gen).to(DEVICE)
+    cells = torch.randperm(3 * G, generator=gen)[:n].to(DEVICE)  # distinct (slot, offset) targets
+    slot_k = torch.zeros(3, heads, G, d, dtype=torch.float16, device=DEVICE)
     slot_v = torch.zeros_like(slot_k)
-    stage_tokens(key, value, cells, cells // G, cells % G, slot_k, slot_v)
+    tokens = torch.arange(n, device=DEVICE)
+    stage_tokens(key, value, tokens, cells // G, cells % G, slot_k, slot_v)
     rot = rotation_on(d, DEVICE)
     for slots, x in ((slot_k, key), (slot_v, value)):
         want = (x.float() @ rot).half()
         got = slots[cells // G, :, cells % G]
-        assert float((got == want).float().mean()) > 0.95  # bf16 parts on a GPU carry ~16 bits, a bit flips ~2%
+        # bf16 parts on a GPU carry ~16 bits: about 2% of the values round the other way
+        assert int((got != want).sum()) <= max(2, 0.05 * got.numel())
         ulp = torch.finfo(torch.float16).eps * want.float().abs().clamp(min=2**-14)
         tol = ulp + 1e-6 * float(x.abs().max())
         assert bool(((got.float() - want.float()).abs() <= tol).all())
