@@ -53,12 +53,14 @@ def compile_variant(variant: str, preset: str, d: int, gqa: int, warps: int, sta
     for param in fn.params:  # constexpr defaults the variant leaves alone
         if param.is_constexpr and param.name not in consts and param.default is not inspect.Parameter.empty:
             consts[param.name] = param.default
-    return compile_sm90(fn, consts, TYPES, warps, stages)
+    maxnreg = td.VARIANTS[variant].get("maxnreg")
+    return compile_sm90(fn, consts, TYPES, warps, stages, None if maxnreg is None else int(maxnreg))  # type: ignore[call-overload]
 
 
-def compile_sm90(fn, consts: dict[str, object], types: dict[str, str], warps: int, stages: int):  # type: ignore[no-untyped-def]
+def compile_sm90(fn, consts: dict[str, object], types: dict[str, str], warps: int, stages: int,  # type: ignore[no-untyped-def]
+                 maxnreg: int | None = None):
     """Compile `fn` for sm_90 as the JIT would: constexprs from `consts`, argument types from
-    `types` (i32 for the rest), 16-divisible pointers and strides."""
+    `types` (i32 for the rest), 16-divisible pointers and strides; `maxnreg` caps registers."""
     sig: dict[str, str] = {}
     div = []
     for i, name in enumerate(fn.arg_names):
@@ -73,7 +75,10 @@ def compile_sm90(fn, consts: dict[str, object], types: dict[str, str], warps: in
         constexprs={(fn.arg_names.index(k),): v for k, v in consts.items() if k in fn.arg_names},
         attrs={(i,): [["tt.divisibility", 16]] for i in div},
     )
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+    options: dict[str, int] = dict(num_warps=warps, num_stages=stages)
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 STAGE_TYPES = {"key": "*bf16", "value": "*bf16", "tokens": "*i32", "slots": "*i32", "offsets": "*i32",

@@ -204,7 +204,7 @@ def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, sca
 CASES = [("k2v2", 3, 3, 64, 2, True), ("k4v4", 2, 4, 64, 1, False), ("k4v2", 1, 2, 128, 3, True)]
 #: tmwhb (the default since run 34), hilo (the previous default) and the other tm candidates
 #: on every case; the others (kept for the benchmarks) on one case each
-DECODE_CASES = [(v, *c) for v in ("hilo", "tmwhb", "tmw", "tmwb", "tmwh") for c in CASES] + [
+DECODE_CASES = [(v, *c) for v in ("hilo", "tmwhb", "tmwhb3", "tmw", "tmwb", "tmwh") for c in CASES] + [
     (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "chunked", "tm", "tmr", "tmnp", "tmi", "tmwr", "tmwrh", "tmw8", "tmwn", "tmwhn", "tmwrhn", "tmws", "tmwhs", "tmwc", "tmwhc", "tmwb8", "tmwcb", "tmwhcb", "tmwhb8"))
 ]
 

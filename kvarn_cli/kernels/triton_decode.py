@@ -691,6 +691,9 @@ def _reduce_kernel(
              out.to(out_ptr.dtype.element_ty), mask=g[:, None] < GQA)
 
 
+#: registers per thread that let three 4-warp programs share an SM (65,536 / 384, in steps of 8)
+REGS_FOR_THREE = 168
+
 #: Split-kernel versions (benchmarks/GPU_NOTES.md has their timings and accuracy). The
 #: versions without HILO (or the tm variants' hi/lo columns) round q * k_scale and p * v_scale
 #: to bf16 and are off by 1-2.5e-2 (relative) on the GPU where K's zero points cancel large
@@ -726,9 +729,12 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmwcb": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SCALAR_MULTS": 2},
     "tmwhcb": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2},
     "tmwhs": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": True},
+    # tmwhb capped at 168 registers: at D = 128 it needs 193, so 2 programs share an SM; at
+    # 168 three fit, and offline sm_90 compilation shows no spills (benchmarks/aot_registers.py)
+    "tmwhb3": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2, "maxnreg": REGS_FOR_THREE},
 }
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
-LAUNCH_KEYS = ("num_warps",)
+LAUNCH_KEYS = ("num_warps", "maxnreg")
 #: tokens on the MMA rows, codes unpacked from 32-bit words, half-block steps, prefetch. On the
 #: H100 at 32k (docs/BENCHMARKS.md run 34) it is 1.1-1.8x faster than hilo at batches 1-64 on
 #: both benchmark shapes, passes every kernel test, and in vLLM gave hilo's greedy tokens
@@ -761,9 +767,11 @@ def programs_per_sm(variant: str, head_dim: int) -> int:
     D = 128 (192). Measured for tmwhb at 32k: Qwen3-4B shape B=1 75.8 us with 33 splits
     (one wave) against 100.1 with 66 and 146.2 with 132; SmolLM2 shape B=32 254-261 us with
     5-11 splits against 406.8 with 2 (under half a wave). Run 34 timed half and twice the
-    counts this gives, at batches 1-64 on both shapes: none was more than 1.5% faster."""
+    counts this gives, at batches 1-64 on both shapes: none was more than 1.5% faster. A
+    variant capped at REGS_FOR_THREE registers (tmwhb3) aims at 3 per SM at D = 128 too."""
     if variant.startswith("tm"):
-        return 3 if head_dim <= 64 else 2
+        capped = int(VARIANTS[variant].get("maxnreg", 256)) <= REGS_FOR_THREE  # type: ignore[call-overload]
+        return 3 if head_dim <= 64 or capped else 2
     return 8
 
 
