@@ -85,12 +85,12 @@ STAGE_TYPES = {"key": "*bf16", "value": "*bf16", "tokens": "*i32", "slots": "*i3
                "rot": "*fp32", "inv_sqrt_d": "fp32"}
 
 
-def compile_stage(fn, d: int, parts: int):  # type: ignore[no-untyped-def]
-    """The staging kernel at head_dim d: 16-bit slots (parts 2) or float32 slots (parts 0);
-    constexprs the given version does not have are left out."""
-    slot = "*fp32" if parts == 0 else "*bf16"
+def compile_stage(fn, d: int, exact: bool):  # type: ignore[no-untyped-def]
+    """The staging kernel at head_dim d: 16-bit slots, or float32 slots (exact); constexprs
+    the given version does not have are left out."""
+    slot = "*fp32" if exact else "*bf16"
     types = dict(STAGE_TYPES, slot_k=slot, slot_v=slot, h_ptr=slot)
-    want: dict[str, object] = dict(D=d, BT=16, BN=min(d, 32), PARTS=parts, DT=tl.bfloat16)
+    want: dict[str, object] = dict(D=d, BT=16, BN=min(d, 32), EXACT=exact, DT=tl.bfloat16)
     consts = {k: v for k, v in want.items() if k in fn.arg_names}
     return compile_sm90(fn, consts, types, 4, 3)
 
@@ -105,12 +105,12 @@ def stage_report(source: Path | None, head_dims: list[int]) -> None:
         spec.loader.exec_module(mod)
     print(f"triton {triton.__version__}, sm_90, staging kernel of {source or 'this tree'}")
     print(f"{'slots':8s} {'D':>4s} {'regs':>5s} {'stack':>6s} {'spillST':>7s} {'spillLD':>7s} {'sass':>6s}")
-    for parts, slots in ((2, "16-bit"), (0, "float32")):
+    for exact, slots in ((False, "16-bit"), (True, "float32")):
         for d in head_dims:
-            r = resources(compile_stage(mod._stage_kernel, d, parts).asm["cubin"])
+            r = resources(compile_stage(mod._stage_kernel, d, exact).asm["cubin"])
             print(f"{slots:8s} {d:4d} {r['regs']:5d} {r['stack']:6d} {r['spill_st']:7d} {r['spill_ld']:7d} {r['sass']:6d}",
                   flush=True)
-        if "PARTS" not in mod._stage_kernel.arg_names:
+        if "EXACT" not in mod._stage_kernel.arg_names:
             break  # a version with one form only
 
 

@@ -103,6 +103,19 @@ def signed_hadamard(head_dim: int, device: torch.device, dtype: torch.dtype = to
 
 
 @triton.jit
+def rotate_hilo(x, h_ptr, D: tl.constexpr, COL0: tl.constexpr, COL_STEP: tl.constexpr, NCOL: tl.constexpr, DT: tl.constexpr):
+    """x [M, D] float32 @ H[:, COL0::COL_STEP] (+-1, exact in DT; rows of D entries at h_ptr)
+    to ~float32 accuracy: x is split into a DT high part and a DT remainder, each multiplied
+    on the tensor cores."""
+    r = tl.arange(0, D)
+    c = tl.arange(0, NCOL) * COL_STEP + COL0
+    h = tl.load(h_ptr + r[:, None] * D + c[None, :])
+    hi = x.to(DT)
+    lo = (x - hi.to(tl.float32)).to(DT)
+    return tl.dot(hi, h) + tl.dot(lo, h)
+
+
+@triton.jit
 def fp8_bits_to_f32(b):
     """e4m3fn bit patterns (any integer tensor, values 0..0x7e, sign bit clear) -> float32."""
     b = b.to(tl.int32)

@@ -33,22 +33,10 @@ import triton
 import triton.language as tl
 
 from kvarn_cli.kernels.quantizers import Quantizer
-from kvarn_cli.kernels.triton_common import dot_in_fp16, fp8_bits_to_f32, kernel_layout, signed_hadamard
+from kvarn_cli.kernels.triton_common import dot_in_fp16, fp8_bits_to_f32, kernel_layout, rotate_hilo, signed_hadamard
 
 LOG2E = 1.4426950408889634
 NEG_BIG = tl.constexpr(-1.0e30)
-
-
-@triton.jit
-def _rotate(x, h_ptr, D: tl.constexpr, COL0: tl.constexpr, COL_STEP: tl.constexpr, NCOL: tl.constexpr, DT: tl.constexpr):
-    """x [M, D] float32 @ H[:, COL0::COL_STEP] (+-1, exact in DT) to ~float32 accuracy: x is
-    split into a DT high part and a DT remainder, each multiplied on the tensor cores."""
-    r = tl.arange(0, D)
-    c = tl.arange(0, NCOL) * COL_STEP + COL0
-    h = tl.load(h_ptr + r[:, None] * D + c[None, :])
-    hi = x.to(DT)
-    lo = (x - hi.to(tl.float32)).to(DT)
-    return tl.dot(hi, h) + tl.dot(lo, h)
 
 
 @triton.jit
@@ -106,11 +94,11 @@ def _split_kernel(
     q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
                 mask=g[:, None] < GQA, other=0.0).to(tl.float32)
     # q_rot (scaled by softmax scale * log2 e and 1/sqrt(D)), one copy per bit position j
-    q0 = _rotate(q, h_ptr, D, 0, KP, D // KP, DT) * qk_scale
-    q1 = _rotate(q, h_ptr, D, 1, KP, D // KP, DT) * qk_scale
+    q0 = rotate_hilo(q, h_ptr, D, 0, KP, D // KP, DT) * qk_scale
+    q1 = rotate_hilo(q, h_ptr, D, 1, KP, D // KP, DT) * qk_scale
     if KP == 4:
-        q2 = _rotate(q, h_ptr, D, 2, KP, D // KP, DT) * qk_scale
-        q3 = _rotate(q, h_ptr, D, 3, KP, D // KP, DT) * qk_scale
+        q2 = rotate_hilo(q, h_ptr, D, 2, KP, D // KP, DT) * qk_scale
+        q3 = rotate_hilo(q, h_ptr, D, 3, KP, D // KP, DT) * qk_scale
 
     m = tl.full([GP], NEG_BIG, dtype=tl.float32)
     l = tl.zeros([GP], dtype=tl.float32)
@@ -280,7 +268,7 @@ def _split_kernel_joined(
     t = tl.arange(0, G)
     q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
                 mask=g[:, None] < GQA, other=0.0).to(tl.float32)
-    qr = _rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale
+    qr = rotate_hilo(q, h_ptr, D, 0, 1, D, DT) * qk_scale
     m = tl.full([GP], NEG_BIG, dtype=tl.float32)
     l = tl.zeros([GP], dtype=tl.float32)
     acc = tl.zeros([GP, D], dtype=tl.float32)
@@ -665,7 +653,7 @@ def _reduce_kernel(
     if NUM_SIDE > 0:
         q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
                     mask=g[:, None] < GQA, other=0.0).to(tl.float32)
-        q_rot = _rotate(q, h_ptr, D, 0, 1, D, DT) * qk_scale
+        q_rot = rotate_hilo(q, h_ptr, D, 0, 1, D, DT) * qk_scale
         for si in range(NUM_SIDE):
             slot = tl.load(side_slot_ptr + b.to(tl.int64) * stride_side + si)
             n = tl.load(side_len_ptr + b.to(tl.int64) * stride_side + si)
@@ -686,7 +674,7 @@ def _reduce_kernel(
             m = m_new
 
     out = acc / tl.maximum(l, 1e-30)[:, None]
-    out = _rotate(out, h_ptr, D, 0, 1, D, DT) * inv_sqrt_d
+    out = rotate_hilo(out, h_ptr, D, 0, 1, D, DT) * inv_sqrt_d
     tl.store(out_ptr + b.to(tl.int64) * stride_ob + (kvh * GQA + g[:, None]) * stride_oh + d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=g[:, None] < GQA)
 

@@ -7,10 +7,10 @@ on a small model. This kernel does all of it in one launch: load the tokens' K a
 (strided, as vLLM's fused QKV projection leaves them), rotate them, store them in the slot
 dtype at (slot, head, offset).
 
-The rotation runs on the tensor cores, as the decode kernel's does: the +-1 Sylvester matrix
-is exact in 16 bits, and each float32 row is split into 16-bit parts (a high part and the
-remainders) that are multiplied separately and summed in float32. Two parts carry about 16
-mantissa bits, more than a 16-bit slot keeps. Float32 slots (the CPU tests, which compare
+The rotation runs on the tensor cores, with the decode kernel's `rotate_hilo`: the +-1
+Sylvester matrix is exact in 16 bits, and each float32 row is split into a 16-bit high part
+and a 16-bit remainder that are multiplied separately and summed in float32. The two parts
+carry about 16 mantissa bits, more than a 16-bit slot keeps. Float32 slots (the CPU tests, which compare
 this path with the PyTorch one through 2-bit rounding, where float32-level differences flip
 codes) keep a float32 `tl.dot` (input_precision="ieee") with the normalized matrix. That
 was the only form before: at head_dim 128 it took 4.4 ms of an 11.5 ms decode step on the
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from kvarn_cli.kernels.hadamard import rotation_on
-from kvarn_cli.kernels.triton_common import dot_in_fp16, signed_hadamard
+from kvarn_cli.kernels.triton_common import dot_in_fp16, rotate_hilo, signed_hadamard
 
 #: tokens per program; tl.dot needs at least 16 rows
 BLOCK_T = 16
@@ -35,20 +35,16 @@ BLOCK_N = 32
 
 
 @triton.jit
-def _rotate_rows(x, h, PARTS: tl.constexpr, DT: tl.constexpr):
-    """x [BT, D] float32 @ h [D, BN]: with PARTS > 0, h is +-1 in DT and x is split into
-    PARTS DT parts; with PARTS = 0, h is float32 and the dot is float32."""
+def _rotate_rows(x, h_ptr, col0, D: tl.constexpr, BN: tl.constexpr, EXACT: tl.constexpr, DT: tl.constexpr):
+    """x [BT, D] float32 @ columns col0 .. col0 + BN of the matrix at h_ptr: with EXACT a
+    float32 dot on the normalized matrix, else rotate_hilo on the +-1 one."""
     # one return at the end: on the GPU, code after a `return` inside a constexpr `if` is still compiled
-    if PARTS == 0:
+    if EXACT:
+        d = tl.arange(0, D)
+        h = tl.load(h_ptr + d[:, None] * D + col0 + tl.arange(0, BN)[None, :])
         acc = tl.dot(x, h, input_precision="ieee")
     else:
-        part = x.to(DT)
-        acc = tl.dot(part, h)
-        rest = x - part.to(tl.float32)
-        for _ in tl.static_range(PARTS - 1):
-            part = rest.to(DT)
-            acc += tl.dot(part, h)
-            rest -= part.to(tl.float32)
+        acc = rotate_hilo(x, h_ptr + col0, D, 0, 1, BN, DT)
     return acc
 
 
@@ -58,11 +54,12 @@ def _stage_kernel(
     tokens, slots, offsets, n,
     h_ptr, inv_sqrt_d,
     slot_k, slot_v, stride_ss, stride_sh, stride_sg,
-    D: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PARTS: tl.constexpr, DT: tl.constexpr,
+    D: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, EXACT: tl.constexpr, DT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     hd = tl.program_id(1)
-    col = tl.program_id(2) * BN + tl.arange(0, BN)
+    col0 = tl.program_id(2) * BN
+    col = col0 + tl.arange(0, BN)
     rows = pid * BT + tl.arange(0, BT)
     live = rows < n
     tok = tl.load(tokens + rows, mask=live, other=0)
@@ -70,12 +67,11 @@ def _stage_kernel(
     live = live & (slot >= 0)  # a fixed-size (CUDA graph) batch marks its padding rows -1
     off = tl.load(offsets + rows, mask=live, other=0)
     d = tl.arange(0, D)
-    h = tl.load(h_ptr + d[:, None] * D + col[None, :])  # [D, BN]
     m2 = live[:, None]
     k = tl.load(key + tok[:, None] * stride_kt + hd * stride_kh + d[None, :], mask=m2, other=0.0).to(tl.float32)
     v = tl.load(value + tok[:, None] * stride_vt + hd * stride_vh + d[None, :], mask=m2, other=0.0).to(tl.float32)
-    kr = _rotate_rows(k, h, PARTS, DT) * inv_sqrt_d
-    vr = _rotate_rows(v, h, PARTS, DT) * inv_sqrt_d
+    kr = _rotate_rows(k, h_ptr, col0, D, BN, EXACT, DT) * inv_sqrt_d
+    vr = _rotate_rows(v, h_ptr, col0, D, BN, EXACT, DT) * inv_sqrt_d
     dst = slot[:, None].to(tl.int64) * stride_ss + hd * stride_sh + off[:, None] * stride_sg + col[None, :]
     tl.store(slot_k + dst, kr.to(slot_k.dtype.element_ty), mask=m2)
     tl.store(slot_v + dst, vr.to(slot_v.dtype.element_ty), mask=m2)
@@ -118,6 +114,6 @@ def stage_tokens(
         tokens, slots, offsets, n,
         h, inv_sqrt_d,
         slot_k, slot_v, slot_k.stride(0), slot_k.stride(1), slot_k.stride(2),
-        D=d, BT=BLOCK_T, BN=bn, PARTS=0 if exact else 2,
+        D=d, BT=BLOCK_T, BN=bn, EXACT=exact,
         DT=tl.float16 if use_fp16 else tl.bfloat16, num_warps=4,
     )
