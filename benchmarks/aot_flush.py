@@ -38,7 +38,7 @@ def compile_flush(variant: str, method: str, dim: int, warps: int):  # type: ign
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = {"rec_ptr": "*u8", "block_ptr": "*i32", "scratch_ptr": "*fp32",
+            sig[name] = {"rec_ptr": "*u8", "block_ptr": "*i32", "scratch_ptr": "*fp32", "layer_ptr": "*i64",
                          "rot_ptr": {tl.float32: "*fp32", tl.bfloat16: "*bf16", tl.float16: "*fp16"}[consts["DOT_DTYPE"]]}.get(name, "*bf16")
             div.append(i)
         else:

@@ -24,7 +24,7 @@ from kvarn_cli.kernels.triton_decode import choose_splits, decode_attention, pro
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from kvarn_cli.kernels.triton_flush import _max_min, _std_one_pass, flush_slots, flush_tiles  # noqa: E402
+from kvarn_cli.kernels.triton_flush import LayerSlots, _max_min, _std_one_pass, flush_slots, flush_tiles  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 G = 128
@@ -118,6 +118,46 @@ def test_flush_from_rotated_slots_skips_empty_entries(name: str, d: int) -> None
     flush_slots(qz, slot_k, slot_v, slots, records, blocks)
     assert bool((records[[0, 1, 2, 5]] == POISON).all()), "skipped entries must not be written"
     _assert_records_match_quantizer(qz, records[[4, 3]], k[[2, 0]], v[[2, 0]])
+
+
+def test_one_launch_flushes_every_layer_like_a_launch_per_layer() -> None:
+    """A decode step's fills are flushed in all layers by one launch (LayerSlots): each
+    layer's slots and records are separate allocations, reached by offsets from layer 0's.
+    Every layer must get exactly the records a launch of its own writes, and nothing else."""
+    qz = make_quantizer("k2v2", head_dim=64, block_size=G)
+    heads, num_slots, num_blocks = 2, 3, 6
+    rot = rotation_on(64, DEVICE)
+    layers, expected = [], []
+    for layer in range(3):
+        k, v = _tiles(num_slots, heads, 64, seed=40 + layer)
+        slot_k, slot_v = (k @ rot).contiguous(), (v @ rot).contiguous()
+        records = torch.full((num_blocks, heads, qz.record_bytes), POISON, dtype=torch.uint8, device=DEVICE)
+        layers.append((slot_k, slot_v, records))
+        expected.append(records.clone())
+    slots = torch.tensor([2, -1, 0], dtype=torch.int32, device=DEVICE)
+    blocks = torch.tensor([4, 1, 3], dtype=torch.int32, device=DEVICE)
+    for (slot_k, slot_v, _), want in zip(layers, expected):
+        flush_slots(qz, slot_k, slot_v, slots, want, blocks)
+    table = LayerSlots(layers)
+    assert table.offsets.shape == (3, 3) and int(table.offsets[0].abs().sum()) == 0
+    flush_slots(qz, table.slot_k, table.slot_v, slots, table.records, blocks, layers=table)
+    for layer, ((_, _, records), want) in enumerate(zip(layers, expected)):
+        assert bool((records[[0, 1, 2, 5]] == POISON).all()), f"layer {layer}: wrote outside its blocks"
+        assert torch.equal(records, want), f"layer {layer} differs from its own launch"
+
+
+def test_layer_slots_refuse_layers_that_do_not_match() -> None:
+    qz = make_quantizer("k2v2", head_dim=64, block_size=G)
+    k = torch.zeros(2, 1, G, 64, device=DEVICE)
+    records = torch.zeros(4, 1, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
+    with pytest.raises(ValueError, match="layer 1's slot_k differs"):
+        LayerSlots([(k, k, records), (torch.zeros(3, 1, G, 64, device=DEVICE), k, records)])
+    with pytest.raises(ValueError, match="layer 1's records differs"):
+        LayerSlots([(k, k, records), (k, k, records.to(torch.int8))])
+    table = LayerSlots([(k, k, records)])
+    ids = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="must be its layer 0"):
+        flush_slots(qz, k.clone(), k, ids, records, ids, layers=table)
 
 
 @triton.jit

@@ -275,7 +275,7 @@ def _load_tile(ptr, stride_t, G: tl.constexpr, D: tl.constexpr, TRANSPOSE: tl.co
 @triton.jit
 def _flush_kernel(
     k_ptr, v_ptr, stride_kf, stride_kh, stride_kt, stride_vf, stride_vh, stride_vt,
-    rot_ptr, rec_ptr, stride_rb, stride_rh, block_ptr, src_ptr, scratch_ptr,
+    rot_ptr, rec_ptr, stride_rb, stride_rh, block_ptr, src_ptr, scratch_ptr, layer_ptr,
     G: tl.constexpr, D: tl.constexpr, K_BITS: tl.constexpr, V_BITS: tl.constexpr, ITERS: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
@@ -284,15 +284,22 @@ def _flush_kernel(
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     PAD_START: tl.constexpr, PAD_LEN: tl.constexpr, PAD_BLOCK: tl.constexpr,
     FAST: tl.constexpr, WELFORD: tl.constexpr, JOINT: tl.constexpr, ROT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    SCRATCH: tl.constexpr, ROTATED: tl.constexpr = False,
+    SCRATCH: tl.constexpr, ROTATED: tl.constexpr = False, LAYERED: tl.constexpr = False,
 ):
     """Program (f, h, side): quantize tile src[f] of k/v (src[f] = f without ROTATED) into
     records[block[f], h]. With ROTATED the tiles are kvarn's staging slots, already
     Hadamard-rotated; an entry with src[f] < 0 (or block[f] < 0) is skipped, so a CUDA graph
-    can launch a fixed grid every step."""
+    can launch a fixed grid every step. With LAYERED, axis 2 is (layer, side): layer l's
+    slots and records sit layer_ptr[3 l .. 3 l + 2] elements past k_ptr, v_ptr and rec_ptr,
+    so one launch flushes the same blocks in every layer."""
     f = tl.program_id(0)
     h = tl.program_id(1)
-    side = tl.program_id(2)  # 0: K, 1: V (independent halves of the record, one program each)
+    side = tl.program_id(2) % 2  # 0: K, 1: V (independent halves of the record, one program each)
+    if LAYERED:
+        layer = tl.program_id(2) // 2
+        k_ptr += tl.load(layer_ptr + 3 * layer)
+        v_ptr += tl.load(layer_ptr + 3 * layer + 1)
+        rec_ptr += tl.load(layer_ptr + 3 * layer + 2)
     t = tl.arange(0, G)
     d = tl.arange(0, D)
     blk = tl.load(block_ptr + f).to(tl.int64)
@@ -449,7 +456,7 @@ def flush_tiles(
     scratch = torch.empty(n_tiles * heads * 2 * g * d if consts["SCRATCH"] else 1, dtype=torch.float32, device=k.device)
     _flush_kernel[(n_tiles, heads, 2)](
         k, v, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32), block_ids, scratch,
+        rot, records, records.stride(0), records.stride(1), block_ids.to(torch.int32), block_ids, scratch, block_ids,
         num_warps=num_warps or (default_warps(d) if variant != "v1" else 8),
         **consts,
     )
@@ -464,6 +471,7 @@ def flush_slots(
     block_ids: torch.Tensor,
     num_warps: int | None = None,
     variant: str = "fast2",
+    layers: "LayerSlots | None" = None,
 ) -> None:
     """Quantize full staging slots slot_k/slot_v[slot_ids[f]] ([S, H, G, D], already rotated
     by the quantizer's Hadamard, any float dtype) into records[block_ids[f]]. Entries with
@@ -473,6 +481,11 @@ def flush_slots(
     into the tail slot first, so the slot holds the whole tile and nothing is gathered. The
     tile needs no rotation and no relayout, so the scratch forms (`-s`) run as their plain
     counterparts.
+
+    With `layers` (slot_k, slot_v and records then being its layer 0), the same entries are
+    flushed in every layer by one launch: a decode step's fills are the same (slot, block)
+    pairs in all layers, and one wave of programs across layers costs about one flush's
+    latency instead of one per layer.
     """
     lay = kernel_layout(quantizer.layout)
     n, heads = int(slot_ids.numel()), slot_k.shape[1]
@@ -484,16 +497,50 @@ def flush_slots(
         raise ValueError(f"records must be uint8 [num_blocks, {heads}, {lay.record_bytes}], got {records.dtype} {tuple(records.shape)}")
     if block_ids.shape != slot_ids.shape or slot_ids.dtype != torch.int32 or block_ids.dtype != torch.int32:
         raise ValueError("slot_ids and block_ids must be int32 tensors of one shape")
+    if layers is not None and (layers.slot_k is not slot_k or layers.slot_v is not slot_v or layers.records is not records):
+        raise ValueError("with `layers`, slot_k, slot_v and records must be its layer 0")
     if n == 0:
         return
     consts = kernel_constants(lay, variant.removesuffix("-s"), torch.float32)
-    _flush_kernel[(n, heads, 2)](
+    num_layers = 1 if layers is None else layers.num_layers
+    _flush_kernel[(n, heads, 2 * num_layers)](
         slot_k, slot_v, slot_k.stride(0), slot_k.stride(1), slot_k.stride(2),
         slot_v.stride(0), slot_v.stride(1), slot_v.stride(2),
         records, records, records.stride(0), records.stride(1), block_ids, slot_ids, records,
+        block_ids if layers is None else layers.offsets,
         num_warps=num_warps or (default_warps(lay.head_dim) if variant != "v1" else 8),
-        ROTATED=True, **consts,
+        ROTATED=True, LAYERED=layers is not None, **consts,
     )
+
+
+class LayerSlots:
+    """Every layer's staging slots and records, addressed from layer 0's tensors so that one
+    flush_slots launch can reach them all: `offsets` [L, 3] (int64, on their device) holds
+    each layer's slot_k, slot_v and records start in elements from layer 0's. The layers'
+    tensors stay separate allocations (vLLM binds one cache per layer); they must agree in
+    shape, strides and dtype, which this checks once so the kernel can share the strides."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        if not layers:
+            raise ValueError("LayerSlots needs at least one layer")
+        first = layers[0]
+        rows: list[list[int]] = []
+        for i, layer in enumerate(layers):
+            for name, t, t0 in zip(("slot_k", "slot_v", "records"), layer, first):
+                if t.shape != t0.shape or t.stride() != t0.stride() or t.dtype != t0.dtype or t.device != t0.device:
+                    raise ValueError(f"layer {i}'s {name} differs from layer 0's in shape, strides, dtype or device")
+            row = []
+            for t, t0 in zip(layer, first):
+                delta = t.data_ptr() - t0.data_ptr()
+                if delta % t.element_size():
+                    raise ValueError(f"layer {i} starts {delta} bytes from layer 0, not a whole number of {t.dtype} elements")
+                row.append(delta // t.element_size())
+            rows.append(row)
+        self.slot_k, self.slot_v, self.records = first
+        self.num_layers = len(layers)
+        self.offsets = torch.tensor(rows, dtype=torch.int64, device=first[0].device)
+        #: the layers' start addresses, to tell whether any tensor was replaced since
+        self.addresses = tuple(t.data_ptr() for layer in layers for t in layer)
 
 
 def quantize_batch(quantizer: Quantizer, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
