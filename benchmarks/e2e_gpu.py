@@ -157,7 +157,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "preemptions": median["preemptions"],
         "passes": [{k: r[k] for k in ("tokens_per_s", "ms_per_step", "steps", "preemptions")} for r in runs],
         "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS",
-                                                           "KVARN_FLUSH_STREAM", "VLLM_USE_V2_MODEL_RUNNER")},
+                                                           "VLLM_USE_V2_MODEL_RUNNER")},
         "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
         "cudagraph_capture_sizes": list(llm.llm_engine.vllm_config.compilation_config.cudagraph_capture_sizes or []),
         "first_request_token_ids": runs[0]["first_ids"],

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, decode_fixed, maintain, update_cache
+from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, decode_fixed, flush_decode_fills, maintain, update_cache
 from kvarn_cli.kvcache.graph import DecodeBuffers
 from kvarn_cli.kvcache.staging import StagingPool, StepPlan
 
@@ -148,7 +148,8 @@ class SimEngine:
         grid codec). With triton, every step's output is also compared with the PyTorch
         attention on the same cache state (`shadow_err`, relative). With `fixed_padding`
         (Triton only), decode-only steps go through the CUDA-graph form (graph.DecodeBuffers
-        + compute.decode_fixed) as in vLLM, the batch padded by that many junk rows."""
+        + compute.decode_fixed, their fills flushed at the start of the next step) as in
+        vLLM, the batch padded by that many junk rows."""
         self.shape = shape
         self.G = shape.block_size
         self.num_blocks = num_blocks
@@ -235,6 +236,16 @@ class SimEngine:
         return True
 
     # -- one step -----------------------------------------------------------------------------
+    def flush_last_decode(self) -> None:
+        """Flush the blocks the last CUDA-graph decode step filled, as the metadata builder
+        does first thing in the next step (KVarNMetadataBuilder._flush_last_decode)."""
+        fills = None if self.buffers is None else self.buffers.take_fills()
+        if fills is not None:
+            from kvarn_cli.kernels.triton_flush import LayerSlots
+
+            slots = LayerSlots([(self.cache.slot_k, self.cache.slot_v, self.cache.records)])
+            flush_decode_fills(self.codec, slots, *fills)
+
     def step(self, scheduled: list[tuple[Request, int]]) -> StepPlan | None:
         """Run one engine step: each (request, n) computes up to n more tokens. Requests not
         yet running are admitted in list order (so a later one can hit blocks an earlier one
@@ -268,6 +279,7 @@ class SimEngine:
                 q[t], k[t], v[t] = _token_vectors(r.hashes[p], s)
                 t += 1
 
+        self.flush_last_decode()
         plan = self.pool.plan(qsl, seq, bt, T)
         check_decode_inputs(plan, G)
         # blocks this step writes from offset 0 hold fresh tokens only

@@ -345,3 +345,34 @@ def test_cuda_graph_padding_rows_are_not_planned() -> None:
         real_requests(np.array([1, 5]), np.array([0, 3]), 2, 0)
     assert real_requests(np.array([0, 0]), np.array([1, 2]), 2, 0) == 0
     assert real_requests(np.array([1, 1, 1]), np.array([0, 0, 0]), 3, 0) == 0  # a dummy batch
+
+
+def test_decode_buffers_hand_out_each_steps_fills_once() -> None:
+    """A CUDA-graph decode step does not flush the blocks its tokens fill; the builder takes
+    those (slot, block) pairs from the buffers and flushes them before the next step. Each
+    step's fills are handed out once, and rewriting the buffers while some are still pending
+    (which would lose those blocks' records) is refused."""
+    from kvarn_cli.kvcache.graph import DecodeBuffers
+
+    G = 4
+    bt = np.array([[1, 2, 5], [3, 4, 6]])
+    pool = StagingPool(8, G)
+    pool.plan(np.array([0, 3, 9]), np.array([3, 6]), bt, 9)  # prompts of 3 and 6 tokens
+    buffers = DecodeBuffers(4, 3, torch.device("cpu"))
+    plan = pool.plan(np.array([0, 1, 2]), np.array([4, 7]), bt, 2)  # row 0's token fills block 1
+    assert buffers.fits(plan, 3)
+    buffers.load(plan, 3)
+    with pytest.raises(RuntimeError, match="1 slot flushes were not taken"):
+        buffers.load(plan, 3)
+    fills = buffers.take_fills()
+    assert fills is not None
+    slots, blocks = fills
+    assert blocks.tolist() == [1] and slots.tolist() == plan.fill_slot.tolist()
+    assert buffers.take_fills() is None
+
+    plan = pool.plan(np.array([0, 1, 2]), np.array([5, 8]), bt, 2)  # row 1's token fills block 4
+    buffers.load(plan, 3)
+    assert buffers.take_fills()[1].tolist() == [4]  # type: ignore[index]
+    plan = pool.plan(np.array([0, 1, 2]), np.array([6, 9]), bt, 2)  # nothing fills
+    buffers.load(plan, 3)
+    assert buffers.take_fills() is None

@@ -12,12 +12,13 @@ entry point (in vLLM's worker processes) in place of CPU_ATTN on CPU, or as CUST
 - The impl applies the plan to its layer: writes, flushes and attention (kvarn_cli.kvcache
   .compute): PyTorch on CPU; on CUDA the flushes and the decode attention go through the
   Triton kernels (kvarn_cli.kernels.triton_flush / triton_decode), prefill chunks stay PyTorch.
-- On the Triton path a decode-only step is four fixed-grid launches per layer over arrays
-  at fixed addresses (kvarn_cli.kvcache.graph), so the builder can declare CUDA-graph support
-  for uniform single-token decode batches (KVARN_DECODE_GRAPHS=0 turns that off): vLLM then
-  captures whole decode steps and replays them without running any layer's Python. What a
-  replay cannot do (spills and restores of staging slots) the builder applies to every
-  layer before the step; the rows vLLM pads such a batch with, and the dummy batches it
+- On the Triton path a decode-only step is three fixed-grid launches per layer (stage,
+  split-K decode, merge) over arrays at fixed addresses (kvarn_cli.kvcache.graph), so the
+  builder can declare CUDA-graph support for uniform single-token decode batches
+  (KVARN_DECODE_GRAPHS=0 turns that off): vLLM then captures whole decode steps and replays
+  them without running any layer's Python. What a replay cannot do (spills and restores of
+  staging slots) the builder applies to every layer before the step, and it flushes the
+  blocks a decode step filled in every layer with one launch before the next step; the rows vLLM pads such a batch with, and the dummy batches it
   warms up each capture with, are left out of the plan (graph.real_requests).
 
 The preset travels in environment variables because `customize_spec` runs without a
@@ -36,7 +37,9 @@ import torch
 from kvarn_cli import vllm_compat
 from kvarn_cli.errors import EngineError
 from kvarn_cli.kvcache import ENV_BLOCK_SIZE, ENV_QUANTIZER
-from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, decode_fixed, maintain, update_cache, use_triton
+from kvarn_cli.kvcache.compute import (
+    Codec, LayerCache, attend, decode_fixed, flush_decode_fills, maintain, update_cache, use_triton,
+)
 from kvarn_cli.kvcache.graph import DecodeBuffers, real_requests, table_width
 from kvarn_cli.kvcache.layout import staging_slots, token_bytes
 from kvarn_cli.kvcache.records import quantizer_for
@@ -148,6 +151,9 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         else:
             self.pool = StagingPool(slots, kv_cache_spec.block_size)
         self._layers: list[tuple[Any, Any]] | None = None
+        #: (codec, triton_flush.LayerSlots) of every layer, made on the first flush; vLLM binds
+        #: each layer's pages once and each impl makes its slots once, so they never move
+        self._layer_slots: tuple[Codec, Any] | None = None
         _POOLS.add(self.pool)
 
     @staticmethod
@@ -173,7 +179,27 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
             if cache is not None:  # a layer that has not run yet has nothing staged
                 maintain(plan, impl.codec, cache)
 
+    def _flush_last_decode(self) -> None:
+        """Quantize the blocks that the last CUDA-graph decode step filled, in every layer with
+        one launch (compute.flush_decode_fills), before this step's layers (or maintenance)
+        read those records or reuse those slots: stream order does the rest."""
+        fills = None if self.buffers is None else self.buffers.take_fills()
+        if fills is None:
+            return
+        if self._layer_slots is None:
+            from kvarn_cli.kernels.triton_flush import LayerSlots
+
+            layers = vllm_compat.attention_layers(self.vllm_config, self.layer_names)
+            caches = [impl.layer_cache(kv) for impl, kv in layers]
+            if any(c is None for c in caches):
+                raise EngineError("a KVarN decode step ran before every layer had its cache and slots")
+            slots = LayerSlots([(c.slot_k, c.slot_v, c.records) for c in caches if c is not None])
+            self._layer_slots = (layers[0][0].codec, slots)
+        codec, slots = self._layer_slots
+        flush_decode_fills(codec, slots, *fills)
+
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> KVarNMetadata:
+        self._flush_last_decode()
         cam = common_attn_metadata
         qsl = cam.query_start_loc_cpu.numpy()
         seq_lens = cam.seq_lens_cpu_upper_bound if cam.seq_lens_cpu_upper_bound is not None else cam.seq_lens
@@ -201,6 +227,7 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         cam = common_attn_metadata
         if self.buffers is None:
             raise EngineError("CUDA-graph capture of the KVarN cache needs the Triton decode path")
+        self._flush_last_decode()
         num_tokens = int(cam.num_actual_tokens)
         plan = replace(StepPlan.empty(num_tokens), fixed=self.buffers.load_blank(cam.num_reqs))
         return KVarNMetadata(num_actual_tokens=num_tokens, plan=plan)

@@ -37,9 +37,6 @@ ENV_FORCE_TRITON = "KVARN_FORCE_TRITON"
 #: unset = each module's default. For benchmarking variants inside a real engine.
 ENV_DECODE_VARIANT = "KVARN_DECODE_VARIANT"
 ENV_FLUSH_VARIANT = "KVARN_FLUSH_VARIANT"
-#: "0": run a decode step's slot flush before its decode attention on one stream (default on
-#: CUDA: beside it, on a second stream).
-ENV_FLUSH_STREAM = "KVARN_FLUSH_STREAM"
 
 #: Longer prefill chunks are attended in slices of this many queries (bounds the score memory).
 QUERY_CHUNK = 1024
@@ -104,17 +101,6 @@ class Codec:
             self.flush_kernel_args["variant"] = os.environ[ENV_FLUSH_VARIANT]
         if os.environ.get(ENV_DECODE_VARIANT):
             self.decode_kernel_args["variant"] = os.environ[ENV_DECODE_VARIANT]
-        self._flush_streams: tuple[Any, Any, Any] | None = None
-
-    def flush_streams(self, device: torch.device) -> tuple[Any, Any, Any] | None:
-        """(side stream, fork event, join event) that let a decode step's slot flush run beside
-        its decode attention, on CUDA; None elsewhere or with KVARN_FLUSH_STREAM=0. One set per
-        codec (per layer), made on first use, before any graph capture needs it."""
-        if device.type != "cuda" or os.environ.get(ENV_FLUSH_STREAM) == "0":
-            return None
-        if self._flush_streams is None:
-            self._flush_streams = (torch.cuda.Stream(device), torch.cuda.Event(), torch.cuda.Event())
-        return self._flush_streams
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.rotation is None else x @ self.rotation
@@ -236,52 +222,44 @@ def decode_fixed(
     fixed: Any, codec: Codec, cache: LayerCache, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     output: torch.Tensor, scale: float,
 ) -> None:
-    """A decode-only step on the Triton path: four launches whose grids depend only on the
-    (padded) batch size and whose inputs sit at fixed addresses (kvarn_cli.kvcache.graph),
-    so vLLM can capture the whole step in a CUDA graph and replay it.
+    """A decode-only step on the Triton path: launches whose grids depend only on the (padded)
+    batch size and whose inputs sit at fixed addresses (kvarn_cli.kvcache.graph), so vLLM can
+    capture the whole step in a CUDA graph and replay it.
+
+    The slots this step's tokens fill are not flushed here: the step reads those blocks from
+    their slots, and the builder flushes them in every layer with one launch before the next
+    step (flush_decode_fills), so steps in which no block fills launch no flush.
 
     query/output [T, Hq, D], key/value [T, H, D]; row i of `fixed` is the step's token i.
     """
     from kvarn_cli.kernels.triton_decode import decode_attention
-    from kvarn_cli.kernels.triton_flush import flush_slots
     from kvarn_cli.kernels.triton_stage import stage_tokens
 
     n = fixed.rows
-    assert codec.rotation is not None
     stage_tokens(key[:n], value[:n], fixed.tokens, fixed.stage_slot, fixed.stage_offset,
                  cache.slot_k, cache.slot_v)
+    # the split count follows from the batch size and the table width (fixed per graph)
+    decode_attention(
+        codec.q, query[:n], cache.records, fixed.table, fixed.nblk,
+        cache.slot_k, cache.slot_v, fixed.side_slot, fixed.side_len, scale=scale,
+        out=output[:n], **codec.decode_kernel_args,
+    )
 
-    def flush() -> None:
-        flush_slots(codec.q, cache.slot_k, cache.slot_v, fixed.fill_slot, cache.records, fixed.fill_block,
-                    **codec.flush_kernel_args)
 
-    def decode() -> None:
-        # the split count follows from the batch size and the table width (fixed per graph)
-        decode_attention(
-            codec.q, query[:n], cache.records, fixed.table, fixed.nblk,
-            cache.slot_k, cache.slot_v, fixed.side_slot, fixed.side_len, scale=scale,
-            out=output[:n], **codec.decode_kernel_args,
-        )
+def flush_decode_fills(codec: Codec, layers: Any, slots: torch.Tensor, blocks: torch.Tensor) -> None:
+    """Quantize the slots that a decode_fixed step filled into their records, in every layer
+    of `layers` (triton_flush.LayerSlots) at once. Must run after that step and before any
+    later step reads those records or rewrites those slots: the builder runs it first thing
+    in the next build, on the stream the steps run on.
 
-    streams = codec.flush_streams(query.device)
-    if streams is None:
-        flush()
-        decode()
-        return
-    # The flush writes only the records of blocks this step's tokens complete, which the
-    # decode reads from their slots, so the two run side by side: the flush's latency (VarN's
-    # serial iterations, ~25 us on the H100) hides behind the decode. Both wait for the
-    # staging; the layer ends when both are done (also inside a captured CUDA graph, where
-    # the fork and join become graph edges).
-    side, fork, join = streams
-    main = torch.cuda.current_stream(query.device)
-    fork.record(main)
-    with torch.cuda.stream(side):
-        side.wait_event(fork)
-        flush()
-        join.record(side)
-    decode()
-    main.wait_event(join)
+    One launch over all layers has the latency of one flush (VarN's serial iterations, ~25 µs
+    on the H100), where a flush per layer inside the step cost that latency per layer or,
+    beside the decode on a second stream, a launch per layer even when nothing filled.
+    """
+    from kvarn_cli.kernels.triton_flush import flush_slots
+
+    flush_slots(codec.q, layers.slot_k, layers.slot_v, slots, layers.records, blocks, layers=layers,
+                **codec.flush_kernel_args)
 
 
 def attend(

@@ -8,7 +8,10 @@ persistent int32 buffer that the metadata builder rewrites before each step:
 - the decode kernel's block table [rows, W] (W = blocks of the longest sequence the engine
   allows), record counts, and (sink, tail) slots with their token counts;
 - the staging kernel's (slot, offset) per token;
-- the slot flushes (slot, block) of the blocks the step's tokens complete.
+- the slot flushes (slot, block) of the blocks the step's tokens complete. The step itself
+  does not flush them (it reads those blocks from their slots): the builder quantizes them
+  in every layer with one launch before the next step (`take_fills`,
+  compute.flush_decode_fills), so a step in which no block fills launches no flush at all.
 
 Rows past the batch (vLLM pads a batch up to a captured size) read nothing and write
 nothing: slot -1, no records. The host side is one pinned buffer, sent with one copy; an
@@ -60,6 +63,7 @@ class DecodeBuffers:
         self._host = self._host_t.numpy()
         self._dev = torch.zeros(size, dtype=torch.int32, device=device)
         self._sent: torch.cuda.Event | None = None
+        self._fills = 0  # slot flushes of the last loaded step not yet taken
         R, W, F = max_rows, width, len(_ROW_FIELDS)
         cuts = np.cumsum([0, R * W, 2 * R, 2 * R, F * R])
         shapes = ((R, W), (R, 2), (R, 2), (F, R))
@@ -110,8 +114,24 @@ class DecodeBuffers:
         if self._sent is not None:
             self._sent.synchronize()
 
+    def _check_no_fills(self) -> None:
+        if self._fills:
+            raise RuntimeError(f"the last decode step's {self._fills} slot flushes were not taken (take_fills) before the buffer was rewritten")
+
+    def take_fills(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (slot, block) pairs [n] int32 of the last loaded step's slot flushes, as device
+        views, or None if it had none; each step's fills are handed out once. Launch their
+        flush before the next `load`: its copy into the buffer is ordered after that launch
+        on the stream."""
+        n, self._fills = self._fills, 0
+        if n == 0:
+            return None
+        idx = _ROW_FIELDS.index
+        return self._dev_rows[idx("fill_slot"), :n], self._dev_rows[idx("fill_block"), :n]
+
     def load(self, plan: StepPlan, rows: int) -> DecodeArrays:
         """Write a decode-only step (host plan, `fits`) into the buffer; its device views."""
+        self._check_no_fills()
         self._wait_for_last_copy()
         self._blank()
         hr = self._host_rows
@@ -130,6 +150,7 @@ class DecodeBuffers:
         nf = plan.fill_slot.numel()
         hr[idx("fill_slot"), :nf] = plan.fill_slot.numpy()
         hr[idx("fill_block"), :nf] = plan.fill_block.numpy()
+        self._fills = nf
         self._write()
         return self.arrays(rows)
 
@@ -137,6 +158,7 @@ class DecodeBuffers:
         """A step in which every row is padding (what a CUDA graph is captured from)."""
         if rows > self.max_rows:
             raise ValueError(f"a decode batch of {rows} rows exceeds the {self.max_rows} the buffers hold")
+        self._check_no_fills()
         self._wait_for_last_copy()
         self._blank()
         self._write()
