@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh kernels # decode/flush microbenchmarks
 #   bash benchmarks/gpu_session.sh step    # benchmarks/decode_step.py: one decode step's KV work, kvarn kernels vs vLLM bf16
 #   bash benchmarks/gpu_session.sh graphs  # kernel tests, kvarn run fp16/k2v2 and Triton vs PyTorch with decode CUDA graphs (the default)
+#   bash benchmarks/gpu_session.sh paths   # only the Triton vs PyTorch greedy tokens in one vLLM engine
 #   bash benchmarks/gpu_session.sh prefix  # prefix-cache hits, decode graphs on and off: same greedy tokens? (tests/prefix_hit_smoke.py)
 #   bash benchmarks/gpu_session.sh dummy   # e2e_gpu.py on a Qwen3-4B-shaped model with random weights (benchmarks/dummy_model.py)
 # Needs, carried beside the tree: .whl/ (orjson for the CLI) and .gpuwork/gsm8k_test.jsonl.
@@ -80,6 +81,9 @@ graphs)
     -k "stage or flush or hilo" 2>&1 | tee "$out/graphs_tests.log" | tail -6
   engine_runs graphs
   path_smoke graphs
+  ;;
+paths)
+  path_smoke paths
   ;;
 step)
   timeout 240 python3 benchmarks/decode_step.py --rows "${ROWS:-104,128}" --methods "${METHODS:-k2v2,k4v4}" \
