@@ -297,9 +297,11 @@ def _flush_kernel(
     side = tl.program_id(2) % 2  # 0: K, 1: V (independent halves of the record, one program each)
     if LAYERED:
         layer = tl.program_id(2) // 2
-        k_ptr += tl.load(layer_ptr + 3 * layer)
-        v_ptr += tl.load(layer_ptr + 3 * layer + 1)
-        rec_ptr += tl.load(layer_ptr + 3 * layer + 2)
+        # whole multiples of 16 elements (LayerSlots checks), so the loads and stores keep
+        # the vector widths that the tensors' own alignment gives them
+        k_ptr += tl.multiple_of(tl.load(layer_ptr + 3 * layer), 16)
+        v_ptr += tl.multiple_of(tl.load(layer_ptr + 3 * layer + 1), 16)
+        rec_ptr += tl.multiple_of(tl.load(layer_ptr + 3 * layer + 2), 16)
     t = tl.arange(0, G)
     d = tl.arange(0, D)
     blk = tl.load(block_ptr + f).to(tl.int64)
@@ -532,8 +534,8 @@ class LayerSlots:
             row = []
             for t, t0 in zip(layer, first):
                 delta = t.data_ptr() - t0.data_ptr()
-                if delta % t.element_size():
-                    raise ValueError(f"layer {i} starts {delta} bytes from layer 0, not a whole number of {t.dtype} elements")
+                if delta % (16 * t.element_size()):
+                    raise ValueError(f"layer {i}'s {name} starts {delta} bytes from layer 0's, not a multiple of 16 {t.dtype} elements")
                 row.append(delta // t.element_size())
             rows.append(row)
         self.slot_k, self.slot_v, self.records = first
