@@ -486,8 +486,7 @@ def flush_slots(
 
     With `layers` (slot_k, slot_v and records then being its layer 0), the same entries are
     flushed in every layer by one launch: a decode step's fills are the same (slot, block)
-    pairs in all layers, and one wave of programs across layers costs about one flush's
-    latency instead of one per layer.
+    pairs in all layers, so one launch replaces a launch per layer.
     """
     lay = kernel_layout(quantizer.layout)
     n, heads = int(slot_ids.numel()), slot_k.shape[1]
@@ -541,8 +540,6 @@ class LayerSlots:
         self.slot_k, self.slot_v, self.records = first
         self.num_layers = len(layers)
         self.offsets = torch.tensor(rows, dtype=torch.int64, device=first[0].device)
-        #: the layers' start addresses, to tell whether any tensor was replaced since
-        self.addresses = tuple(t.data_ptr() for layer in layers for t in layer)
 
 
 def quantize_batch(quantizer: Quantizer, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,9 @@ entry point (in vLLM's worker processes) in place of CPU_ATTN on CPU, or as CUST
   (KVARN_DECODE_GRAPHS=0 turns that off): vLLM then captures whole decode steps and replays
   them without running any layer's Python. What a replay cannot do (spills and restores of
   staging slots) the builder applies to every layer before the step, and it flushes the
-  blocks a decode step filled in every layer with one launch before the next step; the rows vLLM pads such a batch with, and the dummy batches it
-  warms up each capture with, are left out of the plan (graph.real_requests).
+  blocks a decode step filled in every layer with one launch before the next step. The
+  rows vLLM pads such a batch with, and the dummy batches it warms up each capture with,
+  are left out of the plan (graph.real_requests).
 
 The preset travels in environment variables because `customize_spec` runs without a
 current vLLM config.

@@ -252,9 +252,10 @@ def flush_decode_fills(codec: Codec, layers: Any, slots: torch.Tensor, blocks: t
     later step reads those records or rewrites those slots: the builder runs it first thing
     in the next build, on the stream the steps run on.
 
-    One launch over all layers has the latency of one flush (VarN's serial iterations, ~25 µs
-    on the H100), where a flush per layer inside the step cost that latency per layer or,
-    beside the decode on a second stream, a launch per layer even when nothing filled.
+    Inside the step, beside the decode on a second stream, the flush cost a launch per layer
+    in every step, most of which had nothing to flush (117 µs per step at 64 rows on the
+    Qwen3-4B shape, docs/BENCHMARKS.md runs 37-38). This costs ~0.2 ms per filled block over
+    36 layers and nothing in a step where no block fills (runs 40-42).
     """
     from kvarn_cli.kernels.triton_flush import flush_slots
 
