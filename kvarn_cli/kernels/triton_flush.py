@@ -382,16 +382,6 @@ def default_warps(head_dim: int) -> int:
     return 4 if head_dim <= 64 else 8
 
 
-def _slot_flush_warps(head_dim: int, variant: str, all_layers: bool) -> int:
-    """The all-layer launch always has many programs (layers x heads x 2 per fill), where
-    throughput beats one program's latency: with 4 warps two programs share an SM. On the H100
-    at the Qwen3-4B shape that was 3-10% faster than 8 warps for 1-8 fills (run 49,
-    benchmarks/flush_layers.py)."""
-    if variant == "v1":
-        return 8
-    return 4 if all_layers else default_warps(head_dim)
-
-
 def kernel_constants(lay: KernelLayout, variant: str = DEFAULT_VARIANT, dtype: torch.dtype = torch.bfloat16) -> dict:
     """The constexpr arguments of _flush_kernel for a layout, variant and K/V dtype."""
     if variant not in VARIANTS:
@@ -519,7 +509,7 @@ def flush_slots(
         slot_v.stride(0), slot_v.stride(1), slot_v.stride(2),
         records, records, records.stride(0), records.stride(1), block_ids, slot_ids, records,
         block_ids if layers is None else layers.offsets,
-        num_warps=num_warps or _slot_flush_warps(lay.head_dim, variant, layers is not None),
+        num_warps=num_warps or (default_warps(lay.head_dim) if variant != "v1" else 8),
         ROTATED=True, LAYERED=layers is not None, **consts,
     )
 
