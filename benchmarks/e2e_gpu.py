@@ -155,7 +155,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "ms_per_step": median["ms_per_step"],
         "peak_running": median["peak_running"],
         "preemptions": median["preemptions"],
-        "passes": [{k: r[k] for k in ("tokens_per_s", "ms_per_step", "steps", "preemptions")} for r in runs],
+        "passes": [{k: r[k] for k in ("tokens_per_s", "ms_per_step", "steps", "preemptions", "median_step_ms",
+                                      "max_step_ms", "stall_s", "kernels_compiled")} for r in runs],
         "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS",
                                                            "VLLM_USE_V2_MODEL_RUNNER")},
         "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
@@ -169,20 +170,36 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(runs, key=lambda r: r["tokens_per_s"])[(len(runs) - 1) // 2]
 
 
+def triton_cache_entries() -> int:
+    """Kernels in Triton's on-disk cache (one directory per compiled kernel): the change across
+    a pass counts the compilations it waited for, in whichever process ran them. Inductor's
+    kernels go to their own cache directory and are not counted."""
+    root = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    return len(os.listdir(root)) if root.is_dir() else 0
+
+
 def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: int, prefix: str) -> dict[str, Any]:
-    """Generate for `prompts` at once, timed; tokens/s, steps, peak running, preemptions."""
+    """Generate for `prompts` at once, timed; tokens/s, steps, peak running, preemptions.
+    Also what tells a uniformly slower pass from one with a few long stalls (the kvarn presets'
+    passes vary by 20-35%, docs/BENCHMARKS.md runs 38 and 43): the median and longest step,
+    the time spent in steps over 5x the median beyond the median, and the kernels compiled."""
     from kvarn_cli.vllm_compat import read_gauges
 
     engine = llm.llm_engine
     base = read_gauges(llm)
+    compiled_before = triton_cache_entries()
     generated = steps = 0
     peak_running = 0.0
     first_ids: list[int] = []
+    step_s: list[float] = []
     t1 = time.perf_counter()
     for i, p in enumerate(prompts):
         engine.add_request(f"{prefix}{i}", {"prompt_token_ids": p}, params)
     while engine.has_unfinished_requests():
-        for out in engine.step():
+        ts = time.perf_counter()
+        outs = engine.step()
+        step_s.append(time.perf_counter() - ts)
+        for out in outs:
             if out.finished:
                 generated += len(out.outputs[0].token_ids)
                 if out.request_id == f"{prefix}0":
@@ -192,9 +209,13 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: in
             peak_running = max(peak_running, read_gauges(llm)["num_requests_running"])
     wall = time.perf_counter() - t1
     end = read_gauges(llm)
+    median_s = sorted(step_s)[len(step_s) // 2] if step_s else 0.0
+    stall_s = sum(s - median_s for s in step_s if s > 5 * median_s)
     return {"generated_tokens": generated, "wall_s": round(wall, 2), "tokens_per_s": round(generated / wall, 1),
             "steps": steps, "ms_per_step": round(1e3 * wall / max(1, steps), 2), "peak_running": int(peak_running),
-            "preemptions": int(end["num_preemptions"] - base["num_preemptions"]), "first_ids": first_ids}
+            "preemptions": int(end["num_preemptions"] - base["num_preemptions"]), "first_ids": first_ids,
+            "median_step_ms": round(1e3 * median_s, 2), "max_step_ms": round(1e3 * max(step_s, default=0.0), 1),
+            "stall_s": round(stall_s, 2), "kernels_compiled": triton_cache_entries() - compiled_before}
 
 
 def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
