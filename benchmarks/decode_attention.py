@@ -42,7 +42,9 @@ from triton.testing import do_bench_cudagraph
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
-from kvarn_cli.kernels.triton_decode import choose_splits, decode_attention, programs_per_sm  # noqa: E402
+from kvarn_cli.kernels.triton_decode import (  # noqa: E402
+    balanced_programs, choose_splits, decode_attention, is_balanced, programs_per_sm,
+)
 from kvarn_cli.kernels.triton_flush import DEFAULT_VARIANT, VARIANTS, default_warps, flush_tiles  # noqa: E402
 
 SHAPES = {"smollm2": (3, 9, 64), "qwen3-4b": (8, 32, 128)}  # (kv heads, q heads, head dim)
@@ -248,7 +250,10 @@ def main() -> None:
             var = variants[0]
             for m in methods:
                 for batch in batches:
-                    chosen = choose_splits(batch, kvh, nblk, sms, programs_per_sm(var, d))
+                    if is_balanced(var):  # programs per KV head, whatever the batch
+                        chosen = balanced_programs(kvh, sms, programs_per_sm(var, d))
+                    else:
+                        chosen = choose_splits(batch, kvh, nblk, sms, programs_per_sm(var, d))
                     for splits in sorted({max(1, chosen // 2), chosen, min(nblk, 2 * chosen)}):
                         kw = {"num_splits": splits, "variant": var}
                         ms, nbytes = kvarn_case(m, batch, kvh, qh, d, 32768, pools[m], **kw)

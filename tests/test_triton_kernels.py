@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -244,9 +244,9 @@ def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, sca
 
 
 CASES = [("k2v2", 3, 3, 64, 2, True), ("k4v4", 2, 4, 64, 1, False), ("k4v2", 1, 2, 128, 3, True)]
-#: tmwhb (the default since run 34), hilo (the previous default) and the other tm candidates
-#: on every case; the others (kept for the benchmarks) on one case each
-DECODE_CASES = [(v, *c) for v in ("hilo", "tmwhb", "tmwhb3", "tmw", "tmwb", "tmwh") for c in CASES] + [
+#: tmwhb (the default since run 34), hilo (the previous default), the other tm candidates and
+#: the balanced forms on every case; the others (kept for the benchmarks) on one case each
+DECODE_CASES = [(v, *c) for v in ("hilo", "tmwhb", "tmwhb3", "tmwhbb", "tmwhb3b", "tmw", "tmwb", "tmwh") for c in CASES] + [
     (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "chunked", "tm", "tmr", "tmnp", "tmi", "tmwr", "tmwrh", "tmw8", "tmwn", "tmwhn", "tmwrhn", "tmws", "tmwhs", "tmwc", "tmwhc", "tmwb8", "tmwcb", "tmwhcb", "tmwhb8"))
 ]
 
@@ -286,7 +286,7 @@ def test_decode_matches_dequantized_sdpa(
     # (benchmarks/GPU_NOTES.md); the interpreter's fp16 dots and the HILO variants stay < 1e-3.
     tol = 1e-2 if variant in ("hilo", "fast") or variant.startswith("tm") or DEVICE.type == "cpu" else 5e-2
     assert float(rel) < tol, f"relative error {float(rel):.2e}"
-    if variant in ("tmwhb", "tmw", "tmwb", "tmwh"):
+    if variant in ("tmwhb", "tmwhbb", "tmw", "tmwb", "tmwh"):
         # the candidates must be as accurate as hilo on the same inputs (not just < tol)
         out_hilo = torch.full_like(out, float("nan"))
         decode_attention(
@@ -316,8 +316,61 @@ def test_decode_block_size_64(variant: str) -> None:
     assert float(rel) < 1e-2, f"relative error {float(rel):.2e}"
 
 
+@settings(max_examples=8, deadline=None)
+@given(
+    nblk=st.lists(st.integers(0, 4), min_size=1, max_size=5), programs=st.integers(1, 12),
+    variant=st.sampled_from(["tmwhbb", "tmwhb3b"]), seed=st.integers(0, 2**16),
+)
+def test_balanced_decode_covers_every_block_once(nblk: list[int], programs: int, variant: str, seed: int) -> None:
+    """The balanced kernels cut all rows' steps into `programs` equal runs per KV head, so a
+    program may end mid-row, span several rows, or (more programs than steps) get none. Any
+    cut must give the same attention as tmwhb's per-row splits: every block counted once, no
+    partial overwritten by another program's, none read that no program wrote (the workspace
+    starts as NaN)."""
+    d, kv_heads, gqa = 64, 2, 3
+    qz = make_quantizer("k2v2", head_dim=d, block_size=G)
+    gen = torch.Generator().manual_seed(seed)
+    k, v = _tiles(5, kv_heads, d, seed=seed % 97)
+    records = torch.empty(5, kv_heads, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
+    flush_tiles(qz, k, v, records, torch.arange(5, dtype=torch.int32, device=DEVICE))
+    batch = len(nblk)
+    table = torch.stack([torch.randperm(5, generator=gen)[:4] for _ in range(batch)]).to(torch.int32).to(DEVICE)
+    counts = torch.tensor(nblk, dtype=torch.int32, device=DEVICE)
+    query = (torch.randn(batch, kv_heads * gqa, d, generator=gen) * 2).to(DEVICE)
+    side_k = (torch.randn(2, kv_heads, G, d, generator=gen) * 3).to(DEVICE)
+    side_v = torch.randn(2, kv_heads, G, d, generator=gen).to(DEVICE)
+    slots = torch.tensor([[0, 1]] * batch, dtype=torch.int32, device=DEVICE)  # every row has tokens to attend
+    lens = torch.tensor([[G, 3]] * batch, dtype=torch.int32, device=DEVICE)
+    parts = kv_heads * (programs + batch)
+    ws = (torch.full((parts * 16 * d,), float("nan"), device=DEVICE), torch.full((parts * 2 * 16,), float("nan"), device=DEVICE))
+    out = decode_attention(qz, query, records, table, counts, side_k, side_v, slots, lens,
+                           num_splits=programs, workspace=ws, variant=variant)
+    per_row = decode_attention(qz, query, records, table, counts, side_k, side_v, slots, lens, num_splits=2, variant="tmwhb")
+    assert bool(torch.isfinite(out).all()), "a partial no program wrote was read"
+    ref = _reference(qz, query, records, table, counts.cpu(), side_k, side_v, slots.cpu(), lens.cpu(), 1.0 / d**0.5)
+    rel, rel_per_row = ((x.cpu() - ref).norm() / ref.norm() for x in (out, per_row))
+    # both carry the dots' rounding (~5e-4 under the interpreter); a block dropped or
+    # counted twice moves the output by far more
+    assert float(rel) <= 1.5 * float(rel_per_row) + 1e-4, f"{float(rel):.2e} vs tmwhb's {float(rel_per_row):.2e}"
+    assert float((out - per_row).norm() / per_row.norm()) < 2e-3
+
+
+def test_decode_refuses_a_small_workspace() -> None:
+    """A balanced launch needs kv_heads * (programs + batch) partials, more than the per-row
+    count when the batch is large: a workspace sized for the other form must be refused,
+    not overrun."""
+    qz = make_quantizer("k2v2", head_dim=64, block_size=G)
+    query = torch.randn(4, 2, 64, device=DEVICE)
+    records = torch.zeros(1, 1, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
+    table = torch.zeros(4, 1, dtype=torch.int32, device=DEVICE)
+    counts = torch.zeros(4, dtype=torch.int32, device=DEVICE)
+    ws = (torch.empty(4 * 1 * 1 * 16 * 64, device=DEVICE), torch.empty(4 * 2 * 16, device=DEVICE))
+    with pytest.raises(ValueError, match="workspace too small"):
+        decode_attention(qz, query, records, table, counts, num_splits=1, workspace=ws, variant="tmwhbb")
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="checks the interpreter's loads")
-@pytest.mark.parametrize("variant", ["hilo", "tmw", "tmwb", "tmwh", "tmwhb", "tmwc", "tmwcb"])
+@pytest.mark.parametrize("variant", ["hilo", "tmw", "tmwb", "tmwh", "tmwhb", "tmwhbb", "tmwc", "tmwcb"])
 def test_decode_loads_stay_inside_its_tensors(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every unmasked load of the decode kernels lies inside a tensor it was given, with the
     table rows padded past num_blocks by ids far out of range (as a real block table may

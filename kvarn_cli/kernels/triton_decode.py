@@ -432,43 +432,24 @@ def _pick(v, j8, J: tl.constexpr, SCALAR_MULTS: tl.constexpr):
 
 
 @triton.jit
-def _split_kernel_tm(
-    q_ptr, stride_qb, stride_qh, h_ptr,
-    rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
-    ws_acc_ptr, ws_ml_ptr, qk_scale,
-    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+def _tm_segment(
+    q_ptr, stride_qb, stride_qh, h_ptr, rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, qk_scale,
+    b, kvh, start, end, h_anchor,
+    GQA: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
-    OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
-    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
-    MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = 1,
-    WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = 0,
-    HP_MIN: tl.constexpr = 8,
+    MAGIC: tl.constexpr, VT: tl.constexpr, PREFETCH: tl.constexpr,
+    WORDS: tl.constexpr, SUB: tl.constexpr, SCALAR_MULTS: tl.constexpr, HP_MIN: tl.constexpr,
 ):
-    """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
-        scores^T [G, NP] = K codes [G, D] @ Q^T [D, NP]
-    where the NP = 2 * HP columns are, interleaved, the bf16 high and low parts of
-    q_rot * k_scale for each of the HP >= GQA query heads (HP = max(8, next pow2)). The split
-    that keeps float32-level accuracy (see _dot_split) thus costs no extra MMA: it fills the
-    columns that padding 3-4 heads to 16 rows used to waste, and 128 tokens fill the rows.
-    Likewise for V: out^T [D, NP] = V codes^T [D, G] @ (p * v_scale)^T hi/lo [G, NP] (VT),
-    or out [NP, D] = (p * v_scale) hi/lo [NP, G] @ V codes [G, D] (not VT).
-    The softmax then works on [G, HP] (8 columns) instead of [16, G], its row sums are
-    accumulated elementwise and reduced once at the end, and with PREFETCH block i+1's
-    record loads (table entry included) are issued before block i is computed, since the
-    dependent table load keeps Triton's pipeliner from doing it (PREFETCH=2: only the
-    codes; the small scale vectors load at the top of the iteration, which spares the
-    layout conversions of loop-carried vectors). With WORDS the codes are
-    unpacked two per 32-bit operation (_unpack_words) in a permuted channel order that the
-    query, scale and output indices follow. SUB > 1 walks each block in SUB steps of
-    G / SUB tokens (smaller tiles, fewer registers, more programs per SM). HP_MIN < 8 lets HP
-    be GQA's next power of two (4 for 3-4 heads): the MMA still needs NP >= 16 columns, so
-    each column is followed by RED - 1 zero columns, but the softmax works on [G, 4]."""
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
-    s = tl.program_id(2)
+    """Steps start..end-1 (in G / SUB tokens) of row b's blocks for KV head kvh, as the tm
+    split kernels compute them (see _split_kernel_tm): returns the unnormalized partial
+    (acc [D, HP] if VT else [HP, D], running max m [HP], row sums l [HP]), base-2 scores.
+    h_anchor (0 in fact) is added to the row indices of the query and rotation loads: where
+    the caller derives it from a loop variable, the compiler cannot hoist those [16, D] and
+    [D, D] address tensors out of the caller's loop and keep them live through the block
+    loop (_split_kernel_balanced at D = 128: 251 registers without it, tmwhb 193)."""
     OFFSET: tl.constexpr = 128.0 if DT == tl.bfloat16 else 1024.0
     P2: tl.constexpr = 1 if GQA <= 1 else (2 if GQA <= 2 else (4 if GQA <= 4 else (8 if GQA <= 8 else (16 if GQA <= 16 else 32))))
     HP: tl.constexpr = P2 if P2 > HP_MIN else HP_MIN
@@ -478,7 +459,6 @@ def _split_kernel_tm(
     d = tl.arange(0, D)
     t = tl.arange(0, GT)
     r = tl.arange(0, NP)
-    hh = tl.arange(0, HP)
     if WORDS:
         d_k = _word_channel(d, K_BITS)
         d_v = _word_channel(d, V_BITS)
@@ -491,10 +471,10 @@ def _split_kernel_tm(
     even = ((r // RED) % 2) == 0
     head = r // (2 * RED)
     q_row = (head < GQA) & ((r % RED) == 0)
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + head[:, None]) * stride_qh + d[None, :],
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + head[:, None] + h_anchor) * stride_qh + d[None, :],
                 mask=q_row[:, None], other=0.0).to(tl.float32)
     # rotated query, its channels in K's tile order: q @ H[:, d_k]
-    h = tl.load(h_ptr + d[:, None] * D + d_k[None, :])
+    h = tl.load(h_ptr + (d[:, None] + h_anchor) * D + d_k[None, :])
     q_hi = q.to(DT)
     qd = (tl.dot(q_hi, h) + tl.dot((q - q_hi.to(tl.float32)).to(DT), h)) * qk_scale
     qz_rows = tl.where(even[:, None], qd, 0.0)
@@ -505,13 +485,9 @@ def _split_kernel_tm(
         acc = tl.zeros([D, HP], dtype=tl.float32)
     else:
         acc = tl.zeros([HP, D], dtype=tl.float32)
-    nblk = tl.load(nblk_ptr + b)
-    blocks_per_split = (nblk + NUM_SPLITS - 1) // NUM_SPLITS  # each row split by its own length
-    start = s * blocks_per_split * SUB
-    end = tl.minimum(start + blocks_per_split * SUB, nblk * SUB)
     bt_row = bt_ptr + b.to(tl.int64) * stride_btb
     head_off = kvh * stride_rh
-    # an empty split (start >= end) reads block 0 once and never uses it
+    # an empty range (start >= end) reads block 0 once and never uses it
     kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults, rec = _fetch_block(
         bt_row, tl.minimum(start, tl.maximum(end - 1, 0)), start < end, rec_ptr, stride_rb, head_off, t, (d_k, d_v),
         D, K_BITS, V_BITS, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE,
@@ -602,14 +578,26 @@ def _split_kernel_tm(
         elif PREFETCH:
             kb, vb, ks8, kz16, kts8, vs8, vz16, vcs8, mults = nkb, nvb, nks8, nkz16, nkts8, nvs8, nvz16, nvcs8, nmults
 
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    return acc, m, tl.sum(lacc, 0)
+
+
+@triton.jit
+def _tm_store(ws_acc_ptr, ws_ml_ptr, part, acc, m, l, GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+              V_BITS: tl.constexpr, VT: tl.constexpr, WORDS: tl.constexpr, HP_MIN: tl.constexpr):
+    """Write a _tm_segment partial to workspace entry `part` ([GP, D] acc, [2, GP] max/sum),
+    padding rows past HP as empty partials."""
+    P2: tl.constexpr = 1 if GQA <= 1 else (2 if GQA <= 2 else (4 if GQA <= 4 else (8 if GQA <= 8 else (16 if GQA <= 16 else 32))))
+    HP: tl.constexpr = P2 if P2 > HP_MIN else HP_MIN
+    d = tl.arange(0, D)
+    hh = tl.arange(0, HP)
+    d_v = _word_channel(d, V_BITS) if WORDS else d
     ws = ws_acc_ptr + part * GP * D
     if VT:
         tl.store(ws + hh[None, :] * D + d_v[:, None], acc)
     else:
         tl.store(ws + hh[:, None] * D + d_v[None, :], acc)
     tl.store(ws_ml_ptr + part * 2 * GP + hh, m)
-    tl.store(ws_ml_ptr + part * 2 * GP + GP + hh, tl.sum(lacc, 0))
+    tl.store(ws_ml_ptr + part * 2 * GP + GP + hh, l)
     if GP > HP:
         # rows the reduce kernel reads but no query head uses: empty partials
         pad = tl.arange(0, GP)
@@ -620,14 +608,123 @@ def _split_kernel_tm(
 
 
 @triton.jit
+def _split_kernel_tm(
+    q_ptr, stride_qb, stride_qh, h_ptr,
+    rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
+    ws_acc_ptr, ws_ml_ptr, qk_scale,
+    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+    OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+    OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+    OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
+    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
+    MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = 1,
+    WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = 0,
+    HP_MIN: tl.constexpr = 8,
+):
+    """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
+        scores^T [G, NP] = K codes [G, D] @ Q^T [D, NP]
+    where the NP = 2 * HP columns are, interleaved, the bf16 high and low parts of
+    q_rot * k_scale for each of the HP >= GQA query heads (HP = max(8, next pow2)). The split
+    that keeps float32-level accuracy (see _dot_split) thus costs no extra MMA: it fills the
+    columns that padding 3-4 heads to 16 rows used to waste, and 128 tokens fill the rows.
+    Likewise for V: out^T [D, NP] = V codes^T [D, G] @ (p * v_scale)^T hi/lo [G, NP] (VT),
+    or out [NP, D] = (p * v_scale) hi/lo [NP, G] @ V codes [G, D] (not VT).
+    The softmax then works on [G, HP] (8 columns) instead of [16, G], its row sums are
+    accumulated elementwise and reduced once at the end, and with PREFETCH block i+1's
+    record loads (table entry included) are issued before block i is computed, since the
+    dependent table load keeps Triton's pipeliner from doing it (PREFETCH=2: only the
+    codes; the small scale vectors load at the top of the iteration, which spares the
+    layout conversions of loop-carried vectors). With WORDS the codes are
+    unpacked two per 32-bit operation (_unpack_words) in a permuted channel order that the
+    query, scale and output indices follow. SUB > 1 walks each block in SUB steps of
+    G / SUB tokens (smaller tiles, fewer registers, more programs per SM). HP_MIN < 8 lets HP
+    be GQA's next power of two (4 for 3-4 heads): the MMA still needs NP >= 16 columns, so
+    each column is followed by RED - 1 zero columns, but the softmax works on [G, 4]."""
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    s = tl.program_id(2)
+    nblk = tl.load(nblk_ptr + b)
+    blocks_per_split = (nblk + NUM_SPLITS - 1) // NUM_SPLITS  # each row split by its own length
+    start = s * blocks_per_split * SUB
+    end = tl.minimum(start + blocks_per_split * SUB, nblk * SUB)
+    acc, m, l = _tm_segment(
+        q_ptr, stride_qb, stride_qh, h_ptr, rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, qk_scale,
+        b, kvh, start, end, 0, GQA, D, G, K_BITS, V_BITS, DT, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE,
+        OFF_K_TOKEN_SCALE, OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, MAGIC, VT, PREFETCH, WORDS, SUB,
+        SCALAR_MULTS, HP_MIN)
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    _tm_store(ws_acc_ptr, ws_ml_ptr, part, acc, m, l, GQA, GP, D, V_BITS, VT, WORDS, HP_MIN)
+
+
+@triton.jit
+def _split_kernel_balanced(
+    q_ptr, stride_qb, stride_qh, h_ptr,
+    rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr, batch,
+    ws_acc_ptr, ws_ml_ptr, qk_scale,
+    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, BP: tl.constexpr, DT: tl.constexpr,
+    OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
+    OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
+    OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
+    OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
+    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
+    MAGIC: tl.constexpr = True, VT: tl.constexpr = True, PREFETCH: tl.constexpr = 1,
+    WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = 0,
+    HP_MIN: tl.constexpr = 8,
+):
+    """_split_kernel_tm's work dealt out evenly, grid (programs per KV head, kv_heads).
+
+    With a fixed split count per row, the programs are as long as their rows and come in
+    whole waves: 512 programs where 396 fit on the SMs run as two rounds, the second a
+    third full; rows of 100 and 4,000 tokens make programs 40x apart. Here the steps (G /
+    SUB tokens) of all rows, row after row, are cut into num_programs(0) equal runs, and
+    program j takes steps [j * W // P, (j + 1) * W // P) of the W, whichever rows they
+    belong to: one partial per row it touches, stored at entry j + b of its KV head's
+    P + batch (the pairs (j, b) a program visits only grow, so j + b never repeats).
+    _reduce_kernel (BALANCED) finds a row's programs from the same arithmetic."""
+    j = tl.program_id(0)
+    kvh = tl.program_id(1)
+    num = tl.num_programs(0).to(tl.int64)
+    rows = tl.arange(0, BP)
+    units = tl.load(nblk_ptr + rows, mask=rows < batch, other=0) * SUB  # steps per row
+    ends = tl.cumsum(units, 0)  # row b's steps are ends[b] - units[b] .. ends[b] - 1
+    total = tl.sum(units, 0).to(tl.int64)
+    u = ((j * total) // num).to(tl.int32)
+    u_end = (((j + 1) * total) // num).to(tl.int32)
+    # with more programs than steps some get none; such a program still writes an empty
+    # partial at j + (the row holding step u), because the reduce reads every program
+    # between a row's first and last owner (none where u is past the last step)
+    go = (u < u_end) | ((u == u_end) & (u < total))
+    while go:
+        b = tl.sum((ends <= u).to(tl.int32), 0)  # the row holding step u (rows without steps skipped)
+        row_end = tl.sum(tl.where(rows == b, ends, 0), 0)
+        row_start = row_end - tl.sum(tl.where(rows == b, units, 0), 0)
+        seg_end = tl.minimum(u_end, row_end)
+        acc, m, l = _tm_segment(
+            q_ptr, stride_qb, stride_qh, h_ptr, rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, qk_scale,
+            b, kvh, u - row_start, seg_end - row_start, b // (1 << 30), GQA, D, G, K_BITS, V_BITS, DT, OFF_K_CODES, OFF_V_CODES,
+            OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT,
+            MAGIC, VT, PREFETCH, WORDS, SUB, SCALAR_MULTS, HP_MIN)
+        part = kvh.to(tl.int64) * (num + batch) + j + b
+        _tm_store(ws_acc_ptr, ws_ml_ptr, part, acc, m, l, GQA, GP, D, V_BITS, VT, WORDS, HP_MIN)
+        u = seg_end
+        go = u < u_end
+
+
+@triton.jit
 def _reduce_kernel(
     q_ptr, stride_qb, stride_qh, h_ptr, out_ptr, stride_ob, stride_oh,
     ws_acc_ptr, ws_ml_ptr,
     sk_ptr, sv_ptr, stride_ss, stride_sh, stride_st, side_slot_ptr, side_len_ptr, stride_side,
-    qk_scale, inv_sqrt_d,
+    qk_scale, inv_sqrt_d, nblk_ptr, num_parts,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     NUM_SPLITS: tl.constexpr, NUM_SIDE: tl.constexpr, DT: tl.constexpr,
+    BALANCED: tl.constexpr = False, SUB: tl.constexpr = 1, BP: tl.constexpr = 1,
 ):
+    """Partials of (b, kvh): NUM_SPLITS in a row, or with BALANCED those that the
+    num_parts programs per KV head of _split_kernel_balanced wrote for row b."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     g = tl.arange(0, GP)
@@ -637,12 +734,27 @@ def _reduce_kernel(
     m = tl.full([GP], NEG_BIG, dtype=tl.float32)
     l = tl.zeros([GP], dtype=tl.float32)
     acc = tl.zeros([GP, D], dtype=tl.float32)
-    base = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS
-    for s in range(NUM_SPLITS):
-        ml = ws_ml_ptr + (base + s) * 2 * GP
+    if BALANCED:
+        # program j of the split launch took steps [j * W // P, (j + 1) * W // P), so step u
+        # is in program ((u + 1) * P - 1) // W; row b's partial from program j is entry j + b
+        rows = tl.arange(0, BP)
+        units = tl.load(nblk_ptr + rows, mask=rows < tl.num_programs(0), other=0) * SUB
+        ends = tl.cumsum(units, 0)
+        total = tl.maximum(tl.sum(units, 0), 1).to(tl.int64)
+        n_b = tl.sum(tl.where(rows == b, units, 0), 0)
+        e_b = tl.sum(tl.where(rows == b, ends, 0), 0).to(tl.int64)
+        j0 = ((e_b - n_b + 1) * num_parts - 1) // total
+        j1 = tl.where(n_b > 0, (e_b * num_parts - 1) // total, j0 - 1)
+        first = kvh.to(tl.int64) * (num_parts + tl.num_programs(0)) + b + j0
+        count = j1 - j0 + 1
+    else:
+        first = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS
+        count = NUM_SPLITS
+    for s in range(count):
+        ml = ws_ml_ptr + (first + s) * 2 * GP
         ms = tl.load(ml + g)
         ls = tl.load(ml + GP + g)
-        a = tl.load(ws_acc_ptr + (base + s) * GP * D + g[:, None] * D + d[None, :])
+        a = tl.load(ws_acc_ptr + (first + s) * GP * D + g[:, None] * D + d[None, :])
         m_new = tl.maximum(m, ms)
         alpha = tl.exp2(m - m_new)
         beta = tl.exp2(ms - m_new)
@@ -720,9 +832,13 @@ VARIANTS: dict[str, dict[str, object]] = {
     # tmwhb capped at 168 registers: at D = 128 it needs 193, so 2 programs share an SM; at
     # 168 three fit, and offline sm_90 compilation shows no spills (benchmarks/aot_registers.py)
     "tmwhb3": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2, "maxnreg": REGS_FOR_THREE},
+    # tmwhb and tmwhb3 with the work dealt out evenly over one wave (_split_kernel_balanced)
+    "tmwhbb": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2, "balanced": True},
+    "tmwhb3b": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "SCALAR_MULTS": 2,
+                "maxnreg": REGS_FOR_THREE, "balanced": True},
 }
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
-LAUNCH_KEYS = ("num_warps", "maxnreg")
+LAUNCH_KEYS = ("num_warps", "maxnreg", "balanced")
 #: tokens on the MMA rows, codes unpacked from 32-bit words, half-block steps, prefetch. On the
 #: H100 at 32k (docs/BENCHMARKS.md run 34) it is 1.1-1.8x faster than hilo at batches 1-64 on
 #: both benchmark shapes, passes every kernel test, and in vLLM gave hilo's greedy tokens
@@ -737,7 +853,15 @@ def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     if variant == "chunked":
         return _split_kernel
+    if is_balanced(variant):
+        return _split_kernel_balanced
     return _split_kernel_tm if variant.startswith("tm") else _split_kernel_joined
+
+
+def is_balanced(variant: str) -> bool:
+    """Whether `variant` deals its work out evenly (_split_kernel_balanced): its split
+    count is then the number of programs per KV head, not per row."""
+    return bool(VARIANTS[variant].get("balanced", False))
 
 
 @functools.lru_cache(maxsize=None)
@@ -775,6 +899,12 @@ def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, per_
     return 1 << (splits.bit_length() - 1)
 
 
+def balanced_programs(kv_heads: int, num_sms: int, per_sm: int) -> int:
+    """Programs per KV head of a balanced variant: one wave, `per_sm` (programs_per_sm) on
+    every SM, whatever the batch and context lengths."""
+    return max(1, per_sm * num_sms // kv_heads)
+
+
 def decode_attention(
     quantizer: Quantizer,
     query: torch.Tensor,
@@ -807,6 +937,8 @@ def decode_attention(
     0, tokens in the tail, the step's own token included once written), and block_table[b]
     = the sequence's flushed blocks minus the one whose 16-bit sink copy is in a slot.
     Pass preallocated `out` and `workspace` (and a fixed `num_splits`) under CUDA graphs.
+    For a balanced variant (is_balanced) `num_splits` is the number of programs per KV head
+    (default balanced_programs) and the workspace holds kv_heads * (num_splits + B) partials.
     """
     lay = kernel_layout(quantizer.layout)
     batch, q_heads, d = query.shape
@@ -821,14 +953,22 @@ def decode_attention(
     gp = max(16, triton.next_power_of_2(gqa))
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     qk_scale = scale * LOG2E / math.sqrt(d)  # 1/sqrt(D): the +-1 Hadamard's normalization
+    balanced = is_balanced(variant)
     if num_splits is None:
         sms = _num_sms(query.device.index or 0) if query.is_cuda else 4
-        num_splits = choose_splits(batch, kv_heads, block_table.shape[1], sms, programs_per_sm(variant, d))
+        per_sm = programs_per_sm(variant, d)
+        if balanced:
+            num_splits = balanced_programs(kv_heads, sms, per_sm)
+        else:
+            num_splits = choose_splits(batch, kv_heads, block_table.shape[1], sms, per_sm)
+    parts = kv_heads * (num_splits + batch) if balanced else batch * kv_heads * num_splits
     if workspace is None:
-        ws_acc = torch.empty(batch * kv_heads * num_splits * gp * d, dtype=torch.float32, device=query.device)
-        ws_ml = torch.empty(batch * kv_heads * num_splits * 2 * gp, dtype=torch.float32, device=query.device)
+        ws_acc = torch.empty(parts * gp * d, dtype=torch.float32, device=query.device)
+        ws_ml = torch.empty(parts * 2 * gp, dtype=torch.float32, device=query.device)
     else:
         ws_acc, ws_ml = workspace
+        if ws_acc.numel() < parts * gp * d or ws_ml.numel() < parts * 2 * gp:
+            raise ValueError(f"workspace too small for {parts} partials of [{gp}, {d}]")
     if out is None:
         out = torch.empty_like(query)
     use_fp16 = dot_in_fp16(query.device)
@@ -836,19 +976,25 @@ def decode_attention(
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
     kernel = split_kernel_for(variant)
     flags = dict(VARIANTS[variant])
-    args = (
-        query, query.stride(0), query.stride(1), h,
-        records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks,
-        ws_acc, ws_ml, qk_scale,
-    )
+    flags.pop("balanced", None)
+    bp = triton.next_power_of_2(batch)
+    table_args = (records, records.stride(0), records.stride(1), block_table, block_table.stride(0), num_blocks)
     consts = dict(GQA=gqa, GP=gp, D=d, G=lay.block_size, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
-                  NUM_SPLITS=num_splits, DT=dt, num_warps=num_warps, **lay.args())
+                  DT=dt, num_warps=num_warps, **lay.args())
+    if balanced:
+        args = (query, query.stride(0), query.stride(1), h, *table_args, batch, ws_acc, ws_ml, qk_scale)
+        consts["BP"] = bp
+        grid: tuple[int, ...] = (num_splits, kv_heads)
+    else:
+        args = (query, query.stride(0), query.stride(1), h, *table_args, ws_acc, ws_ml, qk_scale)
+        consts["NUM_SPLITS"] = num_splits
+        grid = (batch, kv_heads, num_splits)
     consts.update(flags)  # a variant's num_warps overrides the argument
     try:
-        kernel[(batch, kv_heads, num_splits)](*args, num_stages=num_stages, **consts)
+        kernel[grid](*args, num_stages=num_stages, **consts)
     except triton.runtime.errors.OutOfResources:
         # software pipelining buffers too large for shared memory on this shape: go unpipelined
-        kernel[(batch, kv_heads, num_splits)](*args, num_stages=1, **consts)
+        kernel[grid](*args, num_stages=1, **consts)
     if side_k is None:
         num_side = 0
         side_k = side_v = query  # never read
@@ -865,8 +1011,9 @@ def decode_attention(
         query, query.stride(0), query.stride(1), h, out, out.stride(0), out.stride(1),
         ws_acc, ws_ml,
         side_k, side_v, *strides, side_slots, side_lens, side_slots.stride(0),
-        qk_scale, 1.0 / math.sqrt(d),
-        GQA=gqa, GP=gp, D=d, G=lay.block_size, NUM_SPLITS=num_splits, NUM_SIDE=num_side, DT=dt,
+        qk_scale, 1.0 / math.sqrt(d), num_blocks, num_splits,
+        GQA=gqa, GP=gp, D=d, G=lay.block_size, NUM_SPLITS=1 if balanced else num_splits, NUM_SIDE=num_side, DT=dt,
+        BALANCED=balanced, SUB=int(flags.get("SUB", 1)) if balanced else 1, BP=bp if balanced else 1,  # type: ignore[call-overload]
         num_warps=4, num_stages=1,
     )
     return out
