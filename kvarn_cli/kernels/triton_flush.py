@@ -486,7 +486,9 @@ def flush_slots(
 
     With `layers` (slot_k, slot_v and records then being its layer 0), the same entries are
     flushed in every layer by one launch: a decode step's fills are the same (slot, block)
-    pairs in all layers, so one launch replaces a launch per layer.
+    pairs in all layers, so one launch replaces a launch per layer. That launch takes 4 warps
+    at any head size: at d = 128 on the H100 it is 3-10% faster than with 8 for 1-8 fills
+    over 36 layers (docs/BENCHMARKS.md run 49), and its records match (run 50).
     """
     lay = kernel_layout(quantizer.layout)
     n, heads = int(slot_ids.numel()), slot_k.shape[1]
@@ -509,7 +511,7 @@ def flush_slots(
         slot_v.stride(0), slot_v.stride(1), slot_v.stride(2),
         records, records, records.stride(0), records.stride(1), block_ids, slot_ids, records,
         block_ids if layers is None else layers.offsets,
-        num_warps=num_warps or (default_warps(lay.head_dim) if variant != "v1" else 8),
+        num_warps=num_warps or (8 if variant == "v1" else 4 if layers is not None else default_warps(lay.head_dim)),
         ROTATED=True, LAYERED=layers is not None, **consts,
     )
 
