@@ -434,7 +434,7 @@ def _pick(v, j8, J: tl.constexpr, SCALAR_MULTS: tl.constexpr):
 @triton.jit
 def _tm_segment(
     q_ptr, stride_qb, stride_qh, h_ptr, rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, qk_scale,
-    b, kvh, start, end, h_anchor,
+    b, kvh, start, end,
     GQA: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
@@ -445,11 +445,7 @@ def _tm_segment(
 ):
     """Steps start..end-1 (in G / SUB tokens) of row b's blocks for KV head kvh, as the tm
     split kernels compute them (see _split_kernel_tm): returns the unnormalized partial
-    (acc [D, HP] if VT else [HP, D], running max m [HP], row sums l [HP]), base-2 scores.
-    h_anchor (0 in fact) is added to the row indices of the query and rotation loads: where
-    the caller derives it from a loop variable, the compiler cannot hoist those [16, D] and
-    [D, D] address tensors out of the caller's loop and keep them live through the block
-    loop (_split_kernel_balanced at D = 128: 251 registers without it, tmwhb 193)."""
+    (acc [D, HP] if VT else [HP, D], running max m [HP], row sums l [HP]), base-2 scores."""
     OFFSET: tl.constexpr = 128.0 if DT == tl.bfloat16 else 1024.0
     P2: tl.constexpr = 1 if GQA <= 1 else (2 if GQA <= 2 else (4 if GQA <= 4 else (8 if GQA <= 8 else (16 if GQA <= 16 else 32))))
     HP: tl.constexpr = P2 if P2 > HP_MIN else HP_MIN
@@ -471,10 +467,10 @@ def _tm_segment(
     even = ((r // RED) % 2) == 0
     head = r // (2 * RED)
     q_row = (head < GQA) & ((r % RED) == 0)
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + head[:, None] + h_anchor) * stride_qh + d[None, :],
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + head[:, None]) * stride_qh + d[None, :],
                 mask=q_row[:, None], other=0.0).to(tl.float32)
     # rotated query, its channels in K's tile order: q @ H[:, d_k]
-    h = tl.load(h_ptr + (d[:, None] + h_anchor) * D + d_k[None, :])
+    h = tl.load(h_ptr + d[:, None] * D + d_k[None, :])
     q_hi = q.to(DT)
     qd = (tl.dot(q_hi, h) + tl.dot((q - q_hi.to(tl.float32)).to(DT), h)) * qk_scale
     qz_rows = tl.where(even[:, None], qd, 0.0)
@@ -651,7 +647,7 @@ def _split_kernel_tm(
     end = tl.minimum(start + blocks_per_split * SUB, nblk * SUB)
     acc, m, l = _tm_segment(
         q_ptr, stride_qb, stride_qh, h_ptr, rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, qk_scale,
-        b, kvh, start, end, 0, GQA, D, G, K_BITS, V_BITS, DT, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE,
+        b, kvh, start, end, GQA, D, G, K_BITS, V_BITS, DT, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE,
         OFF_K_TOKEN_SCALE, OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, MAGIC, VT, PREFETCH, WORDS, SUB,
         SCALAR_MULTS, HP_MIN)
     part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
@@ -704,7 +700,7 @@ def _split_kernel_balanced(
         seg_end = tl.minimum(u_end, row_end)
         acc, m, l = _tm_segment(
             q_ptr, stride_qb, stride_qh, h_ptr, rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, qk_scale,
-            b, kvh, u - row_start, seg_end - row_start, b // (1 << 30), GQA, D, G, K_BITS, V_BITS, DT, OFF_K_CODES, OFF_V_CODES,
+            b, kvh, u - row_start, seg_end - row_start, GQA, D, G, K_BITS, V_BITS, DT, OFF_K_CODES, OFF_V_CODES,
             OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT,
             MAGIC, VT, PREFETCH, WORDS, SUB, SCALAR_MULTS, HP_MIN)
         part = kvh.to(tl.int64) * (num + batch) + j + b
