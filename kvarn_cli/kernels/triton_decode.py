@@ -14,7 +14,9 @@ Two launches:
    rather than reshaping, the dots run per bit position j over the channels d = PER * i + j.
    Online softmax in base 2; partial (max, sum, acc) go to a float32 workspace.
    The default split kernel (DEFAULT_VARIANT, tmwhb) is `_split_kernel_tm`, the same
-   contract with the tokens as the MMA's rows: see its docstring.
+   contract with the tokens as the MMA's rows: see its docstring. The balanced variants
+   (is_balanced) run `_split_kernel_balanced` instead, grid (programs per KV head, kv_heads),
+   which deals all rows' blocks out evenly over those programs.
 2. `_reduce_kernel`, grid (batch, kv_heads): merges the partials, attends to the 16-bit
    sink/tail tokens (kvarn's staging slots, already in the rotated domain), normalizes and
    rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype.
