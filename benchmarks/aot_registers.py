@@ -116,6 +116,49 @@ def stage_report(source: Path | None, head_dims: list[int]) -> None:
             break  # a version with one form only
 
 
+#: opcodes whose first operand is read, not written
+_NO_DEST = ("HGMMA", "UISETP", "ISETP", "STS", "STG", "STL", "LDG", "LDS", "LDL", "BRA", "BAR")
+
+
+def uniform_reads_before_write(lines: list[str]) -> int:
+    """Uniform registers read before any instruction writes them, in address order.
+
+    Why: ptxas 12.8 (triton 3.6's) sometimes leaves a wgmma shared-memory descriptor's
+    uniform register pair uninitialized when two descriptor chains share a base address (the
+    V dot's B operand reusing the K dot's buffer). The kernel then reads shared memory at a
+    garbage address: an illegal address on the H100, or silently wrong results (run 52,
+    compute-sanitizer: "Invalid __shared__ read of size 512 bytes"). This is what made tmw,
+    tmwb and tmws fault in run 12. A clean kernel reports 0. Only the registers that wgmma
+    reads as B descriptors (gdesc[URx] reads URx+2 and URx+3) count: in straight-line order a
+    loop-carried value elsewhere would look read before written too.
+    """
+    descs = {int(r) + k for ln in lines for r in re.findall(r"gdesc\[UR(\d+)\]", ln) for k in (2, 3)}
+    written: set[int] = set()
+    bad = 0
+    for ln in lines:
+        m = re.search(r"/\*[0-9a-f]{4,}\*/\s+(.*?);", ln)
+        if not m:
+            continue
+        parts = re.sub(r"^@!?U?P\w+\s+", "", m.group(1).strip()).split(None, 1)
+        if len(parts) < 2:
+            continue
+        op, args = parts
+        operands = [a.strip() for a in args.split(",")]
+        has_dest = not op.startswith(_NO_DEST)
+        for i, a in enumerate(operands):
+            for r in map(int, re.findall(r"\bUR(\d+)\b", a)):
+                if i == 0 and has_dest and "desc[" not in a:
+                    continue  # the destination
+                need = [r + 2, r + 3] if "gdesc[" in a else [r, r + 1] if ("desc[" in a or ".64" in op) else [r]
+                bad += sum(n not in written and n in descs for n in need)
+        first = re.search(r"\bUR(\d+)\b", operands[0])
+        if has_dest and first and "desc[" not in operands[0]:
+            written.add(int(first.group(1)))
+            if ".64" in op or ".WIDE" in op:
+                written.add(int(first.group(1)) + 1)
+    return bad
+
+
 def resources(cubin: bytes) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.cubin"
@@ -132,6 +175,7 @@ def resources(cubin: bytes) -> dict[str, int]:
     out["sass"] = len(lines)
     out["spill_st"] = sum("STL" in ln for ln in lines)
     out["spill_ld"] = sum("LDL" in ln for ln in lines)
+    out["urbad"] = uniform_reads_before_write(lines)
     # the longest loop: a branch to an earlier address
     labels = {m.group(1): None for m in re.finditer(r"^(\.L_x_\d+):", sass, re.M)}
     label_addr: dict[str, int] = {}
@@ -178,7 +222,7 @@ def main() -> None:
         return
     print(f"triton {triton.__version__}, sm_90, {args.warps} warps, {args.stages} stages")
     print(f"{'variant':8s} {'preset':6s} {'D':>4s} {'regs':>5s} {'stack':>6s} {'spillST':>7s} {'spillLD':>7s} {'shared':>7s} "
-          f"{'sass':>6s} {'loop':>5s} {'mma':>4s} {'ldg':>4s} {'lds':>4s} {'sts':>4s} {'bar':>4s} {'shfl':>5s} {'mufu':>5s}")
+          f"{'sass':>6s} {'loop':>5s} {'mma':>4s} {'ldg':>4s} {'lds':>4s} {'sts':>4s} {'bar':>4s} {'shfl':>5s} {'mufu':>5s} {'urbad':>5s}")
     for variant in args.variants.split(","):
         for preset in args.presets.split(","):
             for d in (int(x) for x in args.head_dims.split(",")):
@@ -188,7 +232,7 @@ def main() -> None:
                 r["shared"] = k.metadata.shared  # bytes of shared memory the launch asks for
                 print(f"{variant:8s} {preset:6s} {d:4d} {r['regs']:5d} {r['stack']:6d} {r['spill_st']:7d} {r['spill_ld']:7d} "
                       f"{r['shared']:7d} {r['sass']:6d} {r['loop']:5d} {r['loop_mma']:4d} {r['loop_ldg']:4d} {r['loop_lds']:4d} "
-                      f"{r['loop_sts']:4d} {r['loop_bar']:4d} {r['loop_shfl']:5d} {r['loop_mufu']:5d}", flush=True)
+                      f"{r['loop_sts']:4d} {r['loop_bar']:4d} {r['loop_shfl']:5d} {r['loop_mufu']:5d} {r['urbad']:5d}", flush=True)
                 if args.dump:
                     args.dump.mkdir(parents=True, exist_ok=True)
                     stem = args.dump / f"{variant}_{preset}_{d}"

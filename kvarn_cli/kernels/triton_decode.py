@@ -796,7 +796,9 @@ REGS_FOR_THREE = 168
 #: versions without HILO (or the tm variants' hi/lo columns) round q * k_scale and p * v_scale
 #: to bf16 and are off by 1-2.5e-2 (relative) on the GPU where K's zero points cancel large
 #: terms; they stay as speed references. tmw, tmwb and tmws fault on the H100 (illegal
-#: address, run 12) while their half-block forms pass; cause not found.
+#: address, run 12): ptxas 12.8 (triton 3.6's) leaves a uniform register of a wgmma
+#: shared-memory descriptor uninitialized in their sm_90 code (found in run 52 with
+#: compute-sanitizer; benchmarks/aot_registers.py's "urbad" column flags it offline).
 VARIANTS: dict[str, dict[str, object]] = {
     "chunked": {},
     "joined": {},
