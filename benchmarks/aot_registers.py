@@ -10,7 +10,9 @@ Why: the split kernel is latency-bound on the H100 (benchmarks/GPU_NOTES.md) and
 registers per thread decide how many programs share an SM; this compiles the kernel as the
 JIT would (16-divisible pointers/strides, triton's bundled ptxas, target sm_90) and reads
 registers and spill stores/loads from the cubin, shared memory from the metadata, plus SASS instruction counts
-(whole kernel, and the longest backward-branch loop: the per-block loop body).
+(whole kernel, and the longest backward-branch loop: the per-block loop body), and `urbad`: wgmma
+descriptor registers read before they are written, the ptxas miscompile behind run 12's faults
+(anything but 0 faults or computes garbage on the GPU; see uniform_reads_before_write).
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ _NO_DEST = ("HGMMA", "UISETP", "ISETP", "STS", "STG", "STL", "LDG", "LDS", "LDL"
 
 
 def uniform_reads_before_write(lines: list[str]) -> int:
-    """Uniform registers read before any instruction writes them, in address order.
+    """Reads of wgmma descriptor registers that come before any write to them, in address order.
 
     Why: ptxas 12.8 (triton 3.6's) sometimes leaves a wgmma shared-memory descriptor's
     uniform register pair uninitialized when two descriptor chains share a base address (the

@@ -798,7 +798,8 @@ REGS_FOR_THREE = 168
 #: terms; they stay as speed references. tmw, tmwb and tmws fault on the H100 (illegal
 #: address, run 12): ptxas 12.8 (triton 3.6's) leaves a uniform register of a wgmma
 #: shared-memory descriptor uninitialized in their sm_90 code (found in run 52 with
-#: compute-sanitizer; benchmarks/aot_registers.py's "urbad" column flags it offline).
+#: compute-sanitizer; benchmarks/aot_registers.py's "urbad" column flags it offline, in
+#: tmwn too; the other variants compile clean).
 VARIANTS: dict[str, dict[str, object]] = {
     "chunked": {},
     "joined": {},
