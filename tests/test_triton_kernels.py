@@ -156,6 +156,9 @@ def test_layer_slots_refuse_layers_that_do_not_match() -> None:
         LayerSlots([(k, k, records), (torch.zeros(3, 1, G, 64, device=DEVICE), k, records)])
     with pytest.raises(ValueError, match="layer 1's records differs"):
         LayerSlots([(k, k, records), (k, k, records.to(torch.int8))])
+    shifted = torch.zeros(2 * G * 64 + 8, device=DEVICE)[8:].view(2, 1, G, 64)  # 8 floats past an allocation
+    with pytest.raises(ValueError, match="layer 1's slot_v starts"):
+        LayerSlots([(k, k, records), (k, shifted, records)])
     table = LayerSlots([(k, k, records)])
     ids = torch.zeros(1, dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match="must be its layer 0"):

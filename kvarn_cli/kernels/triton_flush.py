@@ -529,11 +529,10 @@ class LayerSlots:
         first = layers[0]
         rows: list[list[int]] = []
         for i, layer in enumerate(layers):
+            row = []
             for name, t, t0 in zip(("slot_k", "slot_v", "records"), layer, first):
                 if t.shape != t0.shape or t.stride() != t0.stride() or t.dtype != t0.dtype or t.device != t0.device:
                     raise ValueError(f"layer {i}'s {name} differs from layer 0's in shape, strides, dtype or device")
-            row = []
-            for t, t0 in zip(layer, first):
                 delta = t.data_ptr() - t0.data_ptr()
                 if delta % (16 * t.element_size()):
                     raise ValueError(f"layer {i}'s {name} starts {delta} bytes from layer 0's, not a multiple of 16 {t.dtype} elements")
