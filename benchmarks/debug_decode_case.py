@@ -25,7 +25,7 @@ for name, kvh, gqa, d, splits in (("k4v4", 2, 4, 64, 1), ("k2v2", 2, 4, 64, 1)):
         for qdt in (torch.float32, torch.bfloat16):
             q = (torch.randn(2, kvh * gqa, d, generator=gen) * qscale).to("cuda", qdt)
             ref = T._reference(qz, q, rec, table, nblk, None, None, None, None, 0.7 / d**0.5)
-            for var in ("fast", "magic", "chunked"):
+            for var in ("fast", "magic", "joined"):
                 o = decode_attention(qz, q, rec, table.cuda(), nblk.cuda(), scale=0.7 / d**0.5, num_splits=splits, variant=var)
                 rel = float((o.float().cpu() - ref).norm() / ref.norm())
                 print(f"{name} q*{qscale} {qdt} {var}: rel {rel:.2e}")

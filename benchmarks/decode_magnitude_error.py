@@ -36,7 +36,7 @@ def main() -> None:
         table = torch.tensor([[0, 1], [1, 0]], dtype=torch.int32)
         nblk = torch.tensor([2, 1], dtype=torch.int32)
         ref = T._reference(qz, q, recs, table, nblk, None, None, None, None, 1 / 8)
-        for variant in ("hilo", "chunked"):
+        for variant in ("hilo", "tmwhb"):
             out = decode_attention(qz, q, recs, table.to(dev), nblk.to(dev), scale=1 / 8, num_splits=1, variant=variant)
             rel = ((out.float().cpu() - ref).norm(dim=-1) / ref.norm(dim=-1)).max()
             print(k_scale, q_scale, outlier, variant, f"{float(rel):.2e}")

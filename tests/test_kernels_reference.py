@@ -26,7 +26,7 @@ def _case(name: str, scale_dtype: str, d: int, g: int, seed: int) -> tuple[Affin
 def _our_codes(qz: AffineQuantizer, fields: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
     g, d = qz.block_size, qz.head_dim
     kq = unpack_codes(fields["k_codes"][i], qz.spec.k_bits).reshape(g, d).T.double()  # rows = channels
-    vq = unpack_codes(fields["v_codes"][i], qz.spec.v_bits).reshape(g, d).double()  # rows = tokens
+    vq = unpack_codes(fields["v_codes"][i], qz.spec.v_bits).reshape(d, g).T.double()  # stored channel-major
     return kq, vq
 
 

@@ -250,7 +250,7 @@ CASES = [("k2v2", 3, 3, 64, 2, True), ("k4v4", 2, 4, 64, 1, False), ("k4v2", 1, 
 #: tmwhb (the default since run 34), hilo (the previous default), the other tm candidates and
 #: the balanced forms on every case; the others (kept for the benchmarks) on one case each
 DECODE_CASES = [(v, *c) for v in ("hilo", "tmwhb", "tmwhb3", "tmwhbb", "tmwhb3b", "tmw", "tmwb", "tmwh") for c in CASES] + [
-    (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "chunked", "tm", "tmr", "tmnp", "tmi", "tmwr", "tmwrh", "tmw8", "tmwn", "tmwhn", "tmwrhn", "tmws", "tmwhs", "tmwc", "tmwhc", "tmwb8", "tmwcb", "tmwhcb", "tmwhb8"))
+    (variant, *CASES[i % len(CASES)]) for i, variant in enumerate(("fast", "magic", "joined", "tm", "tmr", "tmnp", "tmi", "tmwr", "tmwrh", "tmw8", "tmwrhn", "tmws", "tmwhs", "tmwc", "tmwhc", "tmwb8", "tmwcb", "tmwhcb", "tmwhb8"))
 ]
 
 

@@ -14,8 +14,11 @@ Affine schemes ("kvarn", "rtn" = kivi/hadamard baselines) decode as
 (all fields widened to float32 first; the *_mult fields are float32 powers of two, one per
 tile, that keep the fp8/fp16 vectors inside their dtype's range: see kernels.rtn)
 (the token/channel scale factors exist only when `varn` is true, else they are 1), and
-K = K_rot @ H.T when `rotated` (H = the Hadamard matrix; H.T == H). Codes are token-major
-([G, D] row-major) and bit-packed as in kernels.packing. Float schemes ("fp8", "fp16")
+K = K_rot @ H.T when `rotated` (H = the Hadamard matrix; H.T == H). K codes are token-major
+([G, D] row-major), V codes channel-major ([D, G] row-major: each channel's G tokens in a
+run), both bit-packed along their rows as in kernels.packing. (V was token-major before
+2026-11-23; channel-major lets the decode kernel feed the unpacked V codes to the tensor
+cores without a transpose through shared memory: docs/BENCHMARKS.md run 53.) Float schemes ("fp8", "fp16")
 store K then V as [G, D] values of that dtype; "fp8" also stores one float32 multiplier
 per K and V tile (K = k_codes * k_mult).
 

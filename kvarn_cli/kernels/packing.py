@@ -2,8 +2,9 @@
 
 Element j of a flat code vector lives in byte j // (8 // bits), at bit offset
 (j % (8 // bits)) * bits. So for 2-bit codes byte 0 holds elements 0..3 with element 0 in
-the two lowest bits. The packed order of a tile is token-major ([G, D] row-major) for both
-K and V, so a kernel reads token t's codes as one contiguous run of D * bits / 8 bytes.
+the two lowest bits. A tile's K codes are packed token-major ([G, D] row-major: token t's
+codes are one run of D * bits / 8 bytes) and its V codes channel-major ([D, G]: channel d's
+codes are one run of G * bits / 8 bytes); see kernels.layout.
 """
 
 from __future__ import annotations

@@ -256,16 +256,17 @@ class AffineQuantizer(Quantizer):
         k_parts = self._encode_side(k.transpose(1, 2), self.spec.k_bits, "k", "token_scale")
         v_parts = self._encode_side(v, self.spec.v_bits, "v", "channel_scale")
         tile = self.block_size * self.head_dim
-        # codes are stored token-major ([G, D]) for both K and V
+        # K codes are stored token-major ([G, D]), V codes channel-major ([D, G]): the layout
+        # each decode dot wants its code operand in (kernels.layout)
         k_parts["k_codes"] = pack_codes(k_parts["k_codes"].transpose(1, 2).reshape(n, tile), self.spec.k_bits)
-        v_parts["v_codes"] = pack_codes(v_parts["v_codes"].reshape(n, tile), self.spec.v_bits)
+        v_parts["v_codes"] = pack_codes(v_parts["v_codes"].transpose(1, 2).reshape(n, tile), self.spec.v_bits)
         return {**k_parts, **v_parts}
 
     def _decode(self, fields: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = fields["k_codes"].shape[0]
         g, d = self.block_size, self.head_dim
         kq = unpack_codes(fields["k_codes"], self.spec.k_bits).reshape(n, g, d).to(torch.float32)
-        vq = unpack_codes(fields["v_codes"], self.spec.v_bits).reshape(n, g, d).to(torch.float32)
+        vq = unpack_codes(fields["v_codes"], self.spec.v_bits).reshape(n, d, g).transpose(1, 2).to(torch.float32)
         k_step = fields["k_scale"].to(torch.float32) * fields["k_scale_mult"]
         v_step = fields["v_scale"].to(torch.float32) * fields["v_scale_mult"]
         k_zero = fields["k_zero"].to(torch.float32) * fields["k_zero_mult"]

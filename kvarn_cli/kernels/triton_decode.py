@@ -1,22 +1,25 @@
 """Triton decode attention over the paged KVarN cache (one query token per sequence).
 
 Two launches:
-1. `_split_kernel`, grid (batch, kv_heads, splits): each program takes one query-head group
-   (all GQA heads of one KV head, padded to 16 rows for the tensor cores) and a run of the
-   sequence's quantized blocks. It rotates the query once (q @ H, +-1 matrix in bf16, exact)
-   and never dequantizes K or V element by element: with the record's decode formula
+1. A split kernel, grid (batch, kv_heads, splits): each program takes one query-head group
+   (all GQA heads of one KV head, padded for the tensor cores) and a run of the sequence's
+   quantized blocks. It rotates the query once (q @ H, +-1 matrix in bf16, exact) and never
+   dequantizes K or V element by element: with the record's decode formula
        K_rot[t, d] = (kc[t, d] * ks[d] + kz[d]) * kts[t]
        V_rot[t, d] = (vc[t, d] * vs[t] + vz[t]) * vcs[d]
    the scores are kts[t] * ((q * ks) @ kc^T + q . kz) and the value sum is
    vcs[d] * ((p * vs) @ vc + p . vz), so the per-element work is unpacking codes (shift, mask,
    convert; exact in bf16) feeding two bf16 dots. (Under TRITON_INTERPRET, whose bf16
-   conversions are broken in triton 3.9, the dots use fp16 instead; same code otherwise.) Codes of 2^bits channels share a byte;
-   rather than reshaping, the dots run per bit position j over the channels d = PER * i + j.
-   Online softmax in base 2; partial (max, sum, acc) go to a float32 workspace.
-   The default split kernel (DEFAULT_VARIANT, tmwhb) is `_split_kernel_tm`, the same
-   contract with the tokens as the MMA's rows: see its docstring. The balanced variants
-   (is_balanced) run `_split_kernel_balanced` instead, grid (programs per KV head, kv_heads),
-   which deals all rows' blocks out evenly over those programs.
+   conversions are broken in triton 3.9, the dots use fp16 instead; same code otherwise.)
+   K codes are stored token-major and V codes channel-major (kernels.layout), so both dots
+   take their code operand straight from the unpacked registers: K's as [tokens, D], V's as
+   [D, tokens] (the V dot computes out^T = vc^T @ p^T). Online softmax in base 2; partial
+   (max, sum, acc) go to a float32 workspace.
+   The default split kernel (DEFAULT_VARIANT, tmwhb) is `_split_kernel_tm`, with the tokens
+   as the MMA's rows: see its docstring. `_split_kernel_joined` (hilo and its relatives) is
+   the older form with the query heads as rows, kept as the accuracy reference. The balanced
+   variants (is_balanced) run `_split_kernel_balanced` instead, grid (programs per KV head,
+   kv_heads), which deals all rows' blocks out evenly over those programs.
 2. `_reduce_kernel`, grid (batch, kv_heads): merges the partials, attends to the 16-bit
    sink/tail tokens (kvarn's staging slots, already in the rotated domain), normalizes and
    rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype.
@@ -39,128 +42,6 @@ from kvarn_cli.kernels.triton_common import dot_in_fp16, fp8_bits_to_f32, kernel
 
 LOG2E = 1.4426950408889634
 NEG_BIG = tl.constexpr(-1.0e30)
-
-
-@triton.jit
-def _k_part(qj, kbytes, rec, OFF_K_SCALE: tl.constexpr, OFF_K_ZERO: tl.constexpr, ks_mult, kz_mult,
-            J: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
-    """Scores contribution of channels d = PER * i + J: ((q * ks) @ kc^T, q . kz)."""
-    i = tl.arange(0, D // PER) * PER + J
-    ks = fp8_bits_to_f32(tl.load(rec + OFF_K_SCALE + i)) * ks_mult
-    kz = tl.load(rec.to(tl.pointer_type(tl.float16)) + OFF_K_ZERO // 2 + i).to(tl.float32) * kz_mult
-    codes = ((kbytes >> (J * BITS)) & ((1 << BITS) - 1)).to(DT)
-    qs = (qj * ks[None, :]).to(DT)
-    return tl.dot(qs, tl.trans(codes)), tl.sum(qj * kz[None, :], 1)
-
-
-@triton.jit
-def _v_part(acc, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE: tl.constexpr, vcs_mult,
-            J: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
-    """acc of channels d = PER * i + J, rescaled by alpha, plus vcs * (ps @ vc + pz)."""
-    i = tl.arange(0, D // PER) * PER + J
-    vcs = fp8_bits_to_f32(tl.load(rec + OFF_V_CHANNEL_SCALE + i)) * vcs_mult
-    codes = ((vbytes >> (J * BITS)) & ((1 << BITS) - 1)).to(DT)
-    o = tl.dot(ps, codes)
-    return acc * alpha[:, None] + (o + pz[:, None]) * vcs[None, :]
-
-
-@triton.jit
-def _store_acc(ws, acc, GP: tl.constexpr, D: tl.constexpr, J: tl.constexpr, PER: tl.constexpr):
-    g = tl.arange(0, GP)
-    i = tl.arange(0, D // PER) * PER + J
-    tl.store(ws + g[:, None] * D + i[None, :], acc)
-
-
-@triton.jit
-def _split_kernel(
-    q_ptr, stride_qb, stride_qh, h_ptr,
-    rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
-    ws_acc_ptr, ws_ml_ptr, qk_scale,
-    GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
-    OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
-    OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
-    OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
-    OFF_K_ZERO_MULT: tl.constexpr, OFF_K_TOKEN_SCALE_MULT: tl.constexpr, OFF_V_SCALE_MULT: tl.constexpr,
-    OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
-):
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
-    s = tl.program_id(2)
-    KP: tl.constexpr = 8 // K_BITS
-    VP: tl.constexpr = 8 // V_BITS
-    g = tl.arange(0, GP)
-    d = tl.arange(0, D)
-    t = tl.arange(0, G)
-
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
-                mask=g[:, None] < GQA, other=0.0).to(tl.float32)
-    # q_rot (scaled by softmax scale * log2 e and 1/sqrt(D)), one copy per bit position j
-    q0 = rotate_hilo(q, h_ptr, D, 0, KP, D // KP, DT) * qk_scale
-    q1 = rotate_hilo(q, h_ptr, D, 1, KP, D // KP, DT) * qk_scale
-    if KP == 4:
-        q2 = rotate_hilo(q, h_ptr, D, 2, KP, D // KP, DT) * qk_scale
-        q3 = rotate_hilo(q, h_ptr, D, 3, KP, D // KP, DT) * qk_scale
-
-    m = tl.full([GP], NEG_BIG, dtype=tl.float32)
-    l = tl.zeros([GP], dtype=tl.float32)
-    acc0 = tl.zeros([GP, D // VP], dtype=tl.float32)
-    acc1 = tl.zeros([GP, D // VP], dtype=tl.float32)
-    acc2 = tl.zeros([GP, D // VP], dtype=tl.float32)
-    acc3 = tl.zeros([GP, D // VP], dtype=tl.float32)
-
-    nblk = tl.load(nblk_ptr + b)
-    blocks_per_split = (nblk + NUM_SPLITS - 1) // NUM_SPLITS  # each row split by its own length
-    start = s * blocks_per_split
-    end = tl.minimum(start + blocks_per_split, nblk)
-    kb_cols = tl.arange(0, D // KP)
-    vb_cols = tl.arange(0, D // VP)
-    for blk_i in range(start, end):
-        blk = tl.load(bt_ptr + b.to(tl.int64) * stride_btb + blk_i).to(tl.int64)
-        rec = rec_ptr + blk * stride_rb + kvh * stride_rh
-        rec_f32 = rec.to(tl.pointer_type(tl.float32))
-        kbytes = tl.load(rec + OFF_K_CODES + t[:, None] * (D // KP) + kb_cols[None, :])
-        vbytes = tl.load(rec + OFF_V_CODES + t[:, None] * (D // VP) + vb_cols[None, :])
-        ks_mult = tl.load(rec_f32 + OFF_K_SCALE_MULT // 4)
-        kz_mult = tl.load(rec_f32 + OFF_K_ZERO_MULT // 4)
-        kts = fp8_bits_to_f32(tl.load(rec + OFF_K_TOKEN_SCALE + t)) * tl.load(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4)
-        vs = fp8_bits_to_f32(tl.load(rec + OFF_V_SCALE + t)) * tl.load(rec_f32 + OFF_V_SCALE_MULT // 4)
-        vz = tl.load(rec.to(tl.pointer_type(tl.float16)) + OFF_V_ZERO // 2 + t).to(tl.float32) * tl.load(rec_f32 + OFF_V_ZERO_MULT // 4)
-        vcs_mult = tl.load(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4)
-
-        sc, qz = _k_part(q0, kbytes, rec, OFF_K_SCALE, OFF_K_ZERO, ks_mult, kz_mult, 0, K_BITS, KP, D, DT)
-        sc1, qz1 = _k_part(q1, kbytes, rec, OFF_K_SCALE, OFF_K_ZERO, ks_mult, kz_mult, 1, K_BITS, KP, D, DT)
-        sc += sc1
-        qz += qz1
-        if KP == 4:
-            sc2, qz2 = _k_part(q2, kbytes, rec, OFF_K_SCALE, OFF_K_ZERO, ks_mult, kz_mult, 2, K_BITS, KP, D, DT)
-            sc3, qz3 = _k_part(q3, kbytes, rec, OFF_K_SCALE, OFF_K_ZERO, ks_mult, kz_mult, 3, K_BITS, KP, D, DT)
-            sc += sc2 + sc3
-            qz += qz2 + qz3
-        scores = (sc + qz[:, None]) * kts[None, :]
-
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        m = m_new
-        ps = (p * vs[None, :]).to(DT)
-        pz = tl.sum(p * vz[None, :], 1)
-        acc0 = _v_part(acc0, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 0, V_BITS, VP, D, DT)
-        acc1 = _v_part(acc1, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 1, V_BITS, VP, D, DT)
-        if VP == 4:
-            acc2 = _v_part(acc2, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 2, V_BITS, VP, D, DT)
-            acc3 = _v_part(acc3, ps, pz, alpha, vbytes, rec, OFF_V_CHANNEL_SCALE, vcs_mult, 3, V_BITS, VP, D, DT)
-
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
-    ws = ws_acc_ptr + part * GP * D
-    _store_acc(ws, acc0, GP, D, 0, VP)
-    _store_acc(ws, acc1, GP, D, 1, VP)
-    if VP == 4:
-        _store_acc(ws, acc2, GP, D, 2, VP)
-        _store_acc(ws, acc3, GP, D, 3, VP)
-    tl.store(ws_ml_ptr + part * 2 * GP + g, m)
-    tl.store(ws_ml_ptr + part * 2 * GP + GP + g, l)
 
 
 @triton.jit
@@ -214,9 +95,9 @@ def _block_scores(qr, bt_row, i, rec_ptr, stride_rb, head_off, t, d,
     rec_f32 = rec.to(tl.pointer_type(tl.float32))
     rec_f16 = rec.to(tl.pointer_type(tl.float16))
     kb_cols = tl.arange(0, D * K_BITS // 8)
-    vb_cols = tl.arange(0, D * V_BITS // 8)
+    vt_cols = tl.arange(0, G * V_BITS // 8)
     kbytes = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
-    vbytes = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
+    vbytes = tl.load(rec + OFF_V_CODES + d[:, None] * (G * V_BITS // 8) + vt_cols[None, :])  # [D, G] codes
     ks = fp8_bits_to_f32(tl.load(rec + OFF_K_SCALE + d)) * tl.load(rec_f32 + OFF_K_SCALE_MULT // 4)
     kz = tl.load(rec_f16 + OFF_K_ZERO // 2 + d).to(tl.float32) * tl.load(rec_f32 + OFF_K_ZERO_MULT // 4)
     kts = fp8_bits_to_f32(tl.load(rec + OFF_K_TOKEN_SCALE + t)) * tl.load(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4)
@@ -236,7 +117,7 @@ def _block_scores(qr, bt_row, i, rec_ptr, stride_rb, head_off, t, d,
 def _block_values(p, vbytes, vs, vz, vcs, G: tl.constexpr, D: tl.constexpr, V_BITS: tl.constexpr,
                   DT: tl.constexpr, MAGIC: tl.constexpr, HILO: tl.constexpr, OFFSET: tl.constexpr):
     """vcs[d] * ((p * vs) @ vc + p . vz): one block's unnormalized attention output [GP, D]."""
-    vc = _unpack(vbytes, V_BITS, G, D, DT, MAGIC)
+    vc = tl.trans(_unpack(vbytes, V_BITS, D, G, DT, MAGIC))
     o, ps_sum = _dot_split(p * vs[None, :], vc, DT, HILO)
     pz = tl.sum(p * vz[None, :], 1)
     if MAGIC:
@@ -258,8 +139,8 @@ def _split_kernel_joined(
     OFF_V_ZERO_MULT: tl.constexpr, OFF_V_CHANNEL_SCALE_MULT: tl.constexpr,
     MAGIC: tl.constexpr = False, HILO: tl.constexpr = False, UNROLL: tl.constexpr = 1,
 ):
-    """Same contract as _split_kernel; unpacks whole [G, D] code tiles (one dot each for K
-    and V) instead of one dot per bit position. UNROLL=2 handles two blocks per iteration
+    """The split kernel with the query heads as the MMA rows; unpacks whole code tiles (one dot
+    each for K and V). UNROLL=2 handles two blocks per iteration
     (their loads independent, so twice the bytes in flight per program)."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -352,22 +233,25 @@ def _fetch_codes(bt_row, i, valid, rec_ptr, stride_rb, head_off, t,
                  WORDS: tl.constexpr, G: tl.constexpr, SUB: tl.constexpr):
     """Issue the code loads of step i (tokens (i % SUB) * G / SUB + t of table entry
     i // SUB) so that they are in flight while the previous step is computed; returns the
-    record's base pointer too. The entry must lie in the table row; where `valid` is False
-    it is not trusted and block 0 (which exists) is read instead."""
+    record's base pointer too. K comes as [G / SUB, D] rows (token-major records), V as
+    [D, G / SUB] (channel-major records: the step's tokens are a column range). The entry
+    must lie in the table row; where `valid` is False it is not trusted and block 0 (which
+    exists) is read instead."""
     blk = tl.where(valid, tl.load(bt_row + i // SUB), 0).to(tl.int64)
     rec = rec_ptr + blk * stride_rb + head_off
     t = t + (i % SUB) * (G // SUB)  # the step's token rows within the block
+    dn = tl.arange(0, D)
     if WORDS:
         rec_u32 = rec.to(tl.pointer_type(tl.uint32))
         kw_cols = tl.arange(0, D * K_BITS // 32)
-        vw_cols = tl.arange(0, D * V_BITS // 32)
+        vt_cols = tl.arange(0, (G // SUB) * V_BITS // 32) + (i % SUB) * ((G // SUB) * V_BITS // 32)
         kb = tl.load(rec_u32 + OFF_K_CODES // 4 + t[:, None] * (D * K_BITS // 32) + kw_cols[None, :])
-        vb = tl.load(rec_u32 + OFF_V_CODES // 4 + t[:, None] * (D * V_BITS // 32) + vw_cols[None, :])
+        vb = tl.load(rec_u32 + OFF_V_CODES // 4 + dn[:, None] * (G * V_BITS // 32) + vt_cols[None, :])
     else:
         kb_cols = tl.arange(0, D * K_BITS // 8)
-        vb_cols = tl.arange(0, D * V_BITS // 8)
+        vt_cols = tl.arange(0, (G // SUB) * V_BITS // 8) + (i % SUB) * ((G // SUB) * V_BITS // 8)
         kb = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + kb_cols[None, :])
-        vb = tl.load(rec + OFF_V_CODES + t[:, None] * (D * V_BITS // 8) + vb_cols[None, :])
+        vb = tl.load(rec + OFF_V_CODES + dn[:, None] * (G * V_BITS // 8) + vt_cols[None, :])
     return rec, kb, vb
 
 
@@ -458,11 +342,13 @@ def _tm_segment(
     t = tl.arange(0, GT)
     r = tl.arange(0, NP)
     if WORDS:
+        # K's channels and V's tokens in the order their words unpack them (_unpack_words);
+        # every token-indexed load (K rows, scales) follows t, so the scores come out in V's order
         d_k = _word_channel(d, K_BITS)
-        d_v = _word_channel(d, V_BITS)
+        t = _word_channel(t, V_BITS)
     else:
         d_k = d
-        d_v = d
+    d_v = d
     j8 = tl.arange(0, 8)
     # row r of qd is query head r // (2 RED) of the group, for its high part where
     # (r // RED) % 2 == 0, else its low part; rows with r % RED != 0 stay zero
@@ -476,6 +362,13 @@ def _tm_segment(
     q_hi = q.to(DT)
     qd = (tl.dot(q_hi, h) + tl.dot((q - q_hi.to(tl.float32)).to(DT), h)) * qk_scale
     qz_rows = tl.where(even[:, None], qd, 0.0)
+    if RED == 1:
+        # one column per head slot, [D, HP] (qz_rows holds head h on row 2h): the K operand is
+        # built from it as [D, NP] columns hi_h, lo_h. The [NP, D] form with the rows picked by
+        # `even` computes the same, but ptxas 12.8 (triton 3.6) then miscompiles the V dot's
+        # shared-memory descriptors (an uninitialized uniform register: illegal address on the
+        # H100; benchmarks/aot_registers.py reports it as "urbad")
+        qh = tl.trans(tl.sum(tl.reshape(qz_rows, (HP, 2, D)), 1))
 
     m = tl.full([HP], NEG_BIG, dtype=tl.float32)
     lacc = tl.zeros([GT, HP], dtype=tl.float32)
@@ -518,20 +411,35 @@ def _tm_segment(
         vcs = fp8_bits_to_f32(vcs8) * _pick(mults, j8, 5, SCALAR_MULTS)
 
         # K: B operand [NP, D] = hi (even rows) / lo (odd rows) of q_rot * k_scale
-        a = qd * ks[None, :]
-        hi = a.to(DT)
-        lo = (a - hi.to(tl.float32)).to(DT)
-        bq = tl.where(even[:, None], hi, lo)
-        corr = qz_rows * kz[None, :]
-        if MAGIC:
-            corr -= OFFSET * bq.to(tl.float32)
-        corr = tl.sum(corr, 1)  # [NP]: q . kz on even rows, minus the magic offset's share
+        if RED == 1:
+            a = qh * ks[:, None]  # [D, HP]
+            hi = a.to(DT)
+            lo = (a - hi.to(tl.float32)).to(DT)
+            bqt = tl.reshape(tl.join(hi, lo), (D, NP))  # columns hi_h, lo_h
+            qkz = tl.sum(qh * kz[:, None], 0)  # [HP]
+            corr = tl.reshape(tl.join(qkz, tl.zeros([HP], dtype=tl.float32)), (NP,))  # [NP]: columns hi_h, lo_h
+            if MAGIC:
+                # the magic offset's share of each column, summed apart from q . kz: the 16-bit
+                # hi/lo values add up (nearly) exactly in float32, and the power-of-two offset
+                # multiplies exactly, so the only rounding left is the final subtraction
+                corr -= OFFSET * tl.sum(bqt.to(tl.float32), 0)
+        else:
+            a = qd * ks[None, :]
+            hi = a.to(DT)
+            lo = (a - hi.to(tl.float32)).to(DT)
+            bq = tl.where(even[:, None], hi, lo)
+            corr = tl.sum(qz_rows * kz[None, :], 1)  # [NP]: q . kz on even rows
+            if MAGIC:
+                corr -= OFFSET * tl.sum(bq.to(tl.float32), 1)  # the magic offset's share, apart as above
         if WORDS:
             kc = _unpack_words(kb, K_BITS, GT, D, DT)
         else:
             kc = _unpack(kb, K_BITS, GT, D, DT, MAGIC)
         # k_token_scale applied before the hi/lo columns are summed: one layout for kts
-        st = (tl.dot(kc, tl.trans(bq)) + corr[None, :]) * kts[:, None]  # [GT, NP]
+        if RED == 1:
+            st = (tl.dot(kc, bqt) + corr[None, :]) * kts[:, None]  # [GT, NP]
+        else:
+            st = (tl.dot(kc, tl.trans(bq)) + corr[None, :]) * kts[:, None]  # [GT, NP]
         if RED > 1:
             st = tl.sum(tl.reshape(st, (GT, 2 * HP, RED)), 2)
         s_hi, s_lo = tl.split(tl.reshape(st, (GT, HP, 2)))
@@ -556,17 +464,17 @@ def _tm_segment(
             zi = tl.arange(0, RED)
             ps = tl.reshape(tl.where(zi[None, None, :] == 0, ps[:, :, None], 0.0).to(DT), (GT, NP))
         if WORDS:
-            vc = _unpack_words(vb, V_BITS, GT, D, DT)
+            vc_t = _unpack_words(vb, V_BITS, D, GT, DT)  # [D, GT]: the A operand as it is
         else:
-            vc = _unpack(vb, V_BITS, GT, D, DT, MAGIC)
+            vc_t = _unpack(vb, V_BITS, D, GT, DT, MAGIC)
         if VT:
-            ot = tl.dot(tl.trans(vc), ps)  # [D, NP]
+            ot = tl.dot(vc_t, ps)  # [D, NP]
             if RED > 1:
                 ot = tl.sum(tl.reshape(ot, (D, 2 * HP, RED)), 2)
             o_hi, o_lo = tl.split(tl.reshape(ot, (D, HP, 2)))
             acc = acc * alpha[None, :] + (o_hi + o_lo + pcorr[None, :]) * vcs[:, None]
         else:
-            o = tl.dot(tl.trans(ps), vc)  # [NP, D]
+            o = tl.dot(tl.trans(ps), tl.trans(vc_t))  # [NP, D]
             if RED > 1:
                 o = tl.sum(tl.reshape(o, (2 * HP, RED, D)), 1)
             o_hi, o_lo = tl.split(tl.permute(tl.reshape(o, (HP, 2, D)), (0, 2, 1)))
@@ -588,12 +496,11 @@ def _tm_store(ws_acc_ptr, ws_ml_ptr, part, acc, m, l, GQA: tl.constexpr, GP: tl.
     HP: tl.constexpr = P2 if P2 > HP_MIN else HP_MIN
     d = tl.arange(0, D)
     hh = tl.arange(0, HP)
-    d_v = _word_channel(d, V_BITS) if WORDS else d
     ws = ws_acc_ptr + part * GP * D
     if VT:
-        tl.store(ws + hh[None, :] * D + d_v[:, None], acc)
+        tl.store(ws + hh[None, :] * D + d[:, None], acc)
     else:
-        tl.store(ws + hh[:, None] * D + d_v[None, :], acc)
+        tl.store(ws + hh[:, None] * D + d[None, :], acc)
     tl.store(ws_ml_ptr + part * 2 * GP + hh, m)
     tl.store(ws_ml_ptr + part * 2 * GP + GP + hh, l)
     if GP > HP:
@@ -621,22 +528,23 @@ def _split_kernel_tm(
     WORDS: tl.constexpr = False, SUB: tl.constexpr = 1, SCALAR_MULTS: tl.constexpr = 0,
     HP_MIN: tl.constexpr = 8,
 ):
-    """Same contract as _split_kernel, with the tokens as the MMA's M dimension:
+    """The split kernel with the tokens as the MMA's M dimension:
         scores^T [G, NP] = K codes [G, D] @ Q^T [D, NP]
     where the NP = 2 * HP columns are, interleaved, the bf16 high and low parts of
     q_rot * k_scale for each of the HP >= GQA query heads (HP = max(8, next pow2)). The split
     that keeps float32-level accuracy (see _dot_split) thus costs no extra MMA: it fills the
     columns that padding 3-4 heads to 16 rows used to waste, and 128 tokens fill the rows.
     Likewise for V: out^T [D, NP] = V codes^T [D, G] @ (p * v_scale)^T hi/lo [G, NP] (VT),
-    or out [NP, D] = (p * v_scale) hi/lo [NP, G] @ V codes [G, D] (not VT).
+    or out [NP, D] = (p * v_scale) hi/lo [NP, G] @ V codes [G, D] (not VT); the records
+    hold V channel-major, so with VT the unpacked codes are the A operand as they stand.
     The softmax then works on [G, HP] (8 columns) instead of [16, G], its row sums are
     accumulated elementwise and reduced once at the end, and with PREFETCH block i+1's
     record loads (table entry included) are issued before block i is computed, since the
     dependent table load keeps Triton's pipeliner from doing it (PREFETCH=2: only the
     codes; the small scale vectors load at the top of the iteration, which spares the
     layout conversions of loop-carried vectors). With WORDS the codes are
-    unpacked two per 32-bit operation (_unpack_words) in a permuted channel order that the
-    query, scale and output indices follow. SUB > 1 walks each block in SUB steps of
+    unpacked two per 32-bit operation (_unpack_words) in a permuted order (K's channels, V's
+    tokens) that the query, scale and token indices follow. SUB > 1 walks each block in SUB steps of
     G / SUB tokens (smaller tiles, fewer registers, more programs per SM). HP_MIN < 8 lets HP
     be GQA's next power of two (4 for 3-4 heads): the MMA still needs NP >= 16 columns, so
     each column is followed by RED - 1 zero columns, but the softmax works on [G, 4]."""
@@ -795,13 +703,14 @@ REGS_FOR_THREE = 168
 #: Split-kernel versions (benchmarks/GPU_NOTES.md has their timings and accuracy). The
 #: versions without HILO (or the tm variants' hi/lo columns) round q * k_scale and p * v_scale
 #: to bf16 and are off by 1-2.5e-2 (relative) on the GPU where K's zero points cancel large
-#: terms; they stay as speed references. tmw, tmwb and tmws fault on the H100 (illegal
-#: address, run 12): ptxas 12.8 (triton 3.6's) leaves a uniform register of a wgmma
-#: shared-memory descriptor uninitialized in their sm_90 code (found in run 52 with
-#: compute-sanitizer; benchmarks/aot_registers.py's "urbad" column flags it offline, in
-#: tmwn too; the other variants compile clean).
+#: terms; they stay as speed references. tmw, tmwb and tmws faulted on the H100 (illegal
+#: address, run 12): ptxas 12.8 left a uniform register of a wgmma shared-memory descriptor
+#: uninitialized in their sm_90 code (found in run 52; benchmarks/aot_registers.py's "urbad"
+#: column flags it offline). With V codes channel-major and the K operand built per head
+#: slot (_tm_segment, RED == 1) every tm variant here compiles clean of it (triton 3.6, k2v2,
+#: D = 64 and 128; the defaults also k4v4 and GQA 3, 4 and 8). tmwn and tmwhn, the [NP, D]
+#: K operand at RED > 1 with the transposed V, were dropped.
 VARIANTS: dict[str, dict[str, object]] = {
-    "chunked": {},
     "joined": {},
     "magic": {"MAGIC": True},
     "hilo": {"MAGIC": True, "HILO": True},
@@ -818,8 +727,6 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tmwh": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2},
     "tmwrh": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2},
     "tmws": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SCALAR_MULTS": True},
-    "tmwn": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "HP_MIN": 1},
-    "tmwhn": {"MAGIC": True, "VT": True, "PREFETCH": True, "WORDS": True, "SUB": 2, "HP_MIN": 1},
     "tmwrhn": {"MAGIC": True, "VT": False, "PREFETCH": True, "WORDS": True, "SUB": 2, "HP_MIN": 1},
     "tmwc": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True},
     "tmwhc": {"MAGIC": True, "VT": True, "PREFETCH": 2, "WORDS": True, "SUB": 2},
@@ -852,8 +759,6 @@ def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
     """The split kernel that runs `variant` (a key of VARIANTS)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    if variant == "chunked":
-        return _split_kernel
     if is_balanced(variant):
         return _split_kernel_balanced
     return _split_kernel_tm if variant.startswith("tm") else _split_kernel_joined

@@ -224,7 +224,8 @@ def _encode_side(x, R: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, ITERS:
 
 @triton.jit
 def _pack_store(codes, ptr, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
-    """Pack token-major codes [G, D] (kernels.packing order) and store G * D * BITS / 8 bytes."""
+    """Pack codes [G, D] along their rows (kernels.packing order) and store G * D * BITS / 8
+    bytes, row-major: K passes [tokens, channels], V [channels, tokens]."""
     PER: tl.constexpr = 8 // BITS
     grouped = tl.reshape(codes, (G, D // PER, PER))
     shifts = tl.arange(0, PER) * BITS
@@ -353,7 +354,7 @@ def _flush_kernel(
                 vt = _relayout(v, scratch, G, D, False, SCRATCH)
             # V: rows are tokens, columns channels
             vc, vcol, vcol_mult, vstep, vstep_mult, vzero, vzero_mult = _encode_side(vt, G, D, V_BITS, ITERS, FAST, WELFORD, JOINT)
-            _pack_store(vc, rec + OFF_V_CODES, G, D, V_BITS)
+            _pack_store(tl.trans(vc), rec + OFF_V_CODES, D, G, V_BITS)  # channel-major
             tl.store(rec_f16 + OFF_V_ZERO // 2 + t, vzero)
             tl.store(rec + OFF_V_SCALE + t, vstep.to(tl.uint8))
             tl.store(rec + OFF_V_CHANNEL_SCALE + d, vcol.to(tl.uint8))
