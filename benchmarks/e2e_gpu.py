@@ -124,6 +124,14 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     # each timed pass has its own prompts, and the warm-up prompts come after all of them:
     # no timed request hits the prefix cache, so every pass prefills every prompt it times
     warm_prompts = prompts[n * passes:]
+    if warm_prompts:
+        # plus one prompt that fills whole blocks in its prefill, so the prefill's flush runs
+        # before the timed passes too: short warm-up chats never ran it, and its first call in
+        # a process held the first timed pass for ~10 s (docs/BENCHMARKS.md run 57)
+        joined = [t for p in warm_prompts for t in p]
+        while len(joined) < args.max_prompt_tokens:
+            joined += joined
+        warm_prompts.append(joined[: args.max_prompt_tokens])
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
     engine = llm.llm_engine
 
@@ -134,7 +142,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     while engine.has_unfinished_requests():
         engine.step()
 
-    runs = [timed_pass(llm, prompts[k * n:(k + 1) * n], params, args.sample_every, f"p{k}-") for k in range(passes)]
+    watch = StallWatch(args.stall_stacks) if args.stall_stacks > 0 else None
+    runs = [timed_pass(llm, prompts[k * n:(k + 1) * n], params, args.sample_every, f"p{k}-", watch) for k in range(passes)]
     median = median_run(runs)
     timed = prompts[: n * passes]
     return {
@@ -156,7 +165,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "peak_running": median["peak_running"],
         "preemptions": median["preemptions"],
         "passes": [{k: r[k] for k in ("tokens_per_s", "ms_per_step", "steps", "preemptions", "median_step_ms",
-                                      "max_step_ms", "stall_s", "kernels_compiled")} for r in runs],
+                                      "max_step_ms", "stall_s", "stalls", "kernels_compiled")} for r in runs],
         "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS",
                                                            "VLLM_USE_V2_MODEL_RUNNER")},
         "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
@@ -178,11 +187,46 @@ def triton_cache_entries() -> int:
     return len(os.listdir(root)) if root.is_dir() else 0
 
 
-def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: int, prefix: str) -> dict[str, Any]:
+class StallWatch:
+    """Prints the main thread's Python stack (to stderr) once a step has run longer than
+    `after_s`: what a step that stalls for seconds is doing (a compile, a capture, a
+    synchronisation). Useful only with the engine core in this process
+    (VLLM_ENABLE_V1_MULTIPROCESSING=0, which --stall-stacks sets); otherwise the stack is
+    the wait for the engine core's reply."""
+
+    def __init__(self, after_s: float) -> None:
+        import threading
+
+        self.after_s = after_s
+        self.step = -1
+        self.started = 0.0
+        self.reported = -1
+        self.main_ident = threading.get_ident()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def begin(self, step: int) -> None:
+        self.step, self.started = step, time.perf_counter()
+
+    def _watch(self) -> None:
+        import traceback
+
+        while True:
+            time.sleep(self.after_s / 4)
+            step, started = self.step, self.started
+            if step >= 0 and step != self.reported and time.perf_counter() - started > self.after_s:
+                self.reported = step
+                frame = sys._current_frames().get(self.main_ident)
+                stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
+                print(f"STALL step {step} running {time.perf_counter() - started:.1f}s:\n{stack}END STALL", file=sys.stderr, flush=True)
+
+
+def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: int, prefix: str,
+               watch: StallWatch | None = None) -> dict[str, Any]:
     """Generate for `prompts` at once, timed; tokens/s, steps, peak running, preemptions.
     Also what tells a uniformly slower pass from one with a few long stalls (the kvarn presets'
     passes vary by 20-35%, docs/BENCHMARKS.md runs 38 and 43): the median and longest step,
-    the time spent in steps over 5x the median beyond the median, and the kernels compiled."""
+    the time spent in steps over 5x the median beyond the median, the first such steps (index,
+    seconds), and the kernels compiled."""
     from kvarn_cli.vllm_compat import read_gauges
 
     engine = llm.llm_engine
@@ -196,6 +240,8 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: in
     for i, p in enumerate(prompts):
         engine.add_request(f"{prefix}{i}", {"prompt_token_ids": p}, params)
     while engine.has_unfinished_requests():
+        if watch is not None:
+            watch.begin(steps)
         ts = time.perf_counter()
         outs = engine.step()
         step_s.append(time.perf_counter() - ts)
@@ -211,11 +257,13 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: in
     end = read_gauges(llm)
     median_s = sorted(step_s)[len(step_s) // 2] if step_s else 0.0
     stall_s = sum(s - median_s for s in step_s if s > 5 * median_s)
+    stalls = [[i, round(s, 3)] for i, s in enumerate(step_s) if s > 5 * median_s][:10]
     return {"generated_tokens": generated, "wall_s": round(wall, 2), "tokens_per_s": round(generated / wall, 1),
             "steps": steps, "ms_per_step": round(1e3 * wall / max(1, steps), 2), "peak_running": int(peak_running),
             "preemptions": int(end["num_preemptions"] - base["num_preemptions"]), "first_ids": first_ids,
             "median_step_ms": round(1e3 * median_s, 2), "max_step_ms": round(1e3 * max(step_s, default=0.0), 1),
-            "stall_s": round(stall_s, 2), "kernels_compiled": triton_cache_entries() - compiled_before}
+            "stall_s": round(stall_s, 2), "stalls": stalls,
+            "kernels_compiled": triton_cache_entries() - compiled_before}
 
 
 def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
@@ -256,7 +304,8 @@ def main() -> None:
     ap.add_argument("--max-prompt-tokens", type=int, default=512, help="max_model_len = this + --max-tokens")
     ap.add_argument("--prompt-tokens-estimate", type=int, default=128, help="prompt length assumed by --max-num-seqs 0")
     ap.add_argument("--baseline-max-num-seqs", type=int, default=256, help="vLLM's default for bf16/fp8")
-    ap.add_argument("--warmup-prompts", type=int, default=8)
+    ap.add_argument("--warmup-prompts", type=int, default=8,
+                    help="warm-up chats before the timed passes (plus one made of them that fills whole blocks)")
     ap.add_argument("--warmup-tokens", type=int, default=0, help="0 = --max-tokens (meets every split count)")
     ap.add_argument("--sample-every", type=int, default=8, help="read vLLM's gauges every N steps")
     ap.add_argument("--enforce-eager", action="store_true")
@@ -269,6 +318,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the preset list this many times, interleaved (a fresh engine each time); "
                          "ratios use each preset's median round")
+    ap.add_argument("--stall-stacks", type=float, default=0.0,
+                    help="print the Python stack of any timed step running longer than this many seconds (runs the "
+                         "engine core in-process)")
     ap.add_argument("--out", default="e2e_gpu.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -293,6 +345,8 @@ def main() -> None:
         env = dict(os.environ)
         # decode graphs on (kvarn's default) unless the caller's environment or the label says off
         env.setdefault("KVARN_DECODE_GRAPHS", "1")
+        if args.stall_stacks > 0:
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         env.update(env_extra)
         cmd = [sys.executable, __file__, "--one", preset] + [a for a in sys.argv[1:]] + extra
         t0 = time.perf_counter()
@@ -311,6 +365,9 @@ def main() -> None:
             # (logging's last-resort handler prints the bare message, without "WARNING:kvarn:")
             res["kvarn_warnings"] = sorted({ln.strip()[-200:] for ln in proc.stderr.splitlines()
                                             if "WARNING:kvarn:" in ln or "KVarN builder" in ln})
+            if args.stall_stacks > 0:  # StallWatch's reports: the innermost frames of each stack
+                blocks = [b.split("END STALL")[0] for b in proc.stderr.split("STALL step ")[1:]]
+                res["stall_stacks"] = ["STALL step " + b.splitlines()[0] + "\n" + b[-4000:] for b in blocks[:5]]
         except subprocess.TimeoutExpired:
             res = {"preset": label, "error": f"timeout after {args.timeout_s}s"}
         res["process_s"] = round(time.perf_counter() - t0, 1)
