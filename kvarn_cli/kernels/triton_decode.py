@@ -11,9 +11,9 @@ Two launches:
    vcs[d] * ((p * vs) @ vc + p . vz), so the per-element work is unpacking codes (shift, mask,
    convert; exact in bf16) feeding two bf16 dots. (Under TRITON_INTERPRET, whose bf16
    conversions are broken in triton 3.9, the dots use fp16 instead; same code otherwise.)
-   K codes are stored token-major and V codes channel-major (kernels.layout), so both dots
-   take their code operand straight from the unpacked registers: K's as [tokens, D], V's as
-   [D, tokens] (the V dot computes out^T = vc^T @ p^T). Online softmax in base 2; partial
+   K codes are stored token-major and V codes channel-major (kernels.layout), so the tm
+   kernels' dots take their code operand straight from the unpacked registers: K's as
+   [tokens, D], V's as [D, tokens] (the V dot computes out^T = vc^T @ p^T). Online softmax in base 2; partial
    (max, sum, acc) go to a float32 workspace.
    The default split kernel (DEFAULT_VARIANT, tmwhb) is `_split_kernel_tm`, with the tokens
    as the MMA's rows: see its docstring. `_split_kernel_joined` (hilo and its relatives) is
@@ -410,7 +410,8 @@ def _tm_segment(
         vz = vz16.to(tl.float32) * _pick(mults, j8, 4, SCALAR_MULTS)
         vcs = fp8_bits_to_f32(vcs8) * _pick(mults, j8, 5, SCALAR_MULTS)
 
-        # K: B operand [NP, D] = hi (even rows) / lo (odd rows) of q_rot * k_scale
+        # K: the B operand holds the hi and lo parts of q_rot * k_scale of each head, as [D, NP]
+        # columns hi_h, lo_h (RED == 1) or as [NP, D] rows (hi on even rows, lo on odd ones)
         if RED == 1:
             a = qh * ks[:, None]  # [D, HP]
             hi = a.to(DT)
