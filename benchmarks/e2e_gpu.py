@@ -207,6 +207,10 @@ class StallWatch:
     def begin(self, step: int) -> None:
         self.step, self.started = step, time.perf_counter()
 
+    def end(self) -> None:
+        """The step returned: nothing to report until the next begin()."""
+        self.step = -1
+
     def _watch(self) -> None:
         import traceback
 
@@ -245,6 +249,8 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: in
         ts = time.perf_counter()
         outs = engine.step()
         step_s.append(time.perf_counter() - ts)
+        if watch is not None:
+            watch.end()
         for out in outs:
             if out.finished:
                 generated += len(out.outputs[0].token_ids)
