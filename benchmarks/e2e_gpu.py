@@ -124,16 +124,25 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     # each timed pass has its own prompts, and the warm-up prompts come after all of them:
     # no timed request hits the prefix cache, so every pass prefills every prompt it times
     warm_prompts = prompts[n * passes:]
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
+    engine = llm.llm_engine
+
+    # first, alone and timed: one prompt that fills whole blocks in its prefill. Its flush
+    # compiled in the first such prefill of a process and held run 57's first timed pass for
+    # ~10 s (docs/BENCHMARKS.md); kvarn's backend now compiles it at engine start
+    # (Codec.warm_flush), which this shows: no kernels compiled, no seconds-long prefill
+    first_fill: dict[str, Any] = {}
     if warm_prompts:
-        # plus one prompt that fills whole blocks in its prefill, so the prefill's flush runs
-        # before the timed passes too: short warm-up chats never ran it, and its first call in
-        # a process held the first timed pass for ~10 s (docs/BENCHMARKS.md run 57)
         joined = [t for p in warm_prompts for t in p]
         while len(joined) < args.max_prompt_tokens:
             joined += joined
-        warm_prompts.append(joined[: args.max_prompt_tokens])
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
-    engine = llm.llm_engine
+        compiled_before, t1 = triton_cache_entries(), time.perf_counter()
+        engine.add_request("warm-fill", {"prompt_token_ids": joined[: args.max_prompt_tokens]},
+                           SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))
+        while engine.has_unfinished_requests():
+            engine.step()
+        first_fill = {"prompt_tokens": args.max_prompt_tokens, "s": round(time.perf_counter() - t1, 3),
+                      "kernels_compiled": triton_cache_entries() - compiled_before}
 
     # warm-up: compiles the Triton kernels (and their split counts) outside the timed run
     warm = SamplingParams(max_tokens=args.warmup_tokens or args.max_tokens, temperature=0.0, ignore_eos=True)
@@ -149,6 +158,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "preset": preset,
         "engine_start_s": round(start_s, 1),
+        "first_fill_prefill": first_fill,
         "num_blocks": int(cc.num_gpu_blocks),
         "block_size": int(cc.block_size),
         "capacity_tokens": int(cc.num_gpu_blocks) * int(cc.block_size),
@@ -311,7 +321,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens-estimate", type=int, default=128, help="prompt length assumed by --max-num-seqs 0")
     ap.add_argument("--baseline-max-num-seqs", type=int, default=256, help="vLLM's default for bf16/fp8")
     ap.add_argument("--warmup-prompts", type=int, default=8,
-                    help="warm-up chats before the timed passes (plus one made of them that fills whole blocks)")
+                    help="warm-up chats before the timed passes (after one prompt made of them that fills whole "
+                         "blocks, timed alone: first_fill_prefill)")
     ap.add_argument("--warmup-tokens", type=int, default=0, help="0 = --max-tokens (meets every split count)")
     ap.add_argument("--sample-every", type=int, default=8, help="read vLLM's gauges every N steps")
     ap.add_argument("--enforce-eager", action="store_true")

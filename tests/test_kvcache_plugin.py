@@ -211,20 +211,24 @@ def test_host_block_table_is_found_through_the_calling_model_runner(monkeypatch:
     assert np.shares_memory(rows, host) and rows.shape == (3, 2)
 
 
-def _builder(monkeypatch: pytest.MonkeyPatch, max_num_seqs: int, block_size: int):  # type: ignore[no-untyped-def]
-    """The KVarN metadata builder as vLLM makes one, on CPU, with only the config it reads."""
+def _builder(monkeypatch: pytest.MonkeyPatch, max_num_seqs: int, block_size: int, triton: bool = False):  # type: ignore[no-untyped-def]
+    """The KVarN metadata builder as vLLM makes one, on CPU, with only the config it reads
+    (`triton`: on the Triton path, as on CUDA; the kernels then run in the interpreter)."""
     from types import SimpleNamespace
 
     import torch
 
     monkeypatch.setenv(kvcache.ENV_QUANTIZER, "k2v2")
     monkeypatch.setenv(kvcache.ENV_BLOCK_SIZE, str(block_size))
-    monkeypatch.delenv("KVARN_FORCE_TRITON", raising=False)
+    if triton:
+        monkeypatch.setenv("KVARN_FORCE_TRITON", "1")
+    else:
+        monkeypatch.delenv("KVARN_FORCE_TRITON", raising=False)
     from kvarn_cli.kvcache.backend import KVarNMetadataBuilder
 
     config = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
                              model_config=SimpleNamespace(max_model_len=1024))
-    spec = SimpleNamespace(block_size=block_size, head_size=64)
+    spec = SimpleNamespace(block_size=block_size, head_size=64, num_kv_heads=2)
     return KVarNMetadataBuilder(spec, ["layer.0"], config, torch.device("cpu"))
 
 
@@ -239,6 +243,37 @@ def _batch(query_lens: list[int], seq_lens: list[int], table: list[list[int]]): 
     seq = torch.tensor(seq_lens, dtype=torch.int32)
     return SimpleNamespace(query_start_loc_cpu=qsl, seq_lens_cpu_upper_bound=seq, seq_lens=seq,
                            block_table_tensor=torch.tensor(table, dtype=torch.int32), num_reqs=len(seq_lens))
+
+
+def test_builder_compiles_the_prefill_flush_at_engine_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the Triton path the builder quantizes one scratch tile when vLLM makes it (engine
+    start), into a block shaped like the layers' pages (the backend's get_kv_cache_shape), so
+    the flush kernel a job's first block-filling prefill runs is compiled before the job
+    (test_kvcache_triton checks that the call matches a prefill's). The PyTorch path does not."""
+    pytest.importorskip("triton")
+    import torch
+
+    from kvarn_cli.kernels import triton_flush
+
+    calls: list[tuple] = []
+    real = triton_flush.flush_tiles
+
+    def spy(quantizer, k, v, records, block_ids, **kw):  # type: ignore[no-untyped-def]
+        calls.append((k.dtype, tuple(k.shape), tuple(records.shape), records.stride()))
+        real(quantizer, k, v, records, block_ids, **kw)
+
+    monkeypatch.setattr(triton_flush, "flush_tiles", spy)
+    _builder(monkeypatch, 4, 64)
+    assert calls == []
+    builder = _builder(monkeypatch, 4, 64, triton=True)
+    assert builder.buffers is not None
+    from kvarn_cli.kvcache.backend import KVarNAttentionBackend
+
+    pages = torch.zeros(KVarNAttentionBackend.get_kv_cache_shape(1, 64, 2, 64), dtype=torch.uint8)
+    from kvarn_cli.kvcache.records import quantizer_for
+
+    rb = quantizer_for("k2v2", 64, 64).record_bytes
+    assert calls == [(torch.float32, (1, 2, 64, 64), (1, 2, rb), pages.stride())]
 
 
 def test_builder_leaves_the_staging_pool_alone_in_vllms_dummy_batches(monkeypatch: pytest.MonkeyPatch) -> None:

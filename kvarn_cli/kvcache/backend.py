@@ -39,7 +39,7 @@ from kvarn_cli import vllm_compat
 from kvarn_cli.errors import EngineError
 from kvarn_cli.kvcache import ENV_BLOCK_SIZE, ENV_QUANTIZER
 from kvarn_cli.kvcache.compute import (
-    Codec, LayerCache, attend, decode_fixed, flush_decode_fills, maintain, update_cache, use_triton,
+    Codec, LayerCache, attend, decode_fixed, flush_decode_fills, maintain, records_view, update_cache, use_triton,
 )
 from kvarn_cli.kvcache.graph import DecodeBuffers, real_requests, table_width
 from kvarn_cli.kvcache.layout import staging_slots, token_bytes
@@ -149,6 +149,7 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
             self.pool = StagingPool(slots, kv_cache_spec.block_size, attention_budget_rows=1 << 62)
             width = table_width(vllm_config.model_config.max_model_len, kv_cache_spec.block_size)
             self.buffers = DecodeBuffers(max_seqs, width, device)
+            self._warm_flush(kv_cache_spec, device)
         else:
             self.pool = StagingPool(slots, kv_cache_spec.block_size)
         self._layers: list[tuple[Any, Any]] | None = None
@@ -156,6 +157,15 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         #: each layer's pages once and each impl makes its slots once, so they never move
         self._layer_slots: tuple[Codec, Any] | None = None
         _POOLS.add(self.pool)
+
+    @staticmethod
+    def _warm_flush(spec: Any, device: torch.device) -> None:
+        """Compile the prefill flush before the job starts (Codec.warm_flush), on one scratch
+        block of the backend's own page shape, so it specializes as the layers' pages do."""
+        name, block = active_codec()
+        codec = Codec(quantizer_for(name, spec.head_size, block), device)
+        shape = KVarNAttentionBackend.get_kv_cache_shape(1, block, spec.num_kv_heads, spec.head_size)
+        codec.warm_flush(records_view(torch.zeros(shape, dtype=torch.uint8, device=device), codec.record_bytes))
 
     @staticmethod
     def _triton_decodes(device: torch.device, head_size: int) -> bool:
@@ -287,9 +297,7 @@ class KVarNAttentionImpl(_api.AttentionImpl):  # type: ignore[misc,name-defined]
         layer has run (no slots yet) or while vLLM has not bound its pages."""
         if self.slot_k is None or self.slot_v is None or self.codec is None or kv_cache is None or kv_cache.numel() == 0:
             return None
-        blocks, heads = kv_cache.shape[0], kv_cache.shape[1]
-        records = kv_cache.view(blocks, heads, -1)[:, :, : self.codec.record_bytes]
-        return LayerCache(records=records, slot_k=self.slot_k, slot_v=self.slot_v)
+        return LayerCache(records=records_view(kv_cache, self.codec.record_bytes), slot_k=self.slot_k, slot_v=self.slot_v)
 
     def forward(
         self,
