@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,6 +115,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     llm = LLM(model=args.model, dtype="bfloat16", seed=0, disable_log_stats=False,
               max_model_len=args.max_tokens + args.max_prompt_tokens, enforce_eager=args.enforce_eager, **kwargs)
     start_s = time.perf_counter() - t0
+    phase(f"engine started in {start_s:.1f} s")
     cc = llm.llm_engine.vllm_config.cache_config
     tok = llm.get_tokenizer()
     n, passes = args.num_prompts, max(1, args.passes)
@@ -143,6 +145,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
             engine.step()
         first_fill = {"prompt_tokens": args.max_prompt_tokens, "s": round(time.perf_counter() - t1, 3),
                       "kernels_compiled": triton_cache_entries() - compiled_before}
+        phase(f"first fill prefill {first_fill}")
 
     # warm-up: compiles the Triton kernels (and their split counts) outside the timed run
     warm = SamplingParams(max_tokens=args.warmup_tokens or args.max_tokens, temperature=0.0, ignore_eos=True)
@@ -150,9 +153,13 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         engine.add_request(f"warm{i}", {"prompt_token_ids": p}, warm)
     while engine.has_unfinished_requests():
         engine.step()
+    phase(f"warm-up done ({len(warm_prompts)} prompts)")
 
     watch = StallWatch(args.stall_stacks) if args.stall_stacks > 0 else None
-    runs = [timed_pass(llm, prompts[k * n:(k + 1) * n], params, args.sample_every, f"p{k}-", watch) for k in range(passes)]
+    runs = []
+    for k in range(passes):
+        runs.append(timed_pass(llm, prompts[k * n:(k + 1) * n], params, args.sample_every, f"p{k}-", watch))
+        phase(f"pass {k}: {runs[-1]['tokens_per_s']} tok/s")
     median = median_run(runs)
     timed = prompts[: n * passes]
     return {
@@ -182,6 +189,27 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "cudagraph_capture_sizes": list(llm.llm_engine.vllm_config.compilation_config.cudagraph_capture_sizes or []),
         "first_request_token_ids": runs[0]["first_ids"],
     }
+
+
+def phase(what: str) -> None:
+    """A progress line on stderr: when a preset runs out of time, its log says how far it got."""
+    print(f"PHASE {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
+
+
+def run_child(cmd: list[str], env: dict[str, str], timeout_s: int) -> tuple[int | None, str, str]:
+    """Run one preset's process in its own session: (exit code or None on timeout, stdout,
+    stderr). On timeout the whole process group is killed, vLLM's engine-core process too;
+    a surviving engine core keeps its GPU memory, and every later preset then fails to
+    start (run 59's k4v4 and k2v2:dv-tmwhb3b after k2v2 timed out)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return None, out, err
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -367,26 +395,24 @@ def main() -> None:
         env.update(env_extra)
         cmd = [sys.executable, __file__, "--one", preset] + [a for a in sys.argv[1:]] + extra
         t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, env=env)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                tail = (proc.stdout + proc.stderr)[-3000:]
-                results.append({"preset": label, "error": f"exit {proc.returncode}", "log_tail": tail})
-                print(f"{label}: FAILED (exit {proc.returncode})\n{tail}", flush=True)
-                continue
+        code, stdout, stderr = run_child(cmd, env, args.timeout_s)
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+        if code != 0 or not lines:
+            error = f"timeout after {args.timeout_s}s" if code is None else f"exit {code}"
+            res = {"preset": label, "error": error, "phases": [ln for ln in stderr.splitlines() if ln.startswith("PHASE ")],
+                   "log_tail": (stdout + stderr)[-3000:]}
+            print(f"{label}: FAILED ({error})\n{res['log_tail']}", flush=True)
+        else:
             res = json.loads(lines[-1][len("RESULT "):])
             res["preset"] = label
             res["round"] = round_
             # kvarn's warnings (e.g. the builder reading the device block table, a sync per step)
             # (logging's last-resort handler prints the bare message, without "WARNING:kvarn:")
-            res["kvarn_warnings"] = sorted({ln.strip()[-200:] for ln in proc.stderr.splitlines()
+            res["kvarn_warnings"] = sorted({ln.strip()[-200:] for ln in stderr.splitlines()
                                             if "WARNING:kvarn:" in ln or "KVarN builder" in ln})
             if args.stall_stacks > 0:  # StallWatch's reports: the innermost frames of each stack
-                blocks = [b.split("END STALL")[0] for b in proc.stderr.split("STALL step ")[1:]]
+                blocks = [b.split("END STALL")[0] for b in stderr.split("STALL step ")[1:]]
                 res["stall_stacks"] = ["STALL step " + b.splitlines()[0] + "\n" + b[-4000:] for b in blocks[:5]]
-        except subprocess.TimeoutExpired:
-            res = {"preset": label, "error": f"timeout after {args.timeout_s}s"}
         res["process_s"] = round(time.perf_counter() - t0, 1)
         results.append(res)
         print(json.dumps(res), flush=True)

@@ -1,0 +1,49 @@
+"""benchmarks/e2e_gpu.py's preset runner: a preset that runs out of time takes its whole
+process group with it (vLLM's engine core runs in a child process and holds GPU memory)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from e2e_gpu import run_child  # noqa: E402
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a killed child of a killed parent is reaped by init; until then it shows as a zombie
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_timed_out_preset_kills_its_grandchildren(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+        "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "print('PHASE started', file=sys.stderr, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    code, _, err = run_child([sys.executable, "-c", script], dict(os.environ), timeout_s=5)
+    assert code is None  # timed out
+    assert "PHASE started" in err  # what it printed before the kill comes back
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(grandchild)
+
+
+def test_a_finished_preset_returns_its_exit_code_and_output() -> None:
+    code, out, err = run_child([sys.executable, "-c", "import sys; print('RESULT {}'); sys.exit(3)"],
+                               dict(os.environ), timeout_s=60)
+    assert (code, out.strip(), err) == (3, "RESULT {}", "")
