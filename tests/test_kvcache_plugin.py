@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -211,9 +212,10 @@ def test_host_block_table_is_found_through_the_calling_model_runner(monkeypatch:
     assert np.shares_memory(rows, host) and rows.shape == (3, 2)
 
 
-def _builder(monkeypatch: pytest.MonkeyPatch, max_num_seqs: int, block_size: int, triton: bool = False):  # type: ignore[no-untyped-def]
-    """The KVarN metadata builder as vLLM makes one, on CPU, with only the config it reads
-    (`triton`: on the Triton path, as on CUDA; the kernels then run in the interpreter)."""
+def _builder(monkeypatch: pytest.MonkeyPatch, max_num_seqs: int, block_size: int, triton: bool = False,
+             device: str = "cpu"):  # type: ignore[no-untyped-def]
+    """The KVarN metadata builder as vLLM makes one, with only the config it reads (`triton`:
+    on the Triton path, as on CUDA; on CPU the kernels then run in the interpreter)."""
     from types import SimpleNamespace
 
     import torch
@@ -229,7 +231,7 @@ def _builder(monkeypatch: pytest.MonkeyPatch, max_num_seqs: int, block_size: int
     config = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
                              model_config=SimpleNamespace(max_model_len=1024))
     spec = SimpleNamespace(block_size=block_size, head_size=64, num_kv_heads=2)
-    return KVarNMetadataBuilder(spec, ["layer.0"], config, torch.device("cpu"))
+    return KVarNMetadataBuilder(spec, ["layer.0"], config, torch.device(device))
 
 
 def _batch(query_lens: list[int], seq_lens: list[int], table: list[list[int]]):  # type: ignore[no-untyped-def]
@@ -265,7 +267,10 @@ def test_builder_compiles_the_prefill_flush_at_engine_start(monkeypatch: pytest.
     monkeypatch.setattr(triton_flush, "flush_tiles", spy)
     _builder(monkeypatch, 4, 64)
     assert calls == []
-    builder = _builder(monkeypatch, 4, 64, triton=True)
+    # compiled kernels launch only on CUDA tensors (on the H100 a CPU builder failed here);
+    # without CUDA, or under the interpreter, the CPU builder runs them in the interpreter
+    interpreted = not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    builder = _builder(monkeypatch, 4, 64, triton=True, device="cpu" if interpreted else "cuda")
     assert builder.buffers is not None
     from kvarn_cli.kvcache.backend import KVarNAttentionBackend
 
