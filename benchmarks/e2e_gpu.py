@@ -155,7 +155,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         engine.step()
     phase(f"warm-up done ({len(warm_prompts)} prompts)")
 
-    watch = StallWatch(args.stall_stacks) if args.stall_stacks > 0 else None
+    watch_s = args.stall_stacks or args.core_stall_dump
+    watch = StallWatch(watch_s) if watch_s > 0 else None
     runs = []
     for k in range(passes):
         runs.append(timed_pass(llm, prompts[k * n:(k + 1) * n], params, args.sample_every, f"p{k}-", watch))
@@ -366,6 +367,10 @@ def main() -> None:
     ap.add_argument("--stall-stacks", type=float, default=0.0,
                     help="print the Python stack of any timed step running longer than this many seconds (runs the "
                          "engine core in-process)")
+    ap.add_argument("--core-stall-dump", type=float, default=0.0,
+                    help="keep vLLM's engine core in its own process and have kvarn's builder there dump every "
+                         "Python stack of it when a step runs longer than this many seconds (KVARN_STALL_DUMP_S; "
+                         "idle gaps dump too); the front end's stacks of long steps come with them")
     ap.add_argument("--out", default="e2e_gpu.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -392,6 +397,8 @@ def main() -> None:
         env.setdefault("KVARN_DECODE_GRAPHS", "1")
         if args.stall_stacks > 0:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if args.core_stall_dump > 0:  # read by kvarn's builder in the engine-core process
+            env["KVARN_STALL_DUMP_S"] = str(args.core_stall_dump)
         env.update(env_extra)
         cmd = [sys.executable, __file__, "--one", preset] + [a for a in sys.argv[1:]] + extra
         t0 = time.perf_counter()
@@ -413,6 +420,10 @@ def main() -> None:
             if args.stall_stacks > 0:  # StallWatch's reports: the innermost frames of each stack
                 blocks = [b.split("END STALL")[0] for b in stderr.split("STALL step ")[1:]]
                 res["stall_stacks"] = ["STALL step " + b.splitlines()[0] + "\n" + b[-4000:] for b in blocks[:5]]
+            if args.core_stall_dump > 0:  # the front end's stacks (its wait) and the engine core's
+                blocks = [b.split("END STALL")[0] for b in stderr.split("STALL step ")[1:]]
+                res["stall_stacks"] = ["STALL step " + b.splitlines()[0] + "\n" + b[-1500:] for b in blocks[:5]]
+                res["core_stall_dumps"] = ["Timeout (" + b[:5000] for b in stderr.split("Timeout (")[1:][:12]]
         res["process_s"] = round(time.perf_counter() - t0, 1)
         results.append(res)
         print(json.dumps(res), flush=True)

@@ -344,3 +344,42 @@ def test_decode_graphs_are_declared_on_cuda_unless_turned_off(monkeypatch: pytes
     assert backend.KVarNMetadataBuilder.get_cudagraph_support(None, spec) == support.UNIFORM_SINGLE_TOKEN_DECODE
     monkeypatch.setenv(backend.ENV_DECODE_GRAPHS, "0")
     assert backend.KVarNMetadataBuilder.get_cudagraph_support(None, spec) == support.NEVER
+
+
+def test_builder_dumps_the_stacks_of_a_step_that_stalls(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """KVARN_STALL_DUMP_S: a step whose next build has not come after that long gets every
+    Python stack of the process on fd 2 (the engine core's stderr); a step that is followed
+    in time gets nothing, and without the variable nothing is ever armed."""
+    import faulthandler
+    import time
+
+    from kvarn_cli.errors import EngineError
+    from kvarn_cli.kvcache.backend import ENV_STALL_DUMP
+
+    def a_stalled_step() -> None:
+        time.sleep(1.0)
+
+    try:
+        monkeypatch.setenv(ENV_STALL_DUMP, "0.3")
+        builder = _builder(monkeypatch, 4, 64)
+        builder.build(0, _batch([5], [5], [[1, 0]]))
+        a_stalled_step()
+        first = capfd.readouterr().err
+        assert "most recent call first" in first and "a_stalled_step" in first
+
+        builder.build(0, _batch([1], [6], [[1, 0]]))
+        builder.build(0, _batch([1], [7], [[1, 0]]))  # in time: re-arms, the first timer never fires
+        faulthandler.cancel_dump_traceback_later()
+        assert "most recent call first" not in capfd.readouterr().err
+
+        monkeypatch.delenv(ENV_STALL_DUMP)
+        quiet = _builder(monkeypatch, 4, 64)
+        quiet.build(0, _batch([5], [5], [[2, 0]]))
+        a_stalled_step()
+        assert "most recent call first" not in capfd.readouterr().err
+
+        monkeypatch.setenv(ENV_STALL_DUMP, "soon")
+        with pytest.raises(EngineError, match="KVARN_STALL_DUMP_S='soon'"):
+            _builder(monkeypatch, 4, 64)
+    finally:
+        faulthandler.cancel_dump_traceback_later()

@@ -28,6 +28,7 @@ current vLLM config.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import weakref
 from dataclasses import dataclass, replace
@@ -132,6 +133,27 @@ class KVarNAttentionBackend(_api.AttentionBackend):  # type: ignore[misc,name-de
     kvarn_page_spec = customize_spec
 
 
+#: Seconds. When set, every step's metadata build arms a timer that prints all Python stacks
+#: of this process to stderr (fd 2, faulthandler) if the next build has not come by then:
+#: what a multi-second step inside vLLM's engine-core process is doing, which a watcher in
+#: the front-end process cannot see (benchmarks/e2e_gpu.py --core-stall-dump). A diagnostic.
+ENV_STALL_DUMP = "KVARN_STALL_DUMP_S"
+
+
+def stall_dump_after() -> float | None:
+    """ENV_STALL_DUMP as seconds, None when unset."""
+    raw = os.environ.get(ENV_STALL_DUMP, "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise EngineError(f"{ENV_STALL_DUMP}={raw!r}: expected seconds (a number > 0)") from None
+    if not seconds > 0:
+        raise EngineError(f"{ENV_STALL_DUMP}={raw!r}: expected seconds (a number > 0)")
+    return seconds
+
+
 @dataclass
 class KVarNMetadata:
     num_actual_tokens: int
@@ -156,6 +178,7 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         #: (codec, triton_flush.LayerSlots) of every layer, made on the first flush; vLLM binds
         #: each layer's pages once and each impl makes its slots once, so they never move
         self._layer_slots: tuple[Codec, Any] | None = None
+        self._stall_dump_s = stall_dump_after()
         _POOLS.add(self.pool)
 
     @staticmethod
@@ -210,6 +233,8 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         flush_decode_fills(codec, slots, *fills)
 
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> KVarNMetadata:
+        if self._stall_dump_s is not None:  # re-arming cancels the last step's timer
+            faulthandler.dump_traceback_later(self._stall_dump_s, file=2)
         self._flush_last_decode()
         cam = common_attn_metadata
         qsl = cam.query_start_loc_cpu.numpy()
