@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,6 +191,15 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "cudagraph_capture_sizes": list(llm.llm_engine.vllm_config.compilation_config.cudagraph_capture_sizes or []),
         "first_request_token_ids": runs[0]["first_ids"],
     }
+
+
+def busy_threads(dump: str) -> str:
+    """Of one faulthandler dump, the stacks of the threads doing vLLM's or kvarn's work (the
+    engine core's, the worker's), without the helper threads that only wait (tqdm's monitor,
+    vLLM's death-pipe watcher): those fill the dump and say nothing about a stall."""
+    blocks = re.split(r"\n(?=(?:Current thread|Thread) 0x)", dump)
+    keep = [b for b in blocks[1:] if any(m in b for m in ("kvarn_cli", "/vllm/v1/worker/", "/vllm/v1/engine/core.py"))]
+    return "\n".join([blocks[0].strip()] + [b.strip()[:6000] for b in keep])
 
 
 def phase(what: str) -> None:
@@ -423,7 +433,7 @@ def main() -> None:
             if args.core_stall_dump > 0:  # the front end's stacks (its wait) and the engine core's
                 blocks = [b.split("END STALL")[0] for b in stderr.split("STALL step ")[1:]]
                 res["stall_stacks"] = ["STALL step " + b.splitlines()[0] + "\n" + b[-1500:] for b in blocks[:5]]
-                res["core_stall_dumps"] = ["Timeout (" + b[:5000] for b in stderr.split("Timeout (")[1:][:12]]
+                res["core_stall_dumps"] = [busy_threads(b) for b in stderr.split("Timeout (")[1:][:12]]
         res["process_s"] = round(time.perf_counter() - t0, 1)
         results.append(res)
         print(json.dumps(res), flush=True)

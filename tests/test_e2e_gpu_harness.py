@@ -47,3 +47,25 @@ def test_a_finished_preset_returns_its_exit_code_and_output() -> None:
     code, out, err = run_child([sys.executable, "-c", "import sys; print('RESULT {}'); sys.exit(3)"],
                                dict(os.environ), timeout_s=60)
     assert (code, out.strip(), err) == (3, "RESULT {}", "")
+
+
+def test_core_stall_dumps_keep_the_threads_doing_engine_work() -> None:
+    from e2e_gpu import busy_threads
+
+    dump = (
+        "0:00:02)!\n"
+        "Thread 0x00007f911b7ff6c0 (most recent call first):\n"
+        '  File "/usr/lib/python3.11/threading.py", line 331 in wait\n'
+        '  File "/site-packages/tqdm/_monitor.py", line 69 in run\n'
+        "\n"
+        "Thread 0x00007f91227556c0 (most recent call first):\n"
+        '  File "/site-packages/vllm/v1/executor/multiproc_executor.py", line 841 in death_pipe_monitor\n'
+        "\n"
+        "Current thread 0x00007f91aca4e7c0 (most recent call first):\n"
+        '  File "/work/kvarn_cli/kvcache/staging.py", line 340 in plan\n'
+        '  File "/site-packages/vllm/v1/worker/gpu_model_runner.py", line 1500 in _prepare_inputs\n'
+    )
+    kept = busy_threads(dump)
+    assert kept.startswith("0:00:02)!")
+    assert "staging.py" in kept and "gpu_model_runner.py" in kept
+    assert "tqdm" not in kept and "death_pipe_monitor" not in kept
