@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_session.sh paths   # only the Triton vs PyTorch greedy tokens in one vLLM engine
 #   bash benchmarks/gpu_session.sh prefix  # prefix-cache hits, decode graphs on and off: same greedy tokens? (tests/prefix_hit_smoke.py)
 #   bash benchmarks/gpu_session.sh dummy   # e2e_gpu.py on a Qwen3-4B-shaped model with random weights (benchmarks/dummy_model.py)
+#   bash benchmarks/gpu_session.sh stall   # the 4k job's k2v2 step that stalls with the engine core in its own process:
+#                                          # the engine core's stacks (--core-stall-dump), then with OMP_NUM_THREADS=16
 # Needs, carried beside the tree: .whl/ (orjson for the CLI) and .gpuwork/gsm8k_test.jsonl.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out.
 set -u
@@ -101,6 +103,25 @@ dummy)
     --data "$data/gsm8k_test.jsonl" --presets "${PRESETS:-bf16,fp8,k2v2}" --kv-budget-mib "${BUDGET:-4096}" \
     --num-prompts "${PROMPTS:-128}" --max-tokens "${TOKENS:-1024}" --passes "${PASSES:-1}" --warmup-prompts "${WARMUP:-8}" \
     --timeout-s "${PRESET_TIMEOUT:-180}" --out "$out/e2e_dummy.json" 2>&1 | tee "$out/e2e_dummy.log" | tail -12
+  ;;
+stall)
+  # docs/BENCHMARKS.md runs 60-62: one front-end step of 13.4 s / 3.7 s per k2v2 pass, only with
+  # vLLM's engine core in its own process. Its stacks, then the same with more Torch CPU threads
+  python3 benchmarks/dummy_model.py /tmp/models/qwen3-4b-shape --like "$model"
+  for threads in default 16; do
+    (if [ "$threads" != default ]; then export OMP_NUM_THREADS=$threads; fi
+     timeout "${PRESET_TIMEOUT:-270}" python3 benchmarks/e2e_gpu.py --model /tmp/models/qwen3-4b-shape --load-format dummy \
+       --data "$data/gsm8k_test.jsonl" --presets k2v2 --kv-budget-mib 4096 --num-prompts 32 --max-tokens 4096 --passes 2 \
+       --warmup-prompts 4 --core-stall-dump "${DUMP_S:-2}" --timeout-s "$(( ${PRESET_TIMEOUT:-270} - 10 ))" \
+       --out "$out/stall_$threads.json") > "$out/stall_$threads.log" 2>&1
+    python3 - "$out/stall_$threads.json" "$threads" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    print(f"OMP threads {sys.argv[2]}:", r.get("error"), [(p["tokens_per_s"], p["stalls"][:2]) for p in r.get("passes", [])])
+    for d in r.get("core_stall_dumps", [])[:4]:
+        print(d[:2500])
+PY
+  done
   ;;
 profile)
   VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 260 python3 benchmarks/profile_engine.py --model "$model" \
