@@ -427,12 +427,10 @@ def main() -> None:
             # (logging's last-resort handler prints the bare message, without "WARNING:kvarn:")
             res["kvarn_warnings"] = sorted({ln.strip()[-200:] for ln in stderr.splitlines()
                                             if "WARNING:kvarn:" in ln or "KVarN builder" in ln})
-            if args.stall_stacks > 0:  # StallWatch's reports: the innermost frames of each stack
+            if args.stall_stacks > 0 or args.core_stall_dump > 0:  # StallWatch's reports: the innermost frames
                 blocks = [b.split("END STALL")[0] for b in stderr.split("STALL step ")[1:]]
                 res["stall_stacks"] = ["STALL step " + b.splitlines()[0] + "\n" + b[-4000:] for b in blocks[:5]]
-            if args.core_stall_dump > 0:  # the front end's stacks (its wait) and the engine core's
-                blocks = [b.split("END STALL")[0] for b in stderr.split("STALL step ")[1:]]
-                res["stall_stacks"] = ["STALL step " + b.splitlines()[0] + "\n" + b[-1500:] for b in blocks[:5]]
+            if args.core_stall_dump > 0:  # the engine core's own dumps (kvarn's builder, faulthandler)
                 res["core_stall_dumps"] = [busy_threads(b) for b in stderr.split("Timeout (")[1:][:12]]
         res["process_s"] = round(time.perf_counter() - t0, 1)
         results.append(res)

@@ -148,8 +148,8 @@ def stall_dump_after() -> float | None:
     try:
         seconds = float(raw)
     except ValueError:
-        raise EngineError(f"{ENV_STALL_DUMP}={raw!r}: expected seconds (a number > 0)") from None
-    if not seconds > 0:
+        seconds = float("nan")
+    if not seconds > 0:  # NaN too
         raise EngineError(f"{ENV_STALL_DUMP}={raw!r}: expected seconds (a number > 0)")
     return seconds
 
