@@ -210,8 +210,9 @@ def phase(what: str) -> None:
 def run_child(cmd: list[str], env: dict[str, str], timeout_s: int) -> tuple[int | None, str, str]:
     """Run one preset's process in its own session: (exit code or None on timeout, stdout,
     stderr). On timeout the whole process group is killed, vLLM's engine-core process too;
-    a surviving engine core keeps its GPU memory, and every later preset then fails to
-    start (run 59's k4v4 and k2v2:dv-tmwhb3b after k2v2 timed out)."""
+    a surviving engine core keeps its GPU memory, and later presets then fail to start
+    (most likely what failed run 59's k4v4 and k2v2:dv-tmwhb3b after k2v2 timed out; that
+    run's logs were not kept)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
