@@ -57,14 +57,18 @@ class DecodeBuffers:
         self.max_rows = max_rows
         self.width = width
         self.device = device
-        size = max_rows * (width + 4 + len(_ROW_FIELDS))
+        # each array starts 16 bytes apart at least (a multiple of 4 int32 rows), as eager
+        # steps' arrays do (staging.PACK_ALIGN): the kernels then specialize alike on both
+        # paths, and the graphs' capture compiles the eager steps' kernels too
+        R = -(-max_rows // 4) * 4
+        size = R * (width + 4 + len(_ROW_FIELDS))
         pinned = device.type == "cuda"
         self._host_t = torch.zeros(size, dtype=torch.int32, pin_memory=pinned)
         self._host = self._host_t.numpy()
         self._dev = torch.zeros(size, dtype=torch.int32, device=device)
         self._sent: torch.cuda.Event | None = None
         self._fills = 0  # slot flushes of the last loaded step not yet taken
-        R, W, F = max_rows, width, len(_ROW_FIELDS)
+        W, F = width, len(_ROW_FIELDS)
         cuts = np.cumsum([0, R * W, 2 * R, 2 * R, F * R])
         shapes = ((R, W), (R, 2), (R, 2), (F, R))
         self._host_table, self._host_side_slot, self._host_side_len, self._host_rows = (

@@ -196,22 +196,36 @@ class StepPlan:
         return replace(self, groups=groups, **values[0])
 
 
+#: bytes each packed tensor starts on. Triton compiles a kernel again for each pointer argument
+#: that is or is not 16-byte aligned, so views at arbitrary offsets of one buffer made the
+#: kernels compile mid-job as the plans' sizes changed (docs/BENCHMARKS.md runs 64-...).
+PACK_ALIGN = 16
+
+
 def _move_packed(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """`tensors` on `device`, in order, sent as one flat copy per dtype."""
+    """`tensors` on `device`, in order, sent as one flat copy per dtype, each starting on a
+    PACK_ALIGN-byte boundary of its buffer (which the allocator aligns further)."""
     out: list[torch.Tensor | None] = [None] * len(tensors)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, t in enumerate(tensors):
         by_dtype.setdefault(t.dtype, []).append(i)
     for dtype, idx in by_dtype.items():
-        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+        step = max(1, PACK_ALIGN // tensors[idx[0]].element_size())
+        pad = torch.zeros(step, dtype=dtype)
+        pieces, starts, size = [], [], 0
+        for i in idx:
+            n = tensors[i].numel()
+            starts.append(size)
+            pieces.append(tensors[i].reshape(-1))
+            if n % step:
+                pieces.append(pad[: step - n % step])
+            size += -(-n // step) * step
+        flat = torch.cat(pieces)
         if device.type == "cuda":
             flat = flat.pin_memory()
         flat = flat.to(device, non_blocking=True)
-        start = 0
-        for i in idx:
-            n = tensors[i].numel()
-            out[i] = flat[start : start + n].view(tensors[i].shape)
-            start += n
+        for i, start in zip(idx, starts):
+            out[i] = flat[start : start + tensors[i].numel()].view(tensors[i].shape)
     return [t for t in out if t is not None]
 
 
