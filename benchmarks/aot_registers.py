@@ -49,7 +49,7 @@ def compile_variant(variant: str, preset: str, d: int, gqa: int, warps: int, sta
     fn = td.split_kernel_for(variant)
     gp = max(16, triton.next_power_of_2(gqa))
     consts: dict[str, object] = dict(GQA=gqa, GP=gp, D=d, G=128, K_BITS=lay.k_bits, V_BITS=lay.v_bits,
-                                     NUM_SPLITS=4, DT=tl.bfloat16, **lay.args())
+                                     DT=tl.bfloat16, **lay.args())
     if "BP" in fn.arg_names:  # a balanced variant: rows of the batch it reads (32 here)
         consts["BP"] = 32
     consts.update({k: v for k, v in td.VARIANTS[variant].items() if k not in td.LAUNCH_KEYS})

@@ -43,6 +43,14 @@ from kvarn_cli.kernels.triton_common import dot_in_fp16, fp8_bits_to_f32, kernel
 LOG2E = 1.4426950408889634
 NEG_BIG = tl.constexpr(-1.0e30)
 
+#: Integer arguments that change from step to step (table width, batch, split count). Triton
+#: compiles a kernel again for each value of an integer argument that is 1, divisible by 16
+#: or neither, and for each constexpr value; a job's steps must not do that, because each
+#: compile holds the step for seconds on the H100 (docs/BENCHMARKS.md runs 64-...). So these
+#: stay plain runtime values, the split count is the grid's third dimension, and the engine
+#: compiles the eager decode path once at start (kvarn_cli.kvcache.compute.Codec.warm).
+RUNTIME_SIZES = ("stride_btb", "batch", "num_parts")  # named per kernel: older Triton rejects unknown names
+
 
 @triton.jit
 def _unpack(packed, BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DT: tl.constexpr, MAGIC: tl.constexpr):
@@ -125,13 +133,13 @@ def _block_values(p, vbytes, vs, vz, vcs, G: tl.constexpr, D: tl.constexpr, V_BI
     return (o + pz[:, None]) * vcs[None, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_btb"])  # RUNTIME_SIZES
 def _split_kernel_joined(
     q_ptr, stride_qb, stride_qh, h_ptr,
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
     ws_acc_ptr, ws_ml_ptr, qk_scale,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
@@ -156,7 +164,8 @@ def _split_kernel_joined(
     l = tl.zeros([GP], dtype=tl.float32)
     acc = tl.zeros([GP, D], dtype=tl.float32)
     nblk = tl.load(nblk_ptr + b)
-    blocks_per_split = (nblk + NUM_SPLITS - 1) // NUM_SPLITS  # each row split by its own length
+    num_splits = tl.num_programs(2)  # a runtime value: a new split count compiles nothing
+    blocks_per_split = (nblk + num_splits - 1) // num_splits  # each row split by its own length
     start = s * blocks_per_split
     end = tl.minimum(start + blocks_per_split, nblk)
     bt_row = bt_ptr + b.to(tl.int64) * stride_btb
@@ -192,7 +201,7 @@ def _split_kernel_joined(
             acc = acc * alpha[:, None] + _block_values(p1, vb1, vs1, vz1, vcs1, G, D, V_BITS, DT, MAGIC, HILO, OFFSET)
         m = m_new
 
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * num_splits + s
     tl.store(ws_acc_ptr + part * GP * D + g[:, None] * D + d[None, :], acc)
     tl.store(ws_ml_ptr + part * 2 * GP + g, m)
     tl.store(ws_ml_ptr + part * 2 * GP + GP + g, l)
@@ -513,13 +522,13 @@ def _tm_store(ws_acc_ptr, ws_ml_ptr, part, acc, m, l, GQA: tl.constexpr, GP: tl.
         tl.store(ws_ml_ptr + part * 2 * GP + GP + pad, tl.zeros([GP], dtype=tl.float32), mask=is_pad)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_btb"])  # RUNTIME_SIZES
 def _split_kernel_tm(
     q_ptr, stride_qb, stride_qh, h_ptr,
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr,
     ws_acc_ptr, ws_ml_ptr, qk_scale,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    K_BITS: tl.constexpr, V_BITS: tl.constexpr, NUM_SPLITS: tl.constexpr, DT: tl.constexpr,
+    K_BITS: tl.constexpr, V_BITS: tl.constexpr, DT: tl.constexpr,
     OFF_K_CODES: tl.constexpr, OFF_V_CODES: tl.constexpr, OFF_K_ZERO: tl.constexpr,
     OFF_V_ZERO: tl.constexpr, OFF_K_SCALE: tl.constexpr, OFF_K_TOKEN_SCALE: tl.constexpr,
     OFF_V_SCALE: tl.constexpr, OFF_V_CHANNEL_SCALE: tl.constexpr, OFF_K_SCALE_MULT: tl.constexpr,
@@ -553,7 +562,8 @@ def _split_kernel_tm(
     kvh = tl.program_id(1)
     s = tl.program_id(2)
     nblk = tl.load(nblk_ptr + b)
-    blocks_per_split = (nblk + NUM_SPLITS - 1) // NUM_SPLITS  # each row split by its own length
+    num_splits = tl.num_programs(2)  # a runtime value: a new split count compiles nothing
+    blocks_per_split = (nblk + num_splits - 1) // num_splits  # each row split by its own length
     start = s * blocks_per_split * SUB
     end = tl.minimum(start + blocks_per_split * SUB, nblk * SUB)
     acc, m, l = _tm_segment(
@@ -561,11 +571,11 @@ def _split_kernel_tm(
         b, kvh, start, end, GQA, D, G, K_BITS, V_BITS, DT, OFF_K_CODES, OFF_V_CODES, OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE,
         OFF_K_TOKEN_SCALE, OFF_V_SCALE, OFF_V_CHANNEL_SCALE, OFF_K_SCALE_MULT, MAGIC, VT, PREFETCH, WORDS, SUB,
         SCALAR_MULTS, HP_MIN)
-    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS + s
+    part = (b.to(tl.int64) * tl.num_programs(1) + kvh) * num_splits + s
     _tm_store(ws_acc_ptr, ws_ml_ptr, part, acc, m, l, GQA, GP, D, V_BITS, VT, WORDS, HP_MIN)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_btb", "batch"])  # RUNTIME_SIZES
 def _split_kernel_balanced(
     q_ptr, stride_qb, stride_qh, h_ptr,
     rec_ptr, stride_rb, stride_rh, bt_ptr, stride_btb, nblk_ptr, batch,
@@ -620,18 +630,18 @@ def _split_kernel_balanced(
         go = u < u_end
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_parts"])  # RUNTIME_SIZES
 def _reduce_kernel(
     q_ptr, stride_qb, stride_qh, h_ptr, out_ptr, stride_ob, stride_oh,
     ws_acc_ptr, ws_ml_ptr,
     sk_ptr, sv_ptr, stride_ss, stride_sh, stride_st, side_slot_ptr, side_len_ptr, stride_side,
     qk_scale, inv_sqrt_d, nblk_ptr, num_parts,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, NUM_SIDE: tl.constexpr, DT: tl.constexpr,
+    NUM_SIDE: tl.constexpr, DT: tl.constexpr,
     BALANCED: tl.constexpr = False, SUB: tl.constexpr = 1, BP: tl.constexpr = 1,
 ):
-    """Partials of (b, kvh): NUM_SPLITS in a row, or with BALANCED those that the
-    num_parts programs per KV head of _split_kernel_balanced wrote for row b."""
+    """Partials of (b, kvh): num_parts (the split count) in a row, or with BALANCED those
+    that the num_parts programs per KV head of _split_kernel_balanced wrote for row b."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     g = tl.arange(0, GP)
@@ -655,8 +665,8 @@ def _reduce_kernel(
         first = kvh.to(tl.int64) * (num_parts + tl.num_programs(0)) + b + j0
         count = j1 - j0 + 1
     else:
-        first = (b.to(tl.int64) * tl.num_programs(1) + kvh) * NUM_SPLITS
-        count = NUM_SPLITS
+        first = (b.to(tl.int64) * tl.num_programs(1) + kvh) * num_parts
+        count = num_parts
     for s in range(count):
         ml = ws_ml_ptr + (first + s) * 2 * GP
         ms = tl.load(ml + g)
@@ -894,7 +904,6 @@ def decode_attention(
         grid: tuple[int, ...] = (num_splits, kv_heads)
     else:
         args = (query, query.stride(0), query.stride(1), h, *table_args, ws_acc, ws_ml, qk_scale)
-        consts["NUM_SPLITS"] = num_splits
         grid = (batch, kv_heads, num_splits)
     consts.update(flags)  # a variant's num_warps overrides the argument
     try:
@@ -919,7 +928,7 @@ def decode_attention(
         ws_acc, ws_ml,
         side_k, side_v, *strides, side_slots, side_lens, side_slots.stride(0),
         qk_scale, 1.0 / math.sqrt(d), num_blocks, num_splits,
-        GQA=gqa, GP=gp, D=d, G=lay.block_size, NUM_SPLITS=1 if balanced else num_splits, NUM_SIDE=num_side, DT=dt,
+        GQA=gqa, GP=gp, D=d, G=lay.block_size, NUM_SIDE=num_side, DT=dt,
         BALANCED=balanced, SUB=int(flags.get("SUB", 1)) if balanced else 1, BP=bp if balanced else 1,  # type: ignore[call-overload]
         num_warps=4, num_stages=1,
     )

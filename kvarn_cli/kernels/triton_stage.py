@@ -48,7 +48,7 @@ def _rotate_rows(x, h_ptr, col0, D: tl.constexpr, BN: tl.constexpr, EXACT: tl.co
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # the step's token count: see triton_decode.RUNTIME_SIZES
 def _stage_kernel(
     key, value, stride_kt, stride_kh, stride_vt, stride_vh,
     tokens, slots, offsets, n,
