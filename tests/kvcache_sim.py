@@ -142,6 +142,7 @@ class SimEngine:
         triton: bool | None = False,
         reference: bool = True,
         fixed_padding: int | None = None,
+        move_plans: bool = False,
     ) -> None:
         """`triton` goes to the Codec (False: the PyTorch path); `reference` compares each
         step with the rule-based reference, which needs a quantizer with `roundtrip` (the
@@ -149,7 +150,8 @@ class SimEngine:
         attention on the same cache state (`shadow_err`, relative). With `fixed_padding`
         (Triton only), decode-only steps go through the CUDA-graph form (graph.DecodeBuffers
         + compute.decode_fixed, their fills flushed at the start of the next step) as in
-        vLLM, the batch padded by that many junk rows."""
+        vLLM, the batch padded by that many junk rows. With `move_plans` each plan goes
+        through StepPlan.to, packed as the backend sends plans to a GPU."""
         self.shape = shape
         self.G = shape.block_size
         self.num_blocks = num_blocks
@@ -172,6 +174,7 @@ class SimEngine:
         self.degraded: dict[int, set[int]] = {}
         self.rng = np.random.default_rng(seed)
         self.fixed_padding = fixed_padding
+        self.move_plans = move_plans
         self.buffers = DecodeBuffers(16, 8, torch.device("cpu")) if fixed_padding is not None else None
         self.fixed_steps = 0
         self.max_err = 0.0
@@ -282,6 +285,8 @@ class SimEngine:
         self.flush_last_decode()
         plan = self.pool.plan(qsl, seq, bt, T)
         check_decode_inputs(plan, G)
+        if self.move_plans:
+            plan = plan.to(torch.device("cpu"))
         # blocks this step writes from offset 0 hold fresh tokens only
         for r, n in batch:
             for j in range(math.ceil(r.num_computed / G), math.ceil((r.num_computed + n) / G)):

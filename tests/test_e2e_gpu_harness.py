@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from e2e_gpu import run_child  # noqa: E402
+from e2e_gpu import run_child, triton_cache_entries  # noqa: E402
 
 
 def _alive(pid: int) -> bool:
@@ -69,3 +71,19 @@ def test_core_stall_dumps_keep_the_threads_doing_engine_work() -> None:
     assert kept.startswith("0:00:02)!")
     assert "staging.py" in kept and "gpu_model_runner.py" in kept
     assert "tqdm" not in kept and "death_pipe_monitor" not in kept
+
+
+def test_compiles_are_counted_in_vllms_triton_cache_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM points the engine core's TRITON_CACHE_DIR into its own cache root; with the
+    engine core in its own process the front end's directory never saw its compiles."""
+    own = tmp_path / "triton"
+    vllm_dir = tmp_path / "vllm" / "torch_compile_cache" / "abc123" / "rank_0_0" / "triton_cache"
+    for d, n in ((own, 2), (vllm_dir, 3)):
+        d.mkdir(parents=True)
+        for i in range(n):
+            (d / f"kernel{i}").mkdir()
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(own))
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm"))
+    assert triton_cache_entries() == 5
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(vllm_dir))  # in-process: the same directory once
+    assert triton_cache_entries() == 3

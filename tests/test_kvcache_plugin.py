@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -228,8 +229,10 @@ def _builder(monkeypatch: pytest.MonkeyPatch, max_num_seqs: int, block_size: int
         monkeypatch.delenv("KVARN_FORCE_TRITON", raising=False)
     from kvarn_cli.kvcache.backend import KVarNMetadataBuilder
 
-    config = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
-                             model_config=SimpleNamespace(max_model_len=1024))
+    config = SimpleNamespace(
+        scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs), parallel_config=None,
+        model_config=SimpleNamespace(max_model_len=1024, dtype=torch.float32, get_num_attention_heads=lambda parallel: 6),
+    )
     spec = SimpleNamespace(block_size=block_size, head_size=64, num_kv_heads=2)
     return KVarNMetadataBuilder(spec, ["layer.0"], config, torch.device(device))
 
@@ -247,38 +250,45 @@ def _batch(query_lens: list[int], seq_lens: list[int], table: list[list[int]]): 
                            block_table_tensor=torch.tensor(table, dtype=torch.int32), num_reqs=len(seq_lens))
 
 
-def test_builder_compiles_the_prefill_flush_at_engine_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the Triton path the builder quantizes one scratch tile when vLLM makes it (engine
-    start), into a block shaped like the layers' pages (the backend's get_kv_cache_shape), so
-    the flush kernel a job's first block-filling prefill runs is compiled before the job
-    (test_kvcache_triton checks that the call matches a prefill's). The PyTorch path does not."""
+def test_builder_compiles_the_eager_steps_kernels_at_engine_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the Triton path the builder runs two scratch eager steps when vLLM makes it
+    (engine start; kvcache.warmup), on records of the backend's page shape and slots of the
+    model's dtype and the layers' shape, with the model's query heads, so their kernels
+    specialize as a job's steps do (tests/test_kernel_specializations.py checks that a job
+    then launches nothing new). The PyTorch path launches nothing."""
     pytest.importorskip("triton")
     import torch
 
-    from kvarn_cli.kernels import triton_flush
+    from kvarn_cli.kvcache import backend as backend_mod
+    from kvarn_cli.kvcache.backend import KVarNAttentionBackend
+    from kvarn_cli.kvcache.compute import records_view
+    from kvarn_cli.kvcache.records import quantizer_for
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from triton_launches import recording
 
     calls: list[tuple] = []
-    real = triton_flush.flush_tiles
+    real = backend_mod.warm_eager_steps
 
-    def spy(quantizer, k, v, records, block_ids, **kw):  # type: ignore[no-untyped-def]
-        calls.append((k.dtype, tuple(k.shape), tuple(records.shape), records.stride()))
-        real(quantizer, k, v, records, block_ids, **kw)
+    def spy(codec, cache, q_heads, dtype):  # type: ignore[no-untyped-def]
+        calls.append((codec.triton, cache.records.stride(), tuple(cache.records.shape[1:]), cache.slot_k.dtype,
+                      tuple(cache.slot_k.shape[1:]), q_heads, dtype))
+        real(codec, cache, q_heads, dtype)
 
-    monkeypatch.setattr(triton_flush, "flush_tiles", spy)
-    _builder(monkeypatch, 4, 64)
-    assert calls == []
+    monkeypatch.setattr(backend_mod, "warm_eager_steps", spy)
+    with recording() as seen:
+        _builder(monkeypatch, 4, 64)
+    assert calls == [] and seen == {}
     # compiled kernels launch only on CUDA tensors (on the H100 a CPU builder failed here);
     # without CUDA, or under the interpreter, the CPU builder runs them in the interpreter
     interpreted = not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-    builder = _builder(monkeypatch, 4, 64, triton=True, device="cpu" if interpreted else "cuda")
+    with recording() as seen:
+        builder = _builder(monkeypatch, 4, 64, triton=True, device="cpu" if interpreted else "cuda")
     assert builder.buffers is not None
-    from kvarn_cli.kvcache.backend import KVarNAttentionBackend
-
-    pages = torch.zeros(KVarNAttentionBackend.get_kv_cache_shape(1, 64, 2, 64), dtype=torch.uint8)
-    from kvarn_cli.kvcache.records import quantizer_for
-
+    pages = torch.zeros(KVarNAttentionBackend.get_kv_cache_shape(3, 64, 2, 64), dtype=torch.uint8)
     rb = quantizer_for("k2v2", 64, 64).record_bytes
-    assert calls == [(torch.float32, (1, 2, 64, 64), (1, 2, rb), pages.stride())]
+    assert calls == [(True, records_view(pages, rb).stride(), (2, rb), torch.float32, (2, 64, 64), 6, torch.float32)]
+    assert {"_flush_kernel", "_stage_kernel", "_reduce_kernel", "_split_kernel_tm"} <= set(seen), sorted(seen)
 
 
 def test_builder_leaves_the_staging_pool_alone_in_vllms_dummy_batches(monkeypatch: pytest.MonkeyPatch) -> None:

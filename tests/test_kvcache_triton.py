@@ -141,42 +141,6 @@ def test_codec_picks_the_kernels_by_device_env_and_quantizer(monkeypatch: pytest
     assert codec.decode_kernel_args == {"variant": "tmwhb"} and codec.flush_kernel_args == {}
 
 
-def test_warm_flush_runs_the_flush_a_first_prefill_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The backend compiles the prefill flush at engine start with Codec.warm_flush, so that a
-    job's first block-filling prefill does not stall on it (~10 s on the H100, run 57). Triton
-    compiles one kernel per argument dtype and per divisibility of each integer argument by
-    16, so the warm call must pass what a prefill passes: same dtypes, strides and options,
-    on records laid out like a layer's pages (rows longer than a record). It writes only its
-    scratch block's records."""
-    from kvarn_cli.kernels import triton_flush
-    from kvarn_cli.kvcache.compute import records_view
-
-    calls: list[tuple] = []
-    real = triton_flush.flush_tiles
-
-    def spy(quantizer, k, v, records, block_ids, **kw):  # type: ignore[no-untyped-def]
-        calls.append(tuple((t.dtype, tuple(t.shape[1:]), t.stride(), t.data_ptr() % 16) for t in (k, v, records, block_ids))
-                     + tuple(sorted(kw.items())))
-        real(quantizer, k, v, records, block_ids, **kw)
-
-    monkeypatch.setattr(triton_flush, "flush_tiles", spy)
-    eng = engine("k2v2", triton=True)
-    rb, heads, G = eng.quantizer.record_bytes, SHAPE.kv_heads, SHAPE.block_size
-    row = rb + 48  # a head's page is G cells, which may run past its record
-    eng.cache.records = records_view(torch.zeros(eng.num_blocks, heads, row, dtype=torch.uint8), rb)
-    a = Request(0, tokens(7, G + 10))
-    eng.step([(a, G + 10)])  # a prefill that fills block 0
-    assert len(calls) == 1
-    scratch = torch.zeros(1, heads, row, dtype=torch.uint8)
-    eng.codec.warm_flush(records_view(scratch, rb))
-    assert len(calls) == 2 and calls[1] == calls[0], calls
-    assert bool(scratch[:, :, :rb].any()) and not bool(scratch[:, :, rb:].any())
-    # the PyTorch path has nothing to compile and writes nothing
-    untouched = torch.zeros(1, heads, row, dtype=torch.uint8)
-    eng.torch_codec.warm_flush(records_view(untouched, rb))
-    assert len(calls) == 2 and not bool(untouched.any())
-
-
 @pytest.mark.parametrize("preset", ["k2v2", "k4v4"])
 def test_triton_path_on_a_mixed_schedule(preset: str) -> None:
     a, b = Request(0, tokens(1, 200)), Request(1, tokens(2, 200))

@@ -46,6 +46,7 @@ from kvarn_cli.kvcache.graph import DecodeBuffers, real_requests, table_width
 from kvarn_cli.kvcache.layout import staging_slots, token_bytes
 from kvarn_cli.kvcache.records import quantizer_for
 from kvarn_cli.kvcache.staging import StagingPool, StepPlan
+from kvarn_cli.kvcache.warmup import WARM_BLOCKS, WARM_SLOTS, warm_eager_steps
 
 _api = vllm_compat.backend_api()
 
@@ -171,7 +172,7 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
             self.pool = StagingPool(slots, kv_cache_spec.block_size, attention_budget_rows=1 << 62)
             width = table_width(vllm_config.model_config.max_model_len, kv_cache_spec.block_size)
             self.buffers = DecodeBuffers(max_seqs, width, device)
-            self._warm_flush(kv_cache_spec, device)
+            self._warm_eager_steps(kv_cache_spec, vllm_config, device)
         else:
             self.pool = StagingPool(slots, kv_cache_spec.block_size)
         self._layers: list[tuple[Any, Any]] | None = None
@@ -182,13 +183,21 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         _POOLS.add(self.pool)
 
     @staticmethod
-    def _warm_flush(spec: Any, device: torch.device) -> None:
-        """Compile the prefill flush before the job starts (Codec.warm_flush), on one scratch
-        block of the backend's own page shape, so it specializes as the layers' pages do."""
+    def _warm_eager_steps(spec: Any, vllm_config: Any, device: torch.device) -> None:
+        """Compile the Triton kernels of eager steps before the job starts
+        (warmup.warm_eager_steps), on scratch records of the backend's own page shape and
+        slots of the layers' shape, so they specialize as the layers' storage does."""
         name, block = active_codec()
         codec = Codec(quantizer_for(name, spec.head_size, block), device)
-        shape = KVarNAttentionBackend.get_kv_cache_shape(1, block, spec.num_kv_heads, spec.head_size)
-        codec.warm_flush(records_view(torch.zeros(shape, dtype=torch.uint8, device=device), codec.record_bytes))
+        model = vllm_config.model_config
+        shape = KVarNAttentionBackend.get_kv_cache_shape(WARM_BLOCKS, block, spec.num_kv_heads, spec.head_size)
+        slots = (WARM_SLOTS, spec.num_kv_heads, block, spec.head_size)
+        cache = LayerCache(
+            records=records_view(torch.zeros(shape, dtype=torch.uint8, device=device), codec.record_bytes),
+            slot_k=torch.zeros(slots, dtype=model.dtype, device=device),
+            slot_v=torch.zeros(slots, dtype=model.dtype, device=device),
+        )
+        warm_eager_steps(codec, cache, model.get_num_attention_heads(vllm_config.parallel_config), model.dtype)
 
     @staticmethod
     def _triton_decodes(device: torch.device, head_size: int) -> bool:

@@ -142,25 +142,6 @@ class Codec:
             v = self.unrotate(cache.slot_v[slots].float())
             cache.records[blocks] = self.encode(k, v)
 
-    def warm_flush(self, records: torch.Tensor) -> None:
-        """Compile the flush of prefill and spill tiles now, by quantizing one random tile into
-        records[0] of a scratch `records` laid out as a real layer's (records_view of pages of
-        the backend's shape: Triton compiles per dtype and per stride divisibility).
-
-        Without this the kernel compiles in the job's first prefill that fills a block: on the
-        H100 that held one step for ~10 s (docs/BENCHMARKS.md run 57), counted as generation
-        time in the throughput figures. Decode steps warm their kernels in vLLM's graph
-        capture; this path runs only on real prompts. The tiles are float32 because
-        update_cache gathers them in float32, whatever the model dtype."""
-        if not self.triton:
-            return
-        _, heads, _ = records.shape
-        g, d = self.q.block_size, self.q.head_dim
-        gen = torch.Generator(device=records.device).manual_seed(0)
-        k = torch.randn(1, heads, g, d, generator=gen, device=records.device)
-        v = torch.randn(1, heads, g, d, generator=gen, device=records.device)
-        self.flush(k, v, records, torch.zeros(1, dtype=torch.long, device=records.device))
-
     def decode(self, recs: torch.Tensor, *, rotated: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """[n, H, record_bytes] -> float32 K, V [n, H, G, D] (rotated domain if `rotated`)."""
         n, h, _ = recs.shape
