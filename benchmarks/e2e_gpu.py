@@ -133,7 +133,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     # first, alone and timed: one prompt that fills whole blocks in its prefill. Its flush
     # compiled in the first such prefill of a process and held run 57's first timed pass for
     # ~10 s (docs/BENCHMARKS.md); kvarn's backend now compiles it at engine start
-    # (Codec.warm_flush), which this shows: no kernels compiled, no seconds-long prefill
+    # (kvcache.warmup), which this shows: no kernels compiled, no seconds-long prefill
     first_fill: dict[str, Any] = {}
     if warm_prompts:
         joined = [t for p in warm_prompts for t in p]
@@ -230,11 +230,16 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def triton_cache_entries() -> int:
-    """Kernels in Triton's on-disk cache (one directory per compiled kernel): the change across
-    a pass counts the compilations it waited for, in whichever process ran them. Inductor's
-    kernels go to their own cache directory and are not counted."""
-    root = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
-    return len(os.listdir(root)) if root.is_dir() else 0
+    """Kernels in Triton's on-disk caches (one directory per compiled kernel): the change across
+    a pass counts the compilations it waited for, in whichever process ran them. vLLM points
+    TRITON_CACHE_DIR of the process that compiles the model (the engine core) at
+    <VLLM_CACHE_ROOT>/torch_compile_cache/<hash>/triton_cache, so those directories count
+    too: counting only this process's directory missed the engine core's compiles in its
+    own process (runs 60-61 read 0). Inductor's own kernels land there too, but only at start."""
+    dirs = {Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")}
+    vllm_root = Path(os.environ.get("VLLM_CACHE_ROOT") or Path.home() / ".cache" / "vllm")
+    dirs.update(vllm_root.glob("torch_compile_cache/**/triton_cache"))
+    return sum(len(os.listdir(d)) for d in dirs if d.is_dir())
 
 
 class StallWatch:
