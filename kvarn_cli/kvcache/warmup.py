@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, maintain, update_cache
+from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, flush_decode_fills, maintain, update_cache
 from kvarn_cli.kvcache.staging import StagingPool
 
 #: scratch storage of the warm-up: blocks and staging slots it uses
@@ -41,7 +41,10 @@ def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch
     1. prefills of 2G+1 and 2G-1 tokens: the tile flush (blocks filled by a prefill), their
        sink copies and the staging of their partial tiles;
     2. one decode token each: decode attention over a record and the 16-bit slots, and the
-       slot flush of the block the second one fills.
+       slot flush of the block the second one fills;
+    3. that flush again as the builder runs it after a CUDA-graph decode step: one launch for
+       every layer (compute.flush_decode_fills over triton_flush.LayerSlots; here two layers,
+       the scratch twice), int32 (slot, block) pairs as graph.DecodeBuffers hands them out.
 
     Does nothing on the PyTorch path, which compiles nothing."""
     if not codec.triton:
@@ -65,3 +68,9 @@ def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch
             maintain(plan, codec, cache)
         tiles = update_cache(plan, codec, cache, k, v)
         attend(plan, codec, cache, q, k, v, tiles, torch.empty_like(q), scale=d**-0.5)
+    from kvarn_cli.kernels.triton_flush import LayerSlots
+
+    layers = LayerSlots([(cache.slot_k, cache.slot_v, cache.records)] * 2)
+    slots = torch.tensor([0, 1], dtype=torch.int32, device=device)
+    blocks = torch.tensor([3, 4], dtype=torch.int32, device=device)
+    flush_decode_fills(codec, layers, slots, blocks)
