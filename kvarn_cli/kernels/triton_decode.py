@@ -46,9 +46,10 @@ NEG_BIG = tl.constexpr(-1.0e30)
 #: Integer arguments that change from step to step (table width, batch, split count). Triton
 #: compiles a kernel again for each value of an integer argument that is 1, divisible by 16
 #: or neither, and for each constexpr value; a job's steps must not do that, because each
-#: compile holds the step for seconds on the H100 (docs/BENCHMARKS.md runs 64-...). So these
+#: compile holds the step for seconds on the H100 (docs/BENCHMARKS.md runs 60-69). So these
 #: stay plain runtime values, the split count is the grid's third dimension, and the engine
-#: compiles the eager decode path once at start (kvarn_cli.kvcache.compute.Codec.warm).
+#: compiles the eager decode path once at start (kvarn_cli.kvcache.warmup). The balanced
+#: variants still take BP, the batch's next power of two, as a constexpr (not the default).
 RUNTIME_SIZES = ("stride_btb", "batch", "num_parts")  # named per kernel: older Triton rejects unknown names
 
 

@@ -198,7 +198,7 @@ class StepPlan:
 
 #: bytes each packed tensor starts on. Triton compiles a kernel again for each pointer argument
 #: that is or is not 16-byte aligned, so views at arbitrary offsets of one buffer made the
-#: kernels compile mid-job as the plans' sizes changed (docs/BENCHMARKS.md runs 64-...).
+#: kernels compile mid-job as the plans' sizes changed (docs/BENCHMARKS.md runs 60-69).
 PACK_ALIGN = 16
 
 
