@@ -149,3 +149,20 @@ def test_warm_up_needs_its_scratch_blocks_and_slots() -> None:
     small = LayerCache(records=c.records[:2], slot_k=c.slot_k, slot_v=c.slot_v)
     with pytest.raises(ValueError, match="blocks"):
         warm_eager_steps(eng.codec, small, SHAPE.q_heads, torch.float32)
+
+
+def test_decode_kernels_leave_every_step_size_unspecialized() -> None:
+    """Each decode kernel lists exactly the RUNTIME_SIZES among its parameters as
+    do_not_specialize (named per kernel, since older Triton rejects names a kernel lacks)."""
+    import inspect
+
+    from kvarn_cli.kernels import triton_decode as td
+    from triton_launches import kernels
+
+    decode = {n: k for n, k in kernels().items() if getattr(td, n, None) is k}
+    assert {"_split_kernel_tm", "_split_kernel_joined", "_split_kernel_balanced", "_reduce_kernel"} <= set(decode)
+    for name, kernel in decode.items():
+        params = list(inspect.signature(kernel.fn).parameters)
+        raw = getattr(kernel, "do_not_specialize", None) or kernel.kwargs.get("do_not_specialize") or []
+        listed = {params[a] if isinstance(a, int) else a for a in raw}  # some Triton versions keep indices
+        assert listed == set(params) & set(td.RUNTIME_SIZES), (name, listed)
