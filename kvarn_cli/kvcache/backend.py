@@ -45,7 +45,7 @@ from kvarn_cli.kvcache.compute import (
 from kvarn_cli.kvcache.graph import DecodeBuffers, real_requests, table_width
 from kvarn_cli.kvcache.layout import staging_slots, token_bytes
 from kvarn_cli.kvcache.records import quantizer_for
-from kvarn_cli.kvcache.staging import StagingPool, StepPlan
+from kvarn_cli.kvcache.staging import UNSPLIT_DECODES, StagingPool, StepPlan
 from kvarn_cli.kvcache.warmup import WARM_BLOCKS, WARM_SLOTS, warm_eager_steps
 
 _api = vllm_compat.backend_api()
@@ -168,8 +168,7 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         slots = staging_slots(max_seqs)
         self.buffers: DecodeBuffers | None = None
         if self._triton_decodes(device, kv_cache_spec.head_size):
-            # the Triton kernel reads records in place: no reason to split a decode batch
-            self.pool = StagingPool(slots, kv_cache_spec.block_size, attention_budget_rows=1 << 62)
+            self.pool = StagingPool(slots, kv_cache_spec.block_size, attention_budget_rows=UNSPLIT_DECODES)
             width = table_width(vllm_config.model_config.max_model_len, kv_cache_spec.block_size)
             self.buffers = DecodeBuffers(max_seqs, width, device)
             self._warm_eager_steps(kv_cache_spec, vllm_config, device)

@@ -229,6 +229,11 @@ def _move_packed(tensors: list[torch.Tensor], device: torch.device) -> list[torc
     return [t for t in out if t is not None]
 
 
+#: attention_budget_rows for the Triton path: its decode kernel reads records in place, so a
+#: decode batch is never split (the budget bounds the PyTorch path's dequantized history)
+UNSPLIT_DECODES = 1 << 62
+
+
 class StagingPool:
     """Slot bookkeeping shared by all layers of one KV-cache group (same block ids)."""
 

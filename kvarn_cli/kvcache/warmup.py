@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from kvarn_cli.kvcache.compute import Codec, LayerCache, attend, flush_decode_fills, maintain, update_cache
-from kvarn_cli.kvcache.staging import StagingPool
+from kvarn_cli.kvcache.staging import UNSPLIT_DECODES, StagingPool
 
 #: scratch storage of the warm-up: blocks and staging slots it uses
 WARM_BLOCKS = 5
@@ -54,7 +54,7 @@ def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch
     kv_heads, d = cache.slot_k.shape[1], cache.slot_k.shape[3]
     if cache.records.shape[0] < WARM_BLOCKS or cache.slot_k.shape[0] < WARM_SLOTS:
         raise ValueError(f"the warm-up needs {WARM_BLOCKS} blocks and {WARM_SLOTS} slots")
-    pool = StagingPool(WARM_SLOTS, G, attention_budget_rows=1 << 62)
+    pool = StagingPool(WARM_SLOTS, G, attention_budget_rows=UNSPLIT_DECODES)
     table = np.array([[0, 1, 2], [3, 4, -1]], dtype=np.int32)
     gen = torch.Generator(device=device).manual_seed(0)
     for query_lens, seq_lens in (([2 * G + 1, 2 * G - 1], [2 * G + 1, 2 * G - 1]), ([1, 1], [2 * G + 2, 2 * G])):
