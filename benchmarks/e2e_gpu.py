@@ -8,7 +8,11 @@ quantized presets get a smaller paged cache than the budget).
 
 Each preset runs in its own process (a fresh engine and CUDA context), on the same prompts
 (chat-formatted GSM8K questions), greedy, `ignore_eos` so that every request generates
-exactly --max-tokens tokens and the presets do the same work. Reported per preset: engine
+exactly --max-tokens tokens and the presets do the same work (with --length-spread S, request i of
+every pass generates its own fixed length, spread evenly over (1 +- S) x --max-tokens: the same
+lengths for every preset, like reasoning traces that end at different times; with one length
+for all, sequences start and end in lockstep, and a concurrency cap that does not divide
+--num-prompts leaves a last wave with the GPU mostly idle). Reported per preset: engine
 blocks and token capacity, generated tokens/s over the timed run, peak running requests
 (vLLM's num_requests_running gauge, sampled every few steps), preemptions.
 
@@ -86,6 +90,26 @@ def engine_kwargs(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def request_lengths(n: int, max_tokens: int, spread: float) -> list[int]:
+    """Tokens each of `n` requests generates: all `max_tokens`, or with `spread` > 0 evenly
+    spaced over [(1 - spread), (1 + spread)] x max_tokens in a fixed shuffled order (the mean
+    stays max_tokens, so every preset and pass does the same total work)."""
+    import random
+
+    if not 0 <= spread < 1:
+        raise SystemExit(f"--length-spread must be in [0, 1), got {spread}")
+    if spread == 0 or n == 1:
+        return [max_tokens] * n
+    low, high = (1 - spread) * max_tokens, (1 + spread) * max_tokens
+    lengths = [max(1, round(low + (high - low) * i / (n - 1))) for i in range(n)]
+    random.Random(0).shuffle(lengths)
+    return lengths
+
+
+def longest_request(args: argparse.Namespace) -> int:
+    return max(request_lengths(args.num_prompts, args.max_tokens, args.length_spread))
+
+
 def best_max_num_seqs(preset: str, budget: int, shape: dict[str, int], args: argparse.Namespace) -> int:
     """The most sequences a quantized preset can run at once inside `budget`: each one costs
     its paged blocks plus two 16-bit staging blocks, so past some point allowing more
@@ -114,7 +138,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         kwargs["load_format"] = args.load_format
     t0 = time.perf_counter()
     llm = LLM(model=args.model, dtype="bfloat16", seed=0, disable_log_stats=False,
-              max_model_len=args.max_tokens + args.max_prompt_tokens, enforce_eager=args.enforce_eager, **kwargs)
+              max_model_len=longest_request(args) + args.max_prompt_tokens, enforce_eager=args.enforce_eager, **kwargs)
     start_s = time.perf_counter() - t0
     phase(f"engine started in {start_s:.1f} s")
     cc = llm.llm_engine.vllm_config.cache_config
@@ -127,7 +151,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     # each timed pass has its own prompts, and the warm-up prompts come after all of them:
     # no timed request hits the prefix cache, so every pass prefills every prompt it times
     warm_prompts = prompts[n * passes:]
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
+    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
+              for m in request_lengths(n, args.max_tokens, args.length_spread)]
     engine = llm.llm_engine
 
     # first, alone and timed: one prompt that fills whole blocks in its prefill. Its flush
@@ -175,6 +200,7 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "kv_cache_memory_bytes": int(kwargs["kv_cache_memory_bytes"]),
         "max_num_seqs": int(kwargs["max_num_seqs"]),
         "prompts": n,
+        "length_spread": args.length_spread,
         "mean_prompt_tokens": round(sum(map(len, timed)) / len(timed), 1),
         "generated_tokens": median["generated_tokens"],
         "wall_s": median["wall_s"],
@@ -279,13 +305,13 @@ class StallWatch:
                 print(f"STALL step {step} running {time.perf_counter() - started:.1f}s:\n{stack}END STALL", file=sys.stderr, flush=True)
 
 
-def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: int, prefix: str,
+def timed_pass(llm: Any, prompts: list[list[int]], params: list[Any], sample_every: int, prefix: str,
                watch: StallWatch | None = None) -> dict[str, Any]:
     """Generate for `prompts` at once, timed; tokens/s, steps, peak running, preemptions.
     Also what tells a uniformly slower pass from one with a few long stalls (the kvarn presets'
     passes vary by 20-35%, docs/BENCHMARKS.md runs 38 and 43): the median and longest step,
     the time spent in steps over 5x the median beyond the median, the first such steps (index,
-    seconds), and the kernels compiled."""
+    seconds), and the kernels compiled. `params[i]` is prompt i's sampling."""
     from kvarn_cli.vllm_compat import read_gauges
 
     engine = llm.llm_engine
@@ -297,7 +323,7 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: Any, sample_every: in
     step_s: list[float] = []
     t1 = time.perf_counter()
     for i, p in enumerate(prompts):
-        engine.add_request(f"{prefix}{i}", {"prompt_token_ids": p}, params)
+        engine.add_request(f"{prefix}{i}", {"prompt_token_ids": p}, params[i])
     while engine.has_unfinished_requests():
         if watch is not None:
             watch.begin(steps)
@@ -360,9 +386,13 @@ def main() -> None:
     ap.add_argument("--kv-budget-mib", type=float, default=1024, help="total KV memory per preset (staging included)")
     ap.add_argument("--num-prompts", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--length-spread", type=float, default=0.0,
+                    help="0: every request generates --max-tokens; S in (0, 1): request lengths spread evenly over "
+                         "(1 +- S) x --max-tokens, the same for every preset and pass")
     ap.add_argument("--max-num-seqs", type=int, default=0,
-                    help="sequences in flight for the KVarN presets; 0 = as many as the budget holds at full length")
-    ap.add_argument("--max-prompt-tokens", type=int, default=512, help="max_model_len = this + --max-tokens")
+                    help="sequences in flight for the KVarN presets; 0 = as many as the budget holds at the mean "
+                         "length (--prompt-tokens-estimate + --max-tokens)")
+    ap.add_argument("--max-prompt-tokens", type=int, default=512, help="max_model_len = this + the longest request")
     ap.add_argument("--prompt-tokens-estimate", type=int, default=128, help="prompt length assumed by --max-num-seqs 0")
     ap.add_argument("--baseline-max-num-seqs", type=int, default=256, help="vLLM's default for bf16/fp8")
     ap.add_argument("--warmup-prompts", type=int, default=8,

@@ -87,3 +87,17 @@ def test_compiles_are_counted_in_vllms_triton_cache_too(tmp_path: Path, monkeypa
     assert triton_cache_entries() == 5
     monkeypatch.setenv("TRITON_CACHE_DIR", str(vllm_dir))  # in-process: the same directory once
     assert triton_cache_entries() == 3
+
+
+def test_request_lengths_spread_evenly_around_the_mean_and_repeat() -> None:
+    from e2e_gpu import request_lengths
+
+    assert request_lengths(5, 300, 0.0) == [300] * 5
+    lengths = request_lengths(128, 1024, 0.5)
+    assert lengths == request_lengths(128, 1024, 0.5), "every preset and pass must get the same lengths"
+    assert min(lengths) == 512 and max(lengths) == 1536
+    assert abs(sum(lengths) - 128 * 1024) <= 64, "the mean stays --max-tokens: the same total work as no spread"
+    assert len(set(lengths)) > 100, "evenly spaced, not a few repeated values"
+    assert lengths != sorted(lengths), "shuffled: long and short requests are admitted together"
+    with pytest.raises(SystemExit):
+        request_lengths(4, 100, 1.0)
