@@ -74,6 +74,33 @@ def test_g64_presets_halve_the_staging_per_sequence_and_use_64_token_blocks() ->
     assert seqs("k2v2-g64") >= 1.35 * seqs("k2v2")
 
 
+QWEN3_4B = dict(num_layers=36, num_kv_heads=8, head_dim=128, dtype_bytes=2)
+
+
+@pytest.mark.parametrize("shape", [SMOL, QWEN3_4B])
+def test_sequence_bits_count_the_16bit_sink_and_tail_slots(shape: dict[str, int]) -> None:
+    d = shape["head_dim"]
+    assert kvcache.sequence_bits("fp16", **shape, seq_len=2048) == 16.0
+    for preset, g in (("k2v2", 128), ("k4v4", 128), ("k2v2-g64", 64)):
+        paged = kvcache.bits_per_element(preset, head_dim=d)
+        for n in (2, 8, 32, 256):
+            # whole blocks: the paged bits plus two 16-bit slots of g tokens spread over the sequence
+            assert kvcache.sequence_bits(preset, **shape, seq_len=n * g) == pytest.approx(paged + 2 * g * 16 / (n * g))
+        # a partly filled last block costs a whole one
+        assert kvcache.sequence_bits(preset, **shape, seq_len=g + 1) > kvcache.sequence_bits(preset, **shape, seq_len=2 * g)
+    # the 64-token tiles halve the slots: cheaper per sequence at 1k tokens
+    assert kvcache.sequence_bits("k2v2-g64", **shape, seq_len=1024) < kvcache.sequence_bits("k2v2", **shape, seq_len=1024)
+    with pytest.raises(ValueError):
+        kvcache.sequence_bits("k2v2", **shape, seq_len=0)
+
+
+def test_k2v2_costs_most_of_fp8s_bits_at_1k_tokens_and_a_fifth_of_fp16s_at_32k() -> None:
+    """The numbers behind docs/BENCHMARKS.md runs 70-77 on the Qwen3-4B shape."""
+    assert 5.5 < kvcache.sequence_bits("k2v2", **QWEN3_4B, seq_len=1152) < 8.0
+    assert kvcache.sequence_bits("k2v2", **QWEN3_4B, seq_len=4224) < 3.5
+    assert kvcache.sequence_bits("k2v2", **QWEN3_4B, seq_len=32768) < 16 / 5
+
+
 @pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"test model not found at {MODEL}")
 def test_plan_prints_every_preset_from_the_model_config() -> None:
     app = typer.Typer()
@@ -90,3 +117,6 @@ def test_plan_prints_every_preset_from_the_model_config() -> None:
         assert r["capacity_tokens"] == r["num_blocks"] * r["block_size"]
         assert r["max_concurrent_seqs"] == min(8, (r["num_blocks"] - 1) // (2048 // r["block_size"]))
     assert rows["k2v2"]["capacity_tokens"] >= 6.5 * rows["fp16"]["capacity_tokens"]
+    assert rows["fp16"]["sequence_bits_per_element"] == 16.0
+    for r in rows.values():
+        assert r["sequence_bits_per_element"] == kvcache.sequence_bits(r["preset"], **SMOL, seq_len=2048)

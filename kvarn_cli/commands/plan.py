@@ -69,6 +69,10 @@ def plan_rows(shape: dict[str, Any], kv_cache_memory_bytes: int, max_model_len: 
                 "max_num_seqs": seqs,
                 "max_concurrent_seqs": alloc.max_concurrent_seqs(max_model_len, seqs),
                 "staging_bytes": alloc.staging_bytes,
+                "sequence_bits_per_element": kvcache.sequence_bits(
+                    preset, num_layers=shape["num_layers"], num_kv_heads=shape["num_kv_heads"],
+                    head_dim=shape["head_dim"], dtype_bytes=shape["dtype_bytes"], seq_len=max_model_len,
+                ),
             }
         )
     return rows
@@ -84,7 +88,9 @@ def plan(
 ) -> None:
     """Per cache preset: bytes per token, tokens that fit, and how many sequences of
     --max-model-len run at once. Quantized presets also keep a 16-bit sink and tail per
-    sequence (2 blocks of --max-num-seqs sequences), allocated beside the paged budget.
+    sequence (2 blocks of --max-num-seqs sequences), allocated beside the paged budget;
+    "+staging" counts them in: what one sequence of --max-model-len tokens costs per
+    K/V element, which for short sequences is far above the paged bits/elem.
 
     Example: kvarn plan --model Qwen/Qwen3-4B --kv-cache-memory 8GiB --max-model-len 16384
     """
@@ -106,10 +112,12 @@ def plan(
         return
     table = Table(title=(f"{model}: {shape['num_layers']} layers x {shape['num_kv_heads']} KV heads x "
                          f"d={shape['head_dim']} ({shape['dtype']}), paged KV {format_size(budget)}"))
-    for col in ("preset", "bits/elem", "bytes/token", "blocks x size", "tokens", f"seqs of {max_model_len}", "16-bit staging"):
+    for col in ("preset", "bits/elem", "+staging", "bytes/token", "blocks x size", "tokens",
+                f"seqs of {max_model_len}", "16-bit staging"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["preset"], f"{r['bits_per_element']:.2f}", f"{r['bytes_per_token']:,.0f}",
+        table.add_row(r["preset"], f"{r['bits_per_element']:.2f}", f"{r['sequence_bits_per_element']:.2f}",
+                      f"{r['bytes_per_token']:,.0f}",
                       f"{r['num_blocks']:,} x {r['block_size']}", f"{r['capacity_tokens']:,}",
                       f"{r['max_concurrent_seqs']:,}", format_size(r["staging_bytes"]) if r["staging_bytes"] else "-")
     console.print(table)

@@ -30,6 +30,7 @@ from kvarn_cli.kvcache.layout import (
     Preset,
     allocation as _allocation,
     paged_budget as _paged_budget,
+    sequence_bits as _sequence_bits,
     preset_cell_bytes,
     staging_slot_bytes,
     staging_slots,
@@ -124,6 +125,12 @@ def bytes_per_token(preset: str, *, num_layers: int, num_kv_heads: int, head_dim
     shape = _shape(num_layers, num_kv_heads, head_dim, dtype_bytes)
     _, cell = preset_cell_bytes(get_preset(preset), shape)
     return float(num_layers * num_kv_heads * cell)
+
+
+def sequence_bits(preset: str, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype_bytes: int, seq_len: int) -> float:
+    """Bits per K/V element a `seq_len`-token sequence costs, its 16-bit sink and tail slots included."""
+    shape = _shape(num_layers, num_kv_heads, head_dim, dtype_bytes)
+    return _sequence_bits(get_preset(preset), shape, seq_len)
 
 
 def staging_bytes(

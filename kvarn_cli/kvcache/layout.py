@@ -133,6 +133,20 @@ def staging_slots(max_num_seqs: int) -> int:
     return STAGING_SLOTS_PER_SEQ * max_num_seqs
 
 
+def sequence_bits(preset: Preset, shape: ModelShape, seq_len: int) -> float:
+    """Bits per K or V element that one sequence of `seq_len` tokens costs: its paged blocks
+    plus, for a quantized preset, the two 16-bit staging slots reserved for it. The paged
+    figure (~2.3 bits for k2v2) holds only for long sequences; at 1k tokens the sink and tail
+    slots are most of a sequence's memory (docs/BENCHMARKS.md runs 70-77)."""
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    block_size, cell = preset_cell_bytes(preset, shape)
+    paged = math.ceil(seq_len / block_size) * block_size * shape.num_layers * shape.num_kv_heads * cell
+    staging = STAGING_SLOTS_PER_SEQ * staging_slot_bytes(preset, shape) if preset.quantized else 0
+    elements = seq_len * shape.num_layers * shape.num_kv_heads * shape.head_dim * 2
+    return 8.0 * (paged + staging) / elements
+
+
 def allocation(preset: Preset, shape: ModelShape, *, kv_cache_memory_bytes: int, max_num_seqs: int) -> Allocation:
     """Mirror of vLLM's sizing: num_blocks = budget // (layers * page bytes)."""
     block_size, cell = preset_cell_bytes(preset, shape)
