@@ -46,18 +46,11 @@ def plan_rows(shape: dict[str, Any], kv_cache_memory_bytes: int, max_model_len: 
     """One row per preset; `max_num_seqs=None` means each preset's `kvarn run` default."""
     from kvarn_cli import kvcache
 
+    dims = {k: shape[k] for k in ("num_layers", "num_kv_heads", "head_dim", "dtype_bytes")}
     rows = []
     for preset in kvcache.PRESETS:
         seqs = max_num_seqs if max_num_seqs is not None else kvcache.default_max_num_seqs(preset)
-        alloc = kvcache.allocation(
-            preset,
-            num_layers=shape["num_layers"],
-            num_kv_heads=shape["num_kv_heads"],
-            head_dim=shape["head_dim"],
-            dtype_bytes=shape["dtype_bytes"],
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            max_num_seqs=seqs,
-        )
+        alloc = kvcache.allocation(preset, **dims, kv_cache_memory_bytes=kv_cache_memory_bytes, max_num_seqs=seqs)
         rows.append(
             {
                 "preset": preset,
@@ -69,10 +62,7 @@ def plan_rows(shape: dict[str, Any], kv_cache_memory_bytes: int, max_model_len: 
                 "max_num_seqs": seqs,
                 "max_concurrent_seqs": alloc.max_concurrent_seqs(max_model_len, seqs),
                 "staging_bytes": alloc.staging_bytes,
-                "sequence_bits_per_element": kvcache.sequence_bits(
-                    preset, num_layers=shape["num_layers"], num_kv_heads=shape["num_kv_heads"],
-                    head_dim=shape["head_dim"], dtype_bytes=shape["dtype_bytes"], seq_len=max_model_len,
-                ),
+                "sequence_bits_per_element": kvcache.sequence_bits(preset, **dims, seq_len=max_model_len),
             }
         )
     return rows
