@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,16 @@ def test_plan_prints_every_preset_from_the_model_config() -> None:
     assert rows["fp16"]["sequence_bits_per_element"] == 16.0
     for r in rows.values():
         assert r["sequence_bits_per_element"] == kvcache.sequence_bits(r["preset"], **SMOL, seq_len=2048)
+
+
+def test_decode_bytes_counts_16bit_sink_and_tail_then_records() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from decode_bytes import mean_row_bytes
+
+    # a row still inside its first block reads only 16-bit tokens: twice fp8's bytes
+    short = mean_row_bytes("k2v2", QWEN3_4B, prompt_tokens=10, max_tokens=100)
+    assert short["share_16bit"] == 1.0 and short["ratio_to_fp8"] == pytest.approx(2.0)
+    # long rows read mostly records: the ratio falls toward records / fp8 per token
+    long = mean_row_bytes("k2v2", QWEN3_4B, prompt_tokens=91, max_tokens=32768)
+    floor = kvcache.bytes_per_token("k2v2", **QWEN3_4B) / (kvcache.bytes_per_token("fp16", **QWEN3_4B) / 2)
+    assert floor < long["ratio_to_fp8"] < floor * 1.2 and long["share_16bit"] < 0.1
