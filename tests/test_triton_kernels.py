@@ -289,7 +289,7 @@ def test_decode_matches_dequantized_sdpa(
     # (benchmarks/GPU_NOTES.md); the interpreter's fp16 dots and the HILO variants stay < 1e-3.
     tol = 1e-2 if variant in ("hilo", "fast") or variant.startswith("tm") or DEVICE.type == "cpu" else 5e-2
     assert float(rel) < tol, f"relative error {float(rel):.2e}"
-    if variant in ("tmwhb", "tmwhbb", "tmw", "tmwb", "tmwh"):
+    if variant in ("tmwhb", "tmwhbb", "tmw", "tmwb", "tmwh", "cuda"):
         # the candidates must be as accurate as hilo on the same inputs (not just < tol)
         out_hilo = torch.full_like(out, float("nan"))
         decode_attention(
@@ -440,3 +440,46 @@ def test_split_count_aims_at_programs_per_sm(batch: int, kv_heads: int, max_bloc
         assert programs <= 2 * target  # never more than twice the target
     if 2 * splits <= max_blocks // 2:  # not capped by the row length
         assert 2 * programs > target  # more than half the target
+
+
+def test_rotated_query_for_the_cuda_kernel_matches_torch() -> None:
+    from kvarn_cli.kernels.cuda_decode import rotated_query
+    from kvarn_cli.kernels.triton_common import dot_in_fp16
+
+    gen = torch.Generator().manual_seed(3)
+    query = (torch.randn(2, 6, 64, generator=gen) * 3).to(DEVICE)
+    dt = tl.float16 if dot_in_fp16(query.device) else tl.bfloat16
+    got = rotated_query(query, kv_heads=2, qk_scale=0.37, dt=dt).cpu()
+    want = query.cpu().double() @ rotation_on(64, torch.device("cpu")).double() * 64**0.5 * 0.37
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    # float32 accuracy relative to the row's scale (the hi/lo split keeps ~16 bits per part)
+    err = float((got.double() - want).abs().max() / want.abs().max())
+    assert err < 2e-5, err
+
+
+def _cuda_reason(name: str, d: int, gqa: int) -> str | None:
+    from kvarn_cli.kernels.cuda_decode import unsupported
+    from kvarn_cli.kernels.triton_common import kernel_layout
+
+    return unsupported(kernel_layout(make_quantizer(name, head_dim=d, block_size=G).layout), gqa, DEVICE)
+
+
+def test_cuda_variant_says_why_it_cannot_run() -> None:
+    reason = _cuda_reason("k2v2", 64, 8)
+    assert reason is not None and ("CUDA" in reason or "query heads" in reason or "sm_89" in reason)
+    if DEVICE.type == "cpu":
+        qz = make_quantizer("k2v2", head_dim=64, block_size=G)
+        records = torch.zeros(1, 1, qz.record_bytes, dtype=torch.uint8)
+        with pytest.raises(ValueError, match="cuda decode variant needs a CUDA device"):
+            decode_attention(qz, torch.zeros(1, 2, 64), records, torch.zeros(1, 1, dtype=torch.int32),
+                             torch.ones(1, dtype=torch.int32), variant="cuda")
+
+
+@pytest.mark.parametrize(("name", "kv_heads", "gqa", "d", "splits", "with_side"), CASES + [("k2v2", 2, 4, 128, 2, True)])
+def test_cuda_decode_matches_dequantized_sdpa_and_hilo(
+    name: str, kv_heads: int, gqa: int, d: int, splits: int, with_side: bool
+) -> None:
+    reason = _cuda_reason(name, d, gqa)
+    if reason is not None:
+        pytest.skip(f"cuda variant: {reason}")
+    test_decode_matches_dequantized_sdpa("cuda", name, kv_heads, gqa, d, splits, with_side)

@@ -20,6 +20,9 @@ Two launches:
    the older form with the query heads as rows, kept as the accuracy reference. The balanced
    variants (is_balanced) run `_split_kernel_balanced` instead, grid (programs per KV head,
    kv_heads), which deals all rows' blocks out evenly over those programs.
+   On CUDA GPUs of sm_89 and newer the default (AUTO_VARIANT) is not a Triton kernel but the
+   CUDA split kernel of kernels/cuda_decode.py ("cuda"), which writes the same partials and
+   is 2.1-2.7x faster than tmwhb on the H100 at 32k (docs/BENCHMARKS.md runs 78-79).
 2. `_reduce_kernel`, grid (batch, kv_heads): merges the partials, attends to the 16-bit
    sink/tail tokens (kvarn's staging slots, already in the rotated domain), normalizes and
    rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype.
@@ -32,13 +35,22 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
+from kvarn_cli.kernels import cuda_decode
 from kvarn_cli.kernels.quantizers import Quantizer
-from kvarn_cli.kernels.triton_common import dot_in_fp16, fp8_bits_to_f32, kernel_layout, rotate_hilo, signed_hadamard
+from kvarn_cli.kernels.triton_common import (
+    KernelLayout,
+    dot_in_fp16,
+    fp8_bits_to_f32,
+    kernel_layout,
+    rotate_hilo,
+    signed_hadamard,
+)
 
 LOG2E = 1.4426950408889634
 NEG_BIG = tl.constexpr(-1.0e30)
@@ -759,6 +771,16 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 #: launch options a variant may set (the rest of its entries are kernel constexprs)
 LAUNCH_KEYS = ("num_warps", "maxnreg", "balanced")
+#: the CUDA split kernel (kernels/cuda_decode.py): not a Triton variant, but chosen the same way
+CUDA_VARIANT = "cuda"
+#: decode_attention's default: the CUDA kernel where it runs (cuda_decode.unsupported), else
+#: DEFAULT_VARIANT
+AUTO_VARIANT = "auto"
+#: one-warp programs per SM the CUDA kernel aims for, by head_dim (H100, 32k, run 79 in
+#: docs/BENCHMARKS.md): at D = 64 twice the count 8 gave was 1.3-1.35x faster at B = 32-64 (94
+#: registers and 10 KB of record buffers let ~20 share an SM); at D = 128 (140 registers,
+#: 18.7 KB) k2v2 was 5-10% slower with twice the count of 8 and 27-38% slower with half
+CUDA_PROGRAMS_PER_SM = {64: 16, 128: 8}
 #: tokens on the MMA rows, codes unpacked from 32-bit words, half-block steps, prefetch. On the
 #: H100 at 32k (docs/BENCHMARKS.md run 34) it is 1.1-1.8x faster than hilo at batches 1-64 on
 #: both benchmark shapes, passes every kernel test, and in vLLM gave hilo's greedy tokens
@@ -767,10 +789,16 @@ LAUNCH_KEYS = ("num_warps", "maxnreg", "balanced")
 DEFAULT_VARIANT = "tmwhb"
 
 
+def resolve_variant(lay: KernelLayout, gqa: int, device: torch.device) -> str:
+    """AUTO_VARIANT's choice: the CUDA split kernel where it runs, else DEFAULT_VARIANT. On the
+    H100 at 32k it is 2.1-2.6x faster than tmwhb (docs/BENCHMARKS.md run 78)."""
+    return CUDA_VARIANT if cuda_decode.unsupported(lay, gqa, device) is None else DEFAULT_VARIANT
+
+
 def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
     """The split kernel that runs `variant` (a key of VARIANTS)."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)} or {CUDA_VARIANT}")
     if is_balanced(variant):
         return _split_kernel_balanced
     return _split_kernel_tm if variant.startswith("tm") else _split_kernel_joined
@@ -779,7 +807,7 @@ def split_kernel_for(variant: str) -> triton.runtime.jit.JITFunction:
 def is_balanced(variant: str) -> bool:
     """Whether `variant` deals its work out evenly (_split_kernel_balanced): its split
     count is then the number of programs per KV head, not per row."""
-    return bool(VARIANTS[variant].get("balanced", False))
+    return variant != CUDA_VARIANT and bool(VARIANTS[variant].get("balanced", False))
 
 
 @functools.lru_cache(maxsize=None)
@@ -799,6 +827,8 @@ def programs_per_sm(variant: str, head_dim: int) -> int:
     5-11 splits against 406.8 with 2 (under half a wave). Run 34 timed half and twice the
     counts this gives, at batches 1-64 on both shapes: none was more than 1.5% faster. A
     variant capped at REGS_FOR_THREE registers (tmwhb3) aims at 3 per SM at D = 128 too."""
+    if variant == CUDA_VARIANT:
+        return CUDA_PROGRAMS_PER_SM.get(head_dim, 8)
     if variant.startswith("tm"):
         capped = int(VARIANTS[variant].get("maxnreg", 256)) <= REGS_FOR_THREE  # type: ignore[call-overload]
         return 3 if head_dim <= 64 or capped else 2
@@ -839,7 +869,7 @@ def decode_attention(
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     num_warps: int = 4,
     num_stages: int = 3,
-    variant: str = DEFAULT_VARIANT,
+    variant: str = AUTO_VARIANT,
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its quantized blocks and 16-bit slots.
 
@@ -869,6 +899,8 @@ def decode_attention(
         raise ValueError("query needs a contiguous last dimension")
     gqa = q_heads // kv_heads
     gp = max(16, triton.next_power_of_2(gqa))
+    if variant == AUTO_VARIANT:
+        variant = resolve_variant(lay, gqa, query.device)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     qk_scale = scale * LOG2E / math.sqrt(d)  # 1/sqrt(D): the +-1 Hadamard's normalization
     balanced = is_balanced(variant)
@@ -892,6 +924,27 @@ def decode_attention(
     use_fp16 = dot_in_fp16(query.device)
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
+    if variant == CUDA_VARIANT:
+        cuda_decode.split(lay, quantizer.layout, query, records, block_table, num_blocks, ws_acc, ws_ml,
+                          qk_scale, num_splits, gp, dt)
+    else:
+        _launch_triton_split(variant, lay, query, records, block_table, num_blocks, ws_acc, ws_ml,
+                             qk_scale, num_splits, gp, dt, num_warps, num_stages)
+    flags = {} if variant == CUDA_VARIANT else dict(VARIANTS[variant])
+    _launch_reduce(lay, query, h, out, ws_acc, ws_ml, side_k, side_v, side_slots, side_lens, qk_scale,
+                   num_blocks, num_splits, gp, dt, kv_heads, balanced, int(flags.get("SUB", 1)))  # type: ignore[call-overload]
+    return out
+
+
+def _launch_triton_split(variant: str, lay: KernelLayout, query: torch.Tensor, records: torch.Tensor,
+                         block_table: torch.Tensor, num_blocks: torch.Tensor, ws_acc: torch.Tensor,
+                         ws_ml: torch.Tensor, qk_scale: float, num_splits: int, gp: int, dt: Any,
+                         num_warps: int, num_stages: int) -> None:
+    batch, q_heads, d = query.shape
+    kv_heads = records.shape[1]
+    gqa = q_heads // kv_heads
+    balanced = is_balanced(variant)
+    h = signed_hadamard(d, query.device, torch.float16 if dt == tl.float16 else torch.bfloat16)
     kernel = split_kernel_for(variant)
     flags = dict(VARIANTS[variant])
     flags.pop("balanced", None)
@@ -912,6 +965,16 @@ def decode_attention(
     except triton.runtime.errors.OutOfResources:
         # software pipelining buffers too large for shared memory on this shape: go unpipelined
         kernel[grid](*args, num_stages=1, **consts)
+
+
+def _launch_reduce(lay: KernelLayout, query: torch.Tensor, h: torch.Tensor, out: torch.Tensor,
+                   ws_acc: torch.Tensor, ws_ml: torch.Tensor, side_k: torch.Tensor | None,
+                   side_v: torch.Tensor | None, side_slots: torch.Tensor | None, side_lens: torch.Tensor | None,
+                   qk_scale: float, num_blocks: torch.Tensor, num_splits: int, gp: int, dt: Any,
+                   kv_heads: int, balanced: bool, sub: int) -> None:
+    """The merge launch (_reduce_kernel) over the partials of any split kernel."""
+    batch, q_heads, d = query.shape
+    gqa = q_heads // kv_heads
     if side_k is None:
         num_side = 0
         side_k = side_v = query  # never read
@@ -930,7 +993,6 @@ def decode_attention(
         side_k, side_v, *strides, side_slots, side_lens, side_slots.stride(0),
         qk_scale, 1.0 / math.sqrt(d), num_blocks, num_splits,
         GQA=gqa, GP=gp, D=d, G=lay.block_size, NUM_SIDE=num_side, DT=dt,
-        BALANCED=balanced, SUB=int(flags.get("SUB", 1)) if balanced else 1, BP=bp if balanced else 1,  # type: ignore[call-overload]
+        BALANCED=balanced, SUB=sub if balanced else 1, BP=triton.next_power_of_2(batch) if balanced else 1,
         num_warps=4, num_stages=1,
     )
-    return out

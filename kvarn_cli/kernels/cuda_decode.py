@@ -1,0 +1,157 @@
+"""The CUDA split kernel of decode attention (cuda_decode_split.cu), compiled with NVRTC.
+
+Why CUDA next to the Triton kernels: the split kernel is where decode time goes, and Triton
+does not let a kernel choose the register layouts of its tensor-core operands; its versions
+move the unpacked codes through shared memory and issue 5-8k warp-instructions per 128-token
+block, which holds them at 17-20% of the H100's bandwidth (benchmarks/GPU_NOTES.md). The CUDA
+kernel builds each operand in the layout the MMA reads (see the .cu file's header) and writes
+the same partials as the Triton split kernels, so triton_decode._reduce_kernel merges them
+unchanged. It is one variant of triton_decode.decode_attention ("cuda"); the Triton variants
+stay the path on CPU (interpreter), on GPUs before sm_89, and for shapes it does not take.
+
+The source compiles at first use through torch.cuda._compile_kernel (NVRTC, which ships with
+PyTorch's CUDA wheels; no CUDA toolkit needed), once per record layout and GQA.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from kvarn_cli.kernels.triton_common import KernelLayout, rotate_hilo, signed_hadamard
+
+SOURCE = Path(__file__).with_name("cuda_decode_split.cu")
+#: the record fields the kernel reads, in the dtypes it decodes them as
+FIELD_DTYPES = {
+    "k_codes": "uint8", "v_codes": "uint8", "k_zero": "float16", "v_zero": "float16",
+    "k_scale": "float8_e4m3fn", "k_token_scale": "float8_e4m3fn", "v_scale": "float8_e4m3fn",
+    "v_channel_scale": "float8_e4m3fn", "k_scale_mult": "float32",
+}
+MULTS = ("k_scale_mult", "k_zero_mult", "k_token_scale_mult", "v_scale_mult", "v_zero_mult", "v_channel_scale_mult")
+MAX_GQA = 4  # eight MMA columns: the high and low parts of four query heads
+
+
+def unsupported(lay: KernelLayout, gqa: int, device: torch.device) -> str | None:
+    """Why the CUDA kernel cannot run this case (None: it can)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return "needs a CUDA device"
+    if torch.version.cuda is None:
+        return "needs CUDA (not ROCm)"
+    if _capability(device.index if device.index is not None else torch.cuda.current_device()) < (8, 9):
+        return "needs sm_89 or newer (fp8 conversion instructions)"
+    if not hasattr(torch.cuda, "_compile_kernel"):
+        return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC)"
+    if lay.block_size != 128 or lay.head_dim not in (64, 128):
+        return f"takes blocks of 128 tokens and head_dim 64 or 128, got {lay.block_size} and {lay.head_dim}"
+    if gqa > MAX_GQA:
+        return f"takes up to {MAX_GQA} query heads per KV head, got {gqa}"
+    if lay.record_bytes % 16:
+        return f"record size {lay.record_bytes} is not a multiple of 16"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)
+
+
+def _check_fields(layout: Any) -> None:
+    for name, dtype in FIELD_DTYPES.items():
+        if layout.field(name).dtype != dtype:
+            raise ValueError(f"record field {name} is {layout.field(name).dtype}, the CUDA kernel reads {dtype}")
+    base = layout.field(MULTS[0]).offset
+    for k, name in enumerate(MULTS):
+        if layout.field(name).offset != base + 4 * k:
+            raise ValueError("the CUDA kernel reads the six float32 multipliers as one run")
+
+
+def source_for(lay: KernelLayout, gqa: int, gp: int) -> str:
+    """The kernel source with this layout's constants in front."""
+    consts = {"D": lay.head_dim, "KB": lay.k_bits, "VB": lay.v_bits, "GQA": gqa, "GP": gp,
+              "G": lay.block_size, "REC": lay.record_bytes}
+    consts.update({name: value for name, value in lay.args().items()})
+    head = "".join(f"constexpr int {name} = {int(value)};\n" for name, value in consts.items())
+    return head + _source_text()
+
+
+@functools.lru_cache(maxsize=1)
+def _source_text() -> str:
+    return SOURCE.read_text()
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(source: str, device_index: int) -> Any:
+    with torch.cuda.device(device_index):
+        return torch.cuda._compile_kernel(source, "kvarn_split", nvcc_options=["-std=c++17"])
+
+
+@triton.jit
+def _rotate_query_kernel(q_ptr, stride_qb, stride_qh, h_ptr, out_ptr, qk_scale,
+                         GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
+    """out[b, kvh * GQA + g] = (q @ H) * qk_scale in float32 for the GQA heads of one group,
+    to float32 accuracy (rotate_hilo): the CUDA kernel's query operand."""
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    rows = (kvh * GQA + g[:, None]) * stride_qh + d[None, :]
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + rows, mask=g[:, None] < GQA, other=0.0).to(tl.float32)
+    qr = rotate_hilo(q, h_ptr, D, 0, 1, D, DT) * qk_scale
+    out_rows = (kvh * GQA + g[:, None]) * D + d[None, :]
+    tl.store(out_ptr + b.to(tl.int64) * (tl.num_programs(1) * GQA * D) + out_rows, qr, mask=g[:, None] < GQA)
+
+
+def rotated_query(query: torch.Tensor, kv_heads: int, qk_scale: float, dt: Any) -> torch.Tensor:
+    """(query @ H) * qk_scale as a contiguous float32 [B, Hq, D], H the +-1 Sylvester matrix
+    (qk_scale carries its 1/sqrt(D), as in the Triton split kernels)."""
+    batch, q_heads, d = query.shape
+    gqa = q_heads // kv_heads
+    qr = torch.empty(batch, q_heads, d, dtype=torch.float32, device=query.device)
+    h = signed_hadamard(d, query.device, torch.float16 if dt == tl.float16 else torch.bfloat16)
+    _rotate_query_kernel[(batch, kv_heads)](query, query.stride(0), query.stride(1), h, qr, qk_scale,
+                                            GQA=gqa, GP=max(16, triton.next_power_of_2(gqa)), D=d, DT=dt,
+                                            num_warps=4)
+    return qr
+
+
+def split(
+    lay: KernelLayout,
+    layout: Any,
+    query: torch.Tensor,
+    records: torch.Tensor,
+    block_table: torch.Tensor,
+    num_blocks: torch.Tensor,
+    ws_acc: torch.Tensor,
+    ws_ml: torch.Tensor,
+    qk_scale: float,
+    num_splits: int,
+    gp: int,
+    dt: Any,
+) -> None:
+    """Launch the split kernel, grid (batch, kv_heads, num_splits), writing the partials that
+    triton_decode._reduce_kernel reads."""
+    batch, q_heads, d = query.shape
+    kv_heads = records.shape[1]
+    gqa = q_heads // kv_heads
+    reason = unsupported(lay, gqa, query.device)
+    if reason is not None:
+        raise ValueError(f"the cuda decode variant {reason}")
+    _check_fields(layout)
+    if records.data_ptr() % 16 or records.stride(0) % 16 or records.stride(1) % 16:
+        raise ValueError("the cuda decode variant copies records in 16-byte pieces: they must be 16-byte aligned")
+    if block_table.dtype != torch.int32 or num_blocks.dtype != torch.int32 or block_table.stride(1) != 1:
+        raise ValueError("block_table and num_blocks must be int32 (block_table rows contiguous)")
+    qr = rotated_query(query, kv_heads, qk_scale, dt)
+    kernel = _compiled(source_for(lay, gqa, gp), query.device.index or 0)
+    kernel(
+        grid=(batch, kv_heads, num_splits),
+        block=(32, 1, 1),
+        args=[qr, qr.stride(0), qr.stride(1), records, records.stride(0), records.stride(1),
+              block_table, block_table.stride(0), num_blocks, ws_acc, ws_ml],
+        shared_mem=2 * lay.record_bytes,
+    )
