@@ -483,3 +483,24 @@ def test_cuda_decode_matches_dequantized_sdpa_and_hilo(
     if reason is not None:
         pytest.skip(f"cuda variant: {reason}")
     test_decode_matches_dequantized_sdpa("cuda", name, kv_heads, gqa, d, splits, with_side)
+
+
+def test_cuda_kernel_compiles_once_per_layout_and_gqa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-call lookup must not rebuild or recompile the source (decode calls it per layer
+    and eager step); the source carries the layout's offsets. NVRTC itself needs a GPU."""
+    from kvarn_cli.kernels import cuda_decode
+    from kvarn_cli.kernels.triton_common import kernel_layout
+
+    compiled: list[str] = []
+    monkeypatch.setattr(torch.cuda, "_compile_kernel", lambda src, name, **kw: compiled.append(src) or object(),
+                        raising=False)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(cuda_decode, "_KERNELS", {})
+    qz = make_quantizer("k2v2", head_dim=128, block_size=G)
+    lay = kernel_layout(qz.layout)
+    first = cuda_decode.kernel_for(lay, qz.layout, 4, 16, 0)
+    assert cuda_decode.kernel_for(lay, qz.layout, 4, 16, 0) is first
+    other = cuda_decode.kernel_for(lay, qz.layout, 3, 16, 0)
+    assert other is not first and len(compiled) == 2
+    assert f"constexpr int OFF_V_CODES = {qz.layout.field('v_codes').offset};" in compiled[0]
+    assert "constexpr int GQA = 4;" in compiled[0] and "constexpr int GQA = 3;" in compiled[1]

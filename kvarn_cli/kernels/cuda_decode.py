@@ -84,10 +84,21 @@ def _source_text() -> str:
     return SOURCE.read_text()
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(source: str, device_index: int) -> Any:
-    with torch.cuda.device(device_index):
-        return torch.cuda._compile_kernel(source, "kvarn_split", nvcc_options=["-std=c++17"])
+def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int) -> Any:
+    """The compiled kernel for this record layout and GQA: compiled and its fields checked
+    once, then looked up by a small key (decode runs this per layer and eager step)."""
+    key = (tuple(sorted(lay.args().items())), lay.head_dim, lay.k_bits, lay.v_bits, lay.block_size,
+           lay.record_bytes, gqa, gp, device_index)
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        _check_fields(layout)
+        with torch.cuda.device(device_index):
+            kernel = torch.cuda._compile_kernel(source_for(lay, gqa, gp), "kvarn_split", nvcc_options=["-std=c++17"])
+        _KERNELS[key] = kernel
+    return kernel
+
+
+_KERNELS: dict[tuple[Any, ...], Any] = {}
 
 
 @triton.jit
@@ -141,13 +152,12 @@ def split(
     reason = unsupported(lay, gqa, query.device)
     if reason is not None:
         raise ValueError(f"the cuda decode variant {reason}")
-    _check_fields(layout)
     if records.data_ptr() % 16 or records.stride(0) % 16 or records.stride(1) % 16:
         raise ValueError("the cuda decode variant copies records in 16-byte pieces: they must be 16-byte aligned")
     if block_table.dtype != torch.int32 or num_blocks.dtype != torch.int32 or block_table.stride(1) != 1:
         raise ValueError("block_table and num_blocks must be int32 (block_table rows contiguous)")
     qr = rotated_query(query, kv_heads, qk_scale, dt)
-    kernel = _compiled(source_for(lay, gqa, gp), query.device.index or 0)
+    kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0)
     kernel(
         grid=(batch, kv_heads, num_splits),
         block=(32, 1, 1),
