@@ -444,12 +444,13 @@ def test_split_count_aims_at_programs_per_sm(batch: int, kv_heads: int, max_bloc
 
 def test_rotated_query_for_the_cuda_kernel_matches_torch() -> None:
     from kvarn_cli.kernels.cuda_decode import rotated_query
-    from kvarn_cli.kernels.triton_common import dot_in_fp16
+    from kvarn_cli.kernels.triton_common import dot_in_fp16, signed_hadamard
 
     gen = torch.Generator().manual_seed(3)
     query = (torch.randn(2, 6, 64, generator=gen) * 3).to(DEVICE)
-    dt = tl.float16 if dot_in_fp16(query.device) else tl.bfloat16
-    got = rotated_query(query, kv_heads=2, qk_scale=0.37, dt=dt).cpu()
+    fp16 = dot_in_fp16(query.device)
+    h = signed_hadamard(64, query.device, torch.float16 if fp16 else torch.bfloat16)
+    got = rotated_query(query, h, kv_heads=2, qk_scale=0.37, dt=tl.float16 if fp16 else tl.bfloat16).cpu()
     want = query.cpu().double() @ rotation_on(64, torch.device("cpu")).double() * 64**0.5 * 0.37
     assert got.dtype == torch.float32 and got.is_contiguous()
     # float32 accuracy relative to the row's scale (the hi/lo split keeps ~16 bits per part)

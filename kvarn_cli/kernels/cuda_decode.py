@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kvarn_cli.kernels.triton_common import KernelLayout, rotate_hilo, signed_hadamard
+from kvarn_cli.kernels.triton_common import KernelLayout, rotate_hilo
 
 SOURCE = Path(__file__).with_name("cuda_decode_split.cu")
 #: the record fields the kernel reads, in the dtypes it decodes them as
@@ -117,13 +117,13 @@ def _rotate_query_kernel(q_ptr, stride_qb, stride_qh, h_ptr, out_ptr, qk_scale,
     tl.store(out_ptr + b.to(tl.int64) * (tl.num_programs(1) * GQA * D) + out_rows, qr, mask=g[:, None] < GQA)
 
 
-def rotated_query(query: torch.Tensor, kv_heads: int, qk_scale: float, dt: Any) -> torch.Tensor:
-    """(query @ H) * qk_scale as a contiguous float32 [B, Hq, D], H the +-1 Sylvester matrix
-    (qk_scale carries its 1/sqrt(D), as in the Triton split kernels)."""
+def rotated_query(query: torch.Tensor, h: torch.Tensor, kv_heads: int, qk_scale: float, dt: Any) -> torch.Tensor:
+    """(query @ H) * qk_scale as a contiguous float32 [B, Hq, D], h the +-1 Sylvester matrix in
+    dt (triton_common.signed_hadamard; qk_scale carries its 1/sqrt(D), as in the Triton split
+    kernels)."""
     batch, q_heads, d = query.shape
     gqa = q_heads // kv_heads
     qr = torch.empty(batch, q_heads, d, dtype=torch.float32, device=query.device)
-    h = signed_hadamard(d, query.device, torch.float16 if dt == tl.float16 else torch.bfloat16)
     _rotate_query_kernel[(batch, kv_heads)](query, query.stride(0), query.stride(1), h, qr, qk_scale,
                                             GQA=gqa, GP=max(16, triton.next_power_of_2(gqa)), D=d, DT=dt,
                                             num_warps=4)
@@ -134,6 +134,7 @@ def split(
     lay: KernelLayout,
     layout: Any,
     query: torch.Tensor,
+    h: torch.Tensor,
     records: torch.Tensor,
     block_table: torch.Tensor,
     num_blocks: torch.Tensor,
@@ -156,7 +157,7 @@ def split(
         raise ValueError("the cuda decode variant copies records in 16-byte pieces: they must be 16-byte aligned")
     if block_table.dtype != torch.int32 or num_blocks.dtype != torch.int32 or block_table.stride(1) != 1:
         raise ValueError("block_table and num_blocks must be int32 (block_table rows contiguous)")
-    qr = rotated_query(query, kv_heads, qk_scale, dt)
+    qr = rotated_query(query, h, kv_heads, qk_scale, dt)
     kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0)
     kernel(
         grid=(batch, kv_heads, num_splits),

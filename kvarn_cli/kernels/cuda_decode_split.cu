@@ -125,6 +125,25 @@ __device__ __forceinline__ u32 trans8(u32 x) {
   return y;
 }
 
+// sum / max over the 8 lanes of a head (lanes j, j + 4, ..., j + 28: the score rows)
+__device__ __forceinline__ float head_sum(float x) {
+  x += __shfl_xor_sync(FULL, x, 4);
+  x += __shfl_xor_sync(FULL, x, 8);
+  return x + __shfl_xor_sync(FULL, x, 16);
+}
+
+__device__ __forceinline__ float head_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(FULL, x, 4));
+  x = fmaxf(x, __shfl_xor_sync(FULL, x, 8));
+  return fmaxf(x, __shfl_xor_sync(FULL, x, 16));
+}
+
+// sum over the 4 lanes of an MMA column (lanes 4n .. 4n + 3: the Q' operand's channel parts)
+__device__ __forceinline__ float column_sum(float x) {
+  x += __shfl_xor_sync(FULL, x, 1);
+  return x + __shfl_xor_sync(FULL, x, 2);
+}
+
 __device__ __forceinline__ u32 smem_addr(const void* p) {
   u32 a;
   asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
@@ -229,10 +248,8 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
       bq[sl][0] = pack2(v[0], v[1]);
       bq[sl][1] = pack2(v[2], v[3]);
     }
-    colpart += __shfl_xor_sync(FULL, colpart, 1);
-    colpart += __shfl_xor_sync(FULL, colpart, 2);
-    qkzpart += __shfl_xor_sync(FULL, qkzpart, 1);
-    qkzpart += __shfl_xor_sync(FULL, qkzpart, 2);
+    colpart = column_sum(colpart);
+    qkzpart = column_sum(qkzpart);
     // the score lanes hold head j: column 2j lives in lanes 8j.., column 2j + 1 in 8j + 4..
     const float kcorr = __shfl_sync(FULL, qkzpart, 8 * j) -
                         128.f * (__shfl_sync(FULL, colpart, 8 * j) + __shfl_sync(FULL, colpart, 8 * j + 4));
@@ -257,10 +274,7 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
     float bmax = NEG_BIG;
 #pragma unroll
     for (int m = 0; m < TM; ++m) bmax = fmaxf(bmax, fmaxf(sc[m][0], sc[m][1]));
-    bmax = fmaxf(bmax, __shfl_xor_sync(FULL, bmax, 4));
-    bmax = fmaxf(bmax, __shfl_xor_sync(FULL, bmax, 8));
-    bmax = fmaxf(bmax, __shfl_xor_sync(FULL, bmax, 16));
-    const float m_new = fmaxf(m_run, bmax);
+    const float m_new = fmaxf(m_run, head_max(bmax));
     const float alpha = ex2(m_run - m_new);
     m_run = m_new;
 
@@ -286,10 +300,7 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
       pb[m][1] = trans8(pk[1]);
     }
     l_run = l_run * alpha + lsum;
-    float vcorr = pz - 128.f * psum;
-    vcorr += __shfl_xor_sync(FULL, vcorr, 4);
-    vcorr += __shfl_xor_sync(FULL, vcorr, 8);
-    vcorr += __shfl_xor_sync(FULL, vcorr, 16);
+    const float vcorr = head_sum(pz - 128.f * psum);
 
     // out^T for channels ca, ca + 1 of each tile: this lane's rows r and r + 8
 #pragma unroll
@@ -314,9 +325,7 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
   }
   cp_wait<0>();
 
-  l_run += __shfl_xor_sync(FULL, l_run, 4);
-  l_run += __shfl_xor_sync(FULL, l_run, 8);
-  l_run += __shfl_xor_sync(FULL, l_run, 16);
+  l_run = head_sum(l_run);
   const long long part = ((long long)b * gridDim.y + kvh) * nsplit + s;
   float* wacc = ws_acc + part * GP * D;
   float* wml = ws_ml + part * 2 * GP;

@@ -925,10 +925,10 @@ def decode_attention(
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
     if variant == CUDA_VARIANT:
-        cuda_decode.split(lay, quantizer.layout, query, records, block_table, num_blocks, ws_acc, ws_ml,
+        cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks, ws_acc, ws_ml,
                           qk_scale, num_splits, gp, dt)
     else:
-        _launch_triton_split(variant, lay, query, records, block_table, num_blocks, ws_acc, ws_ml,
+        _launch_triton_split(variant, lay, query, h, records, block_table, num_blocks, ws_acc, ws_ml,
                              qk_scale, num_splits, gp, dt, num_warps, num_stages)
     flags = {} if variant == CUDA_VARIANT else dict(VARIANTS[variant])
     _launch_reduce(lay, query, h, out, ws_acc, ws_ml, side_k, side_v, side_slots, side_lens, qk_scale,
@@ -936,7 +936,7 @@ def decode_attention(
     return out
 
 
-def _launch_triton_split(variant: str, lay: KernelLayout, query: torch.Tensor, records: torch.Tensor,
+def _launch_triton_split(variant: str, lay: KernelLayout, query: torch.Tensor, h: torch.Tensor, records: torch.Tensor,
                          block_table: torch.Tensor, num_blocks: torch.Tensor, ws_acc: torch.Tensor,
                          ws_ml: torch.Tensor, qk_scale: float, num_splits: int, gp: int, dt: Any,
                          num_warps: int, num_stages: int) -> None:
@@ -944,7 +944,6 @@ def _launch_triton_split(variant: str, lay: KernelLayout, query: torch.Tensor, r
     kv_heads = records.shape[1]
     gqa = q_heads // kv_heads
     balanced = is_balanced(variant)
-    h = signed_hadamard(d, query.device, torch.float16 if dt == tl.float16 else torch.bfloat16)
     kernel = split_kernel_for(variant)
     flags = dict(VARIANTS[variant])
     flags.pop("balanced", None)
