@@ -43,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kernels.triton_decode import (  # noqa: E402
-    balanced_programs, choose_splits, decode_attention, is_balanced, programs_per_sm,
+    AUTO_VARIANT, decode_attention, default_splits, resolve_variant,
 )
+from kvarn_cli.kernels.triton_common import kernel_layout  # noqa: E402
 from kvarn_cli.kernels.triton_flush import DEFAULT_VARIANT, VARIANTS, default_warps, flush_tiles  # noqa: E402
 
 SHAPES = {"smollm2": (3, 9, 64), "qwen3-4b": (8, 32, 128)}  # (kv heads, q heads, head dim)
@@ -154,6 +155,14 @@ def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool:
     return ms, rec_bytes + side_bytes + 2 * batch * qh * d * 2
 
 
+def resolved(variant: str, method: str, d: int, gqa: int) -> str:
+    """The variant decode_attention runs for `variant` (AUTO_VARIANT resolved)."""
+    if variant != AUTO_VARIANT:
+        return variant
+    lay = kernel_layout(make_quantizer(method, head_dim=d, block_size=G).layout)
+    return resolve_variant(lay, gqa, torch.device("cuda"))
+
+
 def flush_case(name: str, batch: int, kvh: int, d: int, variant: str = DEFAULT_VARIANT, num_warps: int | None = None) -> float:
     qz = make_quantizer(name, head_dim=d, block_size=G)
     k = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
@@ -191,7 +200,7 @@ def main() -> None:
     ap.add_argument("--methods", default="k2v2,k4v4")
     ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
     ap.add_argument("--tune", action="store_true",
-                    help="also time the first variant at 32k with half and twice the split count choose_splits picks")
+                    help="also time the first variant at 32k with half and twice the split count default_splits picks")
     ap.add_argument("--no-flush", action="store_true", help="skip the flush-kernel timings")
     ap.add_argument("--only", choices=("flush",), help="time only the flush kernel (each variant, warp count)")
     ap.add_argument("--flush-variants", default=",".join(VARIANTS), help="with --only flush")
@@ -244,16 +253,13 @@ def main() -> None:
                 save()
         if args.tune:
             # the heuristic's split count for the first variant, and half and twice that,
-            # at every batch (32k): does choose_splits pick the fastest of its neighbours?
+            # at every batch (32k): does default_splits pick the fastest of its neighbours?
             nblk = 32768 // G - 1
-            sms = torch.cuda.get_device_properties(0).multi_processor_count
             var = variants[0]
             for m in methods:
                 for batch in batches:
-                    if is_balanced(var):  # programs per KV head, whatever the batch
-                        chosen = balanced_programs(kvh, sms, programs_per_sm(var, d))
-                    else:
-                        chosen = choose_splits(batch, kvh, nblk, sms, programs_per_sm(var, d))
+                    chosen = default_splits(resolved(var, m, d, qh // kvh), make_quantizer(m, head_dim=d, block_size=G),
+                                            qh // kvh, batch, kvh, nblk, torch.device("cuda"))
                     for splits in sorted({max(1, chosen // 2), chosen, min(nblk, 2 * chosen)}):
                         kw = {"num_splits": splits, "variant": var}
                         ms, nbytes = kvarn_case(m, batch, kvh, qh, d, 32768, pools[m], **kw)

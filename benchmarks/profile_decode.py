@@ -25,10 +25,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--ctx", type=int, default=32768)
     ap.add_argument("--variant", default="magic")
+    ap.add_argument("--splits", type=int, default=None, help="split count (default: decode_attention's choice)")
     args = ap.parse_args()
     kvh, qh, d = SHAPES[args.shape]
     pool = record_pool(args.method, kvh, d)
-    _, nbytes = kvarn_case(args.method, args.batch, kvh, qh, d, args.ctx, pool, eager_runs=4, variant=args.variant)
+    _, nbytes = kvarn_case(args.method, args.batch, kvh, qh, d, args.ctx, pool, eager_runs=4, variant=args.variant,
+                           num_splits=args.splits)
     print(f"{args}: {nbytes / 1e6:.1f} MB per call")
     torch.cuda.synchronize()
 

@@ -20,7 +20,9 @@ from kv_tiles import key_like, value_like  # noqa: E402
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kernels.hadamard import rotation_on  # noqa: E402
 from kvarn_cli.kernels.packing import unpack_codes  # noqa: E402
-from kvarn_cli.kernels.triton_decode import choose_splits, decode_attention, programs_per_sm  # noqa: E402
+from kvarn_cli.kernels.triton_decode import (  # noqa: E402
+    CUDA_MIN_BLOCKS, CUDA_WAVES, choose_splits, cuda_splits, decode_attention, programs_per_sm,
+)
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
@@ -440,6 +442,52 @@ def test_split_count_aims_at_programs_per_sm(batch: int, kv_heads: int, max_bloc
         assert programs <= 2 * target  # never more than twice the target
     if 2 * splits <= max_blocks // 2:  # not capped by the row length
         assert 2 * programs > target  # more than half the target
+
+
+@given(
+    batch=st.integers(1, 256), kv_heads=st.integers(1, 16), max_blocks=st.integers(1, 1024),
+    resident=st.integers(1, 32), sms=st.sampled_from([4, 78, 132]),
+)
+def test_cuda_split_count_fills_the_gpu_once(batch: int, kv_heads: int, max_blocks: int, resident: int, sms: int) -> None:
+    """The CUDA kernel's count: no more programs than CUDA_WAVES waves of resident ones hold,
+    at least CUDA_MIN_BLOCKS blocks per split (rounded up), every split given a block, and the
+    blocks per split of the largest count within those bounds."""
+    splits = cuda_splits(batch, kv_heads, max_blocks, sms, resident)
+    target = CUDA_WAVES * resident * sms
+    cap = -(-max_blocks // CUDA_MIN_BLOCKS)
+    assert 1 <= splits <= cap
+    if splits > 1:
+        assert batch * kv_heads * splits <= target
+    per = -(-max_blocks // splits)
+    assert (splits - 1) * per < max_blocks  # the last split has a block
+    largest = min(max(1, target // (batch * kv_heads)), cap)
+    assert per == -(-max_blocks // largest)
+
+
+def test_cuda_split_count_asks_the_driver_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """default_splits takes the resident count from cuda_decode.resident_per_sm, which asks
+    the driver once per compiled kernel and falls back to a table where it cannot."""
+    from kvarn_cli.kernels import cuda_decode, triton_decode
+    from kvarn_cli.kernels.triton_common import kernel_layout
+
+    qz = make_quantizer("k2v2", head_dim=64, block_size=G)
+    lay = kernel_layout(qz.layout)
+    asked: list[int] = []
+    monkeypatch.setattr(torch.cuda, "_compile_kernel", lambda src, name, **kw: object(), raising=False)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(cuda_decode, "_KERNELS", {})
+    monkeypatch.setattr(cuda_decode, "_RESIDENT", {})
+    monkeypatch.setattr(cuda_decode, "_occupancy", lambda kernel, smem: asked.append(smem) or 5)
+    assert cuda_decode.resident_per_sm(lay, qz.layout, 3, 16, 0) == 5
+    assert cuda_decode.resident_per_sm(lay, qz.layout, 3, 16, 0) == 5
+    assert asked == [2 * lay.record_bytes]  # the two record buffers
+    # no driver answer (here: a kernel object without a CUfunction): the table's count
+    monkeypatch.setattr(cuda_decode, "_RESIDENT", {})
+    monkeypatch.setattr(cuda_decode, "_occupancy", lambda kernel, smem: None)
+    assert cuda_decode.resident_per_sm(lay, qz.layout, 3, 16, 0) == cuda_decode.FALLBACK_RESIDENT[64]
+    monkeypatch.setattr(triton_decode, "_num_sms", lambda index: 132)
+    got = triton_decode.default_splits("cuda", qz, 3, 32, 3, 255, torch.device("cuda", 0))
+    assert got == cuda_splits(32, 3, 255, 132, cuda_decode.FALLBACK_RESIDENT[64])
 
 
 def test_rotated_query_for_the_cuda_kernel_matches_torch() -> None:

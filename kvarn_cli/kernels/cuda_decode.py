@@ -15,6 +15,7 @@ PyTorch's CUDA wheels; no CUDA toolkit needed), once per record layout and GQA.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,15 @@ def _source_text() -> str:
     return SOURCE.read_text()
 
 
+def _key(lay: KernelLayout, gqa: int, gp: int, device_index: int) -> tuple[Any, ...]:
+    return (tuple(sorted(lay.args().items())), lay.head_dim, lay.k_bits, lay.v_bits, lay.block_size,
+            lay.record_bytes, gqa, gp, device_index)
+
+
 def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int) -> Any:
     """The compiled kernel for this record layout and GQA: compiled and its fields checked
     once, then looked up by a small key (decode runs this per layer and eager step)."""
-    key = (tuple(sorted(lay.args().items())), lay.head_dim, lay.k_bits, lay.v_bits, lay.block_size,
-           lay.record_bytes, gqa, gp, device_index)
+    key = _key(lay, gqa, gp, device_index)
     kernel = _KERNELS.get(key)
     if kernel is None:
         _check_fields(layout)
@@ -99,6 +104,38 @@ def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: 
 
 
 _KERNELS: dict[tuple[Any, ...], Any] = {}
+_RESIDENT: dict[tuple[Any, ...], int] = {}
+#: programs per SM where the driver's occupancy calculator cannot be reached (the H100's
+#: counts for k2v2: registers bound D = 128 to 8, D = 64 to 19)
+FALLBACK_RESIDENT = {64: 16, 128: 8}
+
+
+def resident_per_sm(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int) -> int:
+    """How many programs of this layout's kernel one SM holds at once: its registers and its
+    two record buffers decide (6 to 19 on the H100), so the split count is asked of the driver
+    (cuOccupancyMaxActiveBlocksPerMultiprocessor) rather than kept in a table per layout."""
+    key = _key(lay, gqa, gp, device_index)
+    count = _RESIDENT.get(key)
+    if count is None:
+        kernel = kernel_for(lay, layout, gqa, gp, device_index)
+        with torch.cuda.device(device_index):
+            count = _occupancy(kernel, 2 * lay.record_bytes) or FALLBACK_RESIDENT.get(lay.head_dim, 8)
+        _RESIDENT[key] = count
+    return count
+
+
+def _occupancy(kernel: Any, shared_mem: int) -> int | None:
+    try:
+        from torch.cuda import _utils
+
+        library = getattr(_utils, "_get_gpu_runtime_library", None) or _utils._get_cuda_library
+        lib = library()
+        count = ctypes.c_int(0)
+        status = lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            ctypes.byref(count), kernel.func, ctypes.c_int(32), ctypes.c_size_t(shared_mem))
+    except (AttributeError, OSError, ImportError):
+        return None
+    return count.value if status == 0 and count.value > 0 else None
 
 
 @triton.jit

@@ -651,7 +651,7 @@ def _reduce_kernel(
     qk_scale, inv_sqrt_d, nblk_ptr, num_parts,
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     NUM_SIDE: tl.constexpr, DT: tl.constexpr,
-    BALANCED: tl.constexpr = False, SUB: tl.constexpr = 1, BP: tl.constexpr = 1,
+    BALANCED: tl.constexpr = False, SUB: tl.constexpr = 1, BP: tl.constexpr = 1, PARTS_AT_ONCE: tl.constexpr = 4,
 ):
     """Partials of (b, kvh): num_parts (the split count) in a row, or with BALANCED those
     that the num_parts programs per KV head of _split_kernel_balanced wrote for row b."""
@@ -680,17 +680,23 @@ def _reduce_kernel(
     else:
         first = (b.to(tl.int64) * tl.num_programs(1) + kvh) * num_parts
         count = num_parts
-    for s in range(count):
-        ml = ws_ml_ptr + (first + s) * 2 * GP
-        ms = tl.load(ml + g)
-        ls = tl.load(ml + GP + g)
-        a = tl.load(ws_acc_ptr + (first + s) * GP * D + g[:, None] * D + d[None, :])
-        m_new = tl.maximum(m, ms)
-        alpha = tl.exp2(m - m_new)
-        beta = tl.exp2(ms - m_new)
-        l = l * alpha + ls * beta
-        acc = acc * alpha[:, None] + a * beta[:, None]
-        m = m_new
+    # PARTS_AT_ONCE partials per step, unrolled, so that their loads are in flight together
+    # rather than one memory latency per partial (the CUDA kernel's split counts reach 20-60
+    # at 32k). Rows GQA .. GP - 1 are padding, which the CUDA split kernel leaves unwritten.
+    for s0 in range(0, count, PARTS_AT_ONCE):
+        for c in tl.static_range(PARTS_AT_ONCE):
+            s = s0 + c
+            rows_ok = (g < GQA) & (g * 0 + s < count)  # a tensor also where s and count are ints (interpreter)
+            ml = ws_ml_ptr + (first + s) * 2 * GP
+            ms = tl.load(ml + g, mask=rows_ok, other=NEG_BIG)
+            ls = tl.load(ml + GP + g, mask=rows_ok, other=0.0)
+            a = tl.load(ws_acc_ptr + (first + s) * GP * D + g[:, None] * D + d[None, :], mask=rows_ok[:, None], other=0.0)
+            m_new = tl.maximum(m, ms)
+            alpha = tl.exp2(m - m_new)
+            beta = tl.exp2(ms - m_new)
+            l = l * alpha + ls * beta
+            acc = acc * alpha[:, None] + a * beta[:, None]
+            m = m_new
 
     if NUM_SIDE > 0:
         q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
@@ -776,11 +782,13 @@ CUDA_VARIANT = "cuda"
 #: decode_attention's default: the CUDA kernel where it runs (cuda_decode.unsupported), else
 #: DEFAULT_VARIANT
 AUTO_VARIANT = "auto"
-#: one-warp programs per SM the CUDA kernel aims for, by head_dim (H100, 32k, run 79 in
-#: docs/BENCHMARKS.md): at D = 64 twice the count 8 gave was 1.3-1.35x faster at B = 32-64 (94
-#: registers and 10 KB of record buffers let ~20 share an SM); at D = 128 (140 registers,
-#: 18.7 KB) k2v2 was 5-10% slower with twice the count of 8 and 27-38% slower with half
-CUDA_PROGRAMS_PER_SM = {64: 16, 128: 8}
+#: the CUDA kernel's split count fills every SM once (CUDA_WAVES) with the programs one SM holds
+#: at once (cuda_decode.resident_per_sm), with at least CUDA_MIN_BLOCKS blocks per split. Runs
+#: 86-87 (docs/BENCHMARKS.md) timed 1 and 2 waves with 2-16 blocks at least, on both shapes,
+#: k2v2 and k4v4, batches 1-64 at 32k: one wave and 4 blocks was the fastest or within 4% of
+#: it, except k4v4 at D = 128 (6 programs per SM), which ran 4-7% faster with two waves.
+CUDA_WAVES = 1
+CUDA_MIN_BLOCKS = 4
 #: tokens on the MMA rows, codes unpacked from 32-bit words, half-block steps, prefetch. On the
 #: H100 at 32k (docs/BENCHMARKS.md run 34) it is 1.1-1.8x faster than hilo at batches 1-64 on
 #: both benchmark shapes, passes every kernel test, and in vLLM gave hilo's greedy tokens
@@ -827,8 +835,6 @@ def programs_per_sm(variant: str, head_dim: int) -> int:
     5-11 splits against 406.8 with 2 (under half a wave). Run 34 timed half and twice the
     counts this gives, at batches 1-64 on both shapes: none was more than 1.5% faster. A
     variant capped at REGS_FOR_THREE registers (tmwhb3) aims at 3 per SM at D = 128 too."""
-    if variant == CUDA_VARIANT:
-        return CUDA_PROGRAMS_PER_SM.get(head_dim, 8)
     if variant.startswith("tm"):
         capped = int(VARIANTS[variant].get("maxnreg", 256)) <= REGS_FOR_THREE  # type: ignore[call-overload]
         return 3 if head_dim <= 64 or capped else 2
@@ -845,6 +851,34 @@ def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, per_
     # a power of two: the count is a kernel constant, so this bounds the compiled versions
     # (as a sequence grows) to a handful that a warm-up meets
     return 1 << (splits.bit_length() - 1)
+
+
+def cuda_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, resident: int) -> int:
+    """Splits per (sequence, KV head) for the CUDA kernel: CUDA_WAVES waves of `resident`
+    programs on every SM, at least CUDA_MIN_BLOCKS blocks per split, then as few splits as
+    give the same blocks per split (so no split is left without a block: with 255 blocks, 63
+    splits of 5 leave 12 empty, 51 do the same work). Any count, not a power of two: for this
+    kernel it is the grid's depth, not a compiled constant."""
+    wave = max(1, CUDA_WAVES * resident * num_sms // max(1, batch * kv_heads))
+    splits = min(wave, -(-max_blocks // CUDA_MIN_BLOCKS))
+    per = -(-max_blocks // max(1, splits))
+    return max(1, -(-max_blocks // per))
+
+
+def default_splits(variant: str, quantizer: Quantizer, gqa: int, batch: int, kv_heads: int, max_blocks: int,
+                   device: torch.device) -> int:
+    """decode_attention's split count when none is given (a balanced variant: programs per
+    KV head). It depends only on the shapes, so a CUDA graph's count stays fixed."""
+    lay = kernel_layout(quantizer.layout)
+    sms = _num_sms(device.index or 0) if device.type == "cuda" else 4
+    if variant == CUDA_VARIANT:
+        gp = max(16, triton.next_power_of_2(gqa))
+        resident = cuda_decode.resident_per_sm(lay, quantizer.layout, gqa, gp, device.index or 0)
+        return cuda_splits(batch, kv_heads, max_blocks, sms, resident)
+    per_sm = programs_per_sm(variant, lay.head_dim)
+    if is_balanced(variant):
+        return balanced_programs(kv_heads, sms, per_sm)
+    return choose_splits(batch, kv_heads, max_blocks, sms, per_sm)
 
 
 def balanced_programs(kv_heads: int, num_sms: int, per_sm: int) -> int:
@@ -904,13 +938,10 @@ def decode_attention(
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     qk_scale = scale * LOG2E / math.sqrt(d)  # 1/sqrt(D): the +-1 Hadamard's normalization
     balanced = is_balanced(variant)
+    if variant == CUDA_VARIANT and (reason := cuda_decode.unsupported(lay, gqa, query.device)) is not None:
+        raise ValueError(f"the cuda decode variant {reason}")
     if num_splits is None:
-        sms = _num_sms(query.device.index or 0) if query.is_cuda else 4
-        per_sm = programs_per_sm(variant, d)
-        if balanced:
-            num_splits = balanced_programs(kv_heads, sms, per_sm)
-        else:
-            num_splits = choose_splits(batch, kv_heads, block_table.shape[1], sms, per_sm)
+        num_splits = default_splits(variant, quantizer, gqa, batch, kv_heads, block_table.shape[1], query.device)
     parts = kv_heads * (num_splits + batch) if balanced else batch * kv_heads * num_splits
     if workspace is None:
         ws_acc = torch.empty(parts * gp * d, dtype=torch.float32, device=query.device)
