@@ -1,0 +1,473 @@
+// Split kernel of decode attention over KVarN records, one warp per (row, KV head, split).
+//
+// kernels/cuda_decode.py prepends the constants (D, KB, VB, GQA, GP, G, REC and the
+// record's OFF_* field offsets) and compiles this with NVRTC; no header is included.
+//
+// Why a hand-written kernel: the Triton split kernels spend 5-8k warp-instructions per
+// 128-token block (benchmarks/GPU_NOTES.md), mostly layout conversions through shared
+// memory, and reach 17-20% of HBM bandwidth. Here every operand is built in the register
+// layout the tensor cores read (mma.sync m16n8k16, bf16):
+//  * scores^T [16 tokens, 8] = K codes [16 tokens, 16 ch] x Q' [16 ch, 8] per MMA, where the
+//    8 columns are (q_rot * k_scale) of head h, split into a bf16 high part (column 2h) and
+//    the remainder (2h + 1): float32-level accuracy for the price of the padding (GQA <= 4);
+//  * out^T [16 ch, 8] = V codes^T [16 ch, 16 tokens] x P' [16 tokens, 8], P' = p * v_scale
+//    split the same way; the records hold V channel-major, so both code operands are A
+//    operands read straight from 32-bit words;
+//  * a code pair becomes a bf16 pair in one LOP3 after a shift: (w & mask) | 0x43004300 is
+//    128 + c in each half. With 2-bit codes one shift serves two pairs: the second pair sits
+//    two bits up and reads as 128 + 4c, so the B rows it meets (reduction indices 8-15 of
+//    each slice) carry a quarter of their value. The reduction index of each MMA visits the
+//    channels (tokens) in the order the words unpack them; the query columns, the token rows
+//    of K and the P' rows follow that order (kmap);
+//  * the 128s come back out through the accumulator's start value: one MMA per slice of a
+//    constant -128 A operand against the same B gives -128 * (column sums of B) in every row;
+//  * the block's scalar multipliers are applied once per score or output, not per element;
+//  * P' moves from the scores' accumulator layout to the B operand layout with two
+//    movmatrix transposes per 16 tokens instead of a round trip through shared memory;
+//  * each record (codes, scales, zeros) is copied to shared memory with cp.async while the
+//    previous block is computed (two buffers per warp); within the code regions the 16-byte
+//    pieces of a row are swapped on alternate row groups, so the two rows that lanes r and
+//    r + 1 read in one shared-memory phase fall in different banks.
+// Output: the unnormalized partial (acc [GP, D] in the rotated domain, running max and sum
+// in base 2) that triton_decode._reduce_kernel merges, as the Triton split kernels write it
+// but for rows GQA .. GP - 1, which the reduce kernel does not read.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+
+struct __align__(16) Words4 { u32 w[4]; };
+
+#define NEG_BIG (-1.0e30f)
+#define FULL 0xffffffffu
+
+constexpr int NS = D / 16;            // 16-channel slices of K, 16-channel tiles of V^T
+constexpr int KW = D * KB / 32;       // 32-bit words per K token row
+constexpr int VW = G * VB / 32;       // 32-bit words per V channel row
+constexpr int TM = G / 16;            // 16-token tiles per block
+constexpr int KROW = D * KB / 8;      // bytes per K token row
+constexpr int VROW = G * VB / 8;      // bytes per V channel row
+constexpr int CHUNKS = REC / 16;      // 16-byte pieces per record
+// distance between the token rows that lanes r and r + 1 read (kmap<VB>(1) - kmap<VB>(0))
+constexpr int KSTEP = VB == 2 ? 8 : 4;
+static_assert(G == 128 && (D == 64 || D == 128), "block of 128 tokens, head_dim 64 or 128");
+static_assert((KB == 2 || KB == 4) && (VB == 2 || VB == 4), "2- or 4-bit codes");
+static_assert(GQA >= 1 && GQA <= 4, "up to 4 query heads per KV head (8 MMA columns)");
+static_assert(REC % 16 == 0, "records are copied in 16-byte pieces");
+static_assert(OFF_K_CODES % 32 == 0 && OFF_V_CODES % 32 == 0, "code regions start on a 16-byte pair");
+static_assert(KROW % 16 == 0 && VROW % 32 == 0, "code rows of whole 16-byte pieces");
+static_assert(OFF_K_ZERO % 4 == 0 && OFF_V_ZERO % 4 == 0 && OFF_K_SCALE % 2 == 0 && OFF_V_SCALE % 2 == 0 &&
+              OFF_K_TOKEN_SCALE % 2 == 0 && OFF_V_CHANNEL_SCALE % 2 == 0 && OFF_K_SCALE_MULT % 4 == 0,
+              "scale fields aligned for paired loads");
+
+__device__ __forceinline__ float f16_to_f32(u16 v) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+  return f;
+}
+
+// two floats -> a bf16 pair (round to nearest), `lower` in the low half
+__device__ __forceinline__ u32 pack2(float lower, float upper) {
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(upper), "f"(lower));
+  return r;
+}
+
+// two e4m3 bytes (low byte first) -> two floats
+__device__ __forceinline__ void e4m3x2(u16 v, float& lo, float& hi) {
+  u32 h2;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(v));
+  lo = f16_to_f32((u16)(h2 & 0xffffu));
+  hi = f16_to_f32((u16)(h2 >> 16));
+}
+
+__device__ __forceinline__ float e4m3(u8 v) {
+  float lo, hi;
+  e4m3x2((u16)v, lo, hi);
+  return lo;
+}
+
+// two f16 values (low half first) -> two floats
+__device__ __forceinline__ void f16x2(u32 v, float& lo, float& hi) {
+  lo = f16_to_f32((u16)(v & 0xffffu));
+  hi = f16_to_f32((u16)(v >> 16));
+}
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// the part of x an MMA column carries: its bf16 high part (x truncated to 16 bits, exact in
+// bf16) or the remainder x - high (exact in float32; the pack rounds it to bf16)
+__device__ __forceinline__ float part(float x, bool low) {
+  const float hi = __uint_as_float(__float_as_uint(x) & 0xffff0000u);
+  return low ? x - hi : hi;
+}
+
+// element of a 16-wide MMA reduction slice that index k (0..15) reads, in the order
+// the fragments unpack a slice's words (see afrag)
+template <int BITS>
+__device__ __forceinline__ int kmap(int k) {
+  const int jj = (k & 7) >> 1, e = k & 1, hw = k >> 3;
+  return BITS == 2 ? 2 * jj + hw + 8 * e : 8 * hw + jj + 4 * e;
+}
+
+// (w & mask) | magic in one instruction; magic is a register (two immediates do not fit one LOP3)
+template <u32 MASK>
+__device__ __forceinline__ u32 pick(u32 w, u32 magic) {
+  u32 d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(w), "n"(MASK), "r"(magic));
+  return d;
+}
+
+// A operand of one MMA (rows = the lane's rows A and B, 16 reduction indices of slice sl)
+// from the rows' 32-bit words; lane j takes the pairs of indices (2j, 2j+1), (2j+8, 2j+9).
+// 2-bit: the pairs at bits 4j and 4j + 2 of one word, the second as 128 + 4c; 4-bit: the
+// pair at bits 4j of words 2 sl and 2 sl + 1.
+template <int BITS, int NW>
+__device__ __forceinline__ void afrag(const u32 (&wa)[NW], const u32 (&wb)[NW], int sl, int sh, u32 magic, u32 (&a)[4]) {
+  if constexpr (BITS == 2) {
+    const u32 xa = wa[sl] >> sh, xb = wb[sl] >> sh;
+    a[0] = pick<0x00030003u>(xa, magic);
+    a[1] = pick<0x00030003u>(xb, magic);
+    a[2] = pick<0x000c000cu>(xa, magic);
+    a[3] = pick<0x000c000cu>(xb, magic);
+  } else {
+    a[0] = pick<0x000f000fu>(wa[2 * sl] >> sh, magic);
+    a[1] = pick<0x000f000fu>(wb[2 * sl] >> sh, magic);
+    a[2] = pick<0x000f000fu>(wa[2 * sl + 1] >> sh, magic);
+    a[3] = pick<0x000f000fu>(wb[2 * sl + 1] >> sh, magic);
+  }
+}
+
+// d = a b + c
+__device__ __forceinline__ void mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1, const float (&c)[4]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+// -128 * (column sums of B) in every row: the start value that takes the 128s out
+__device__ __forceinline__ void minus_128_sums(float (&d)[4], u32 b0, u32 b1) {
+  const u32 m128[4] = {0xc300c300u, 0xc300c300u, 0xc300c300u, 0xc300c300u};  // bf16 -128
+  mma(d, m128, b0, b1, d);
+}
+
+__device__ __forceinline__ u32 trans8(u32 x) {
+  u32 y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// sum / max over the 8 lanes of a head (lanes j, j + 4, ..., j + 28: the score rows)
+__device__ __forceinline__ float head_sum(float x) {
+  x += __shfl_xor_sync(FULL, x, 4);
+  x += __shfl_xor_sync(FULL, x, 8);
+  return x + __shfl_xor_sync(FULL, x, 16);
+}
+
+__device__ __forceinline__ float head_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(FULL, x, 4));
+  x = fmaxf(x, __shfl_xor_sync(FULL, x, 8));
+  return fmaxf(x, __shfl_xor_sync(FULL, x, 16));
+}
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+  u32 a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+
+__device__ __forceinline__ void cp16(u32 dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+// Where the 16-byte pieces of a record go in shared memory: inside the code regions the
+// pieces of a row trade places (x ^ 1) on alternate groups of rows, the groups chosen so that
+// the rows lanes r and r + 1 read together (K: token rows KSTEP apart; V: channel rows D / 8
+// apart) fall in different banks; rows of one piece (K at D = 64, 2-bit) trade with their
+// neighbour. Piece x of a region belongs to row x / (pieces per row); with 32 lanes the swap
+// bit of lane + 32 k is a lane constant or a compile-time one.
+constexpr int KN = G * KROW / 16, VN = D * VROW / 16;  // pieces of the K and V code regions
+static_assert(OFF_K_CODES == 0 && OFF_V_CODES == G * KROW && KN % 32 == 0 && VN % 32 == 0,
+              "K codes, then V codes, then the scale fields");
+
+__device__ __forceinline__ int k_swap(int x) { return ((x / (KROW / 16)) / KSTEP) & 1; }
+__device__ __forceinline__ int v_swap(int x) { return ((x / (VROW / 16)) / (D / 8)) & 1; }
+
+__device__ __forceinline__ void copy_record(u32 dst, const u8* src, int lane) {
+#pragma unroll
+  for (int k = 0; k < KN / 32; ++k) {
+    const int x = lane + 32 * k;
+    cp16(dst + 16 * (x ^ k_swap(x)), src + 16 * x);
+  }
+#pragma unroll
+  for (int k = 0; k < VN / 32; ++k) {
+    const int x = lane + 32 * k;
+    cp16(dst + 16 * (KN + (x ^ v_swap(x))), src + 16 * (KN + x));
+  }
+#pragma unroll
+  for (int k = 0; k < (CHUNKS - KN - VN + 31) / 32; ++k) {
+    const int c = KN + VN + lane + 32 * k;
+    if (c < CHUNKS) cp16(dst + 16 * c, src + 16 * c);
+  }
+}
+
+// the NW words of a code row whose first piece is `first` (pieces from `region`), s the
+// row's swap bit
+template <int NW>
+__device__ __forceinline__ void load_row(const u8* region, int first, int s, u32 (&w)[NW]) {
+#pragma unroll
+  for (int u = 0; u < NW / 4; ++u) {
+    const Words4 x = reinterpret_cast<const Words4*>(region)[(first + u) ^ s];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) w[4 * u + k] = x.w[k];
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(32) kvarn_split(
+    const float* __restrict__ qr, int stride_qb, int stride_qh,  // rotated, scaled query [B, Hq, D] float32
+    const u8* __restrict__ rec, int stride_rb, int stride_rh,    // records [blocks, Hkv, REC]
+    const int* __restrict__ bt, int stride_btb, const int* __restrict__ nblk,
+    float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
+  extern __shared__ __align__(16) u8 smem[];  // two record buffers
+  const int lane = threadIdx.x, r = lane >> 2, j = lane & 3;
+  const int b = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z, nsplit = gridDim.z;
+  const int nb = nblk[b];
+  const int per = (nb + nsplit - 1) / nsplit;
+  const int start = s * per;
+  const int end = min(start + per, nb);
+  const int* bt_row = bt + (long long)b * stride_btb;
+  const u8* rec_h = rec + (long long)kvh * stride_rh;
+  // 0x43004300 through a shuffle, so that the compiler keeps it in a register for pick()
+  const u32 magic = __shfl_sync(FULL, 0x43004300u, 0);
+  const int sh = 4 * j;  // this lane's code pairs start at bit 4j of each word
+
+  // B operand lanes: column r = head r / 2, its high (r even) or low (r odd) part, at the
+  // channels of reduction indices 2j, 2j+1, 2j+8, 2j+9 of each slice (q = 0..3); with 2-bit
+  // K codes the last two meet 128 + 4c and carry a quarter of the query
+  const int qh = r >> 1;
+  const bool low = r & 1;
+  float qv[NS][4];
+  {
+    const float* qrow = qr + (long long)b * stride_qb + (long long)(kvh * GQA + (qh < GQA ? qh : 0)) * stride_qh;
+#pragma unroll
+    for (int sl = 0; sl < NS; ++sl)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int kk = (q & 1) + 2 * j + 8 * (q >> 1);
+        const float w = (KB == 2 && q >= 2) ? 0.25f : 1.f;
+        qv[sl][q] = qh < GQA ? qrow[16 * sl + kmap<KB>(kk)] * w : 0.f;
+      }
+  }
+  // this lane's token rows in each 16-token tile (S^T rows r, r + 8) and their swap bits
+  const int trow_a = kmap<VB>(r), trow_b = kmap<VB>(r + 8);
+  const int ks_a = (trow_a / KSTEP) & 1, ks_b = (trow_b / KSTEP) & 1;
+  const int vs_r = r & 1;  // swap bit of this lane's V channel rows ((D / 8) r + ...)
+
+  float m_run = NEG_BIG, l_run = 0.f;
+  float acc[NS][2];
+#pragma unroll
+  for (int mv = 0; mv < NS; ++mv) acc[mv][0] = acc[mv][1] = 0.f;
+
+  const u32 sbase = smem_addr(smem);
+  if (start < end) copy_record(sbase, rec_h + (long long)bt_row[start] * stride_rb, lane);
+  cp_commit();
+
+  for (int i = start; i < end; ++i) {
+    const int cur = (i - start) & 1;
+    if (i + 1 < end) copy_record(sbase + (cur ^ 1) * REC, rec_h + (long long)bt_row[i + 1] * stride_rb, lane);
+    cp_commit();
+    cp_wait<1>();
+    __syncwarp();
+    const u8* R = smem + cur * REC;
+    const float* mult = reinterpret_cast<const float*>(R + OFF_K_SCALE_MULT);
+    const float mks = mult[0], mkz = mult[1], mkts = mult[2], mvs = mult[3], mvz = mult[4], mvcs = mult[5];
+
+    // Q' = q_rot * k_scale (block multiplier left out) as this lane's B operand part
+    u32 bq[NS][2];
+#pragma unroll
+    for (int sl = 0; sl < NS; ++sl) {
+      float ks[4];
+      if constexpr (KB == 2) {  // q = 0, 2 are channels 2j, 2j + 1; q = 1, 3 are 2j + 8, 2j + 9
+        const int c0 = 16 * sl + 2 * j;
+        e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_SCALE + c0), ks[0], ks[2]);
+        e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_SCALE + c0 + 8), ks[1], ks[3]);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) ks[q] = e4m3(R[OFF_K_SCALE + 16 * sl + kmap<KB>((q & 1) + 2 * j + 8 * (q >> 1))]);
+      }
+      float v[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) v[q] = part(qv[sl][q] * ks[q], low);
+      bq[sl][0] = pack2(v[0], v[1]);
+      bq[sl][1] = pack2(v[2], v[3]);
+    }
+    // q_rot . k_zero: the high and low lanes of a column hold the same query values, so the
+    // high lane takes slice sl and the low lane slice sl + NS / 2 (the four-fold weight of
+    // 2-bit q = 2, 3 restored at the end)
+    float qz1 = 0.f, qz4 = 0.f;
+#pragma unroll
+    for (int sl = 0; sl < NS / 2; ++sl) {
+      const int sx = low ? sl + NS / 2 : sl;
+      float qs[4], kz[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) qs[q] = low ? qv[sl + NS / 2][q] : qv[sl][q];
+      if constexpr (KB == 2) {
+        const int c0 = 16 * sx + 2 * j;
+        f16x2(*reinterpret_cast<const u32*>(R + OFF_K_ZERO + 2 * c0), kz[0], kz[2]);
+        f16x2(*reinterpret_cast<const u32*>(R + OFF_K_ZERO + 2 * (c0 + 8)), kz[1], kz[3]);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          kz[q] = f16_to_f32(reinterpret_cast<const u16*>(R + OFF_K_ZERO)[16 * sx + kmap<KB>((q & 1) + 2 * j + 8 * (q >> 1))]);
+      }
+      qz1 = fmaf(qs[0], kz[0], fmaf(qs[1], kz[1], qz1));
+      qz4 = fmaf(qs[2], kz[2], fmaf(qs[3], kz[3], qz4));
+    }
+    float qkz = KB == 2 ? qz1 + 4.f * qz4 : qz1 + qz4;
+    qkz += __shfl_xor_sync(FULL, qkz, 1);
+    qkz += __shfl_xor_sync(FULL, qkz, 2);
+    qkz += __shfl_xor_sync(FULL, qkz, 4);  // the high and low lanes of the column
+    // the score lanes hold head j, whose Q' columns live in lanes 8j ..
+    const float kzt = __shfl_sync(FULL, qkz, 8 * j) * mkz * mkts;
+    const float kst = mks * mkts;
+
+    float kinit[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int sl = 0; sl < NS; ++sl) minus_128_sums(kinit, bq[sl][0], bq[sl][1]);
+
+    // scores^T, 16 tokens per MMA row tile: this lane holds head j at two tokens per tile
+    float sc[TM][2];
+#pragma unroll
+    for (int m = 0; m < TM; ++m) {
+      const u8* kt = R + OFF_K_CODES + 16 * m * KROW;
+      u32 wa[KW], wb[KW];
+      load_row<KW>(kt, trow_a * (KROW / 16), ks_a, wa);
+      load_row<KW>(kt, trow_b * (KROW / 16), ks_b, wb);
+      float acc_s[4];
+      {
+        u32 a[4];
+        afrag<KB, KW>(wa, wb, 0, sh, magic, a);
+        mma(acc_s, a, bq[0][0], bq[0][1], kinit);
+      }
+#pragma unroll
+      for (int sl = 1; sl < NS; ++sl) {
+        u32 a[4];
+        afrag<KB, KW>(wa, wb, sl, sh, magic, a);
+        mma(acc_s, a, bq[sl][0], bq[sl][1], acc_s);
+      }
+      float tsa, tsb;
+      if constexpr (VB == 2) {
+        e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_TOKEN_SCALE + 16 * m + trow_a), tsa, tsb);
+      } else {
+        tsa = e4m3(R[OFF_K_TOKEN_SCALE + 16 * m + trow_a]);
+        tsb = e4m3(R[OFF_K_TOKEN_SCALE + 16 * m + trow_b]);
+      }
+      sc[m][0] = fmaf(acc_s[0] + acc_s[1], kst, kzt) * tsa;
+      sc[m][1] = fmaf(acc_s[2] + acc_s[3], kst, kzt) * tsb;
+    }
+    float bmax = NEG_BIG;
+#pragma unroll
+    for (int m = 0; m < TM; ++m) bmax = fmaxf(bmax, fmaxf(sc[m][0], sc[m][1]));
+    const float m_new = fmaxf(m_run, head_max(bmax));
+    const float alpha = ex2(m_run - m_new);
+    m_run = m_new;
+
+    // P' = p * v_scale (block multiplier left out; a quarter of it on 2-bit rows r + 8) per
+    // token as (high, low), moved to the B operand layout of the V MMA
+    u32 pb[TM][2];
+    float lsum = 0.f, pz = 0.f;
+#pragma unroll
+    for (int m = 0; m < TM; ++m) {
+      float vs[2], vz[2];
+      if constexpr (VB == 2) {
+        e4m3x2(*reinterpret_cast<const u16*>(R + OFF_V_SCALE + 16 * m + trow_a), vs[0], vs[1]);
+        f16x2(*reinterpret_cast<const u32*>(R + OFF_V_ZERO + 2 * (16 * m + trow_a)), vz[0], vz[1]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int t = 16 * m + (e ? trow_b : trow_a);
+          vs[e] = e4m3(R[OFF_V_SCALE + t]);
+          vz[e] = f16_to_f32(reinterpret_cast<const u16*>(R + OFF_V_ZERO)[t]);
+        }
+      }
+      u32 pk[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float p = ex2(sc[m][e] - m_new);
+        lsum += p;
+        pz = fmaf(p, vz[e], pz);
+        const float pv = p * (VB == 2 && e ? 0.25f * vs[e] : vs[e]);
+        const float hi = part(pv, false);
+        pk[e] = pack2(hi, pv - hi);
+      }
+      pb[m][0] = trans8(pk[0]);
+      pb[m][1] = trans8(pk[1]);
+    }
+    l_run = l_run * alpha + lsum;
+    const float vzt = head_sum(pz) * mvz * mvcs;
+    const float vst = mvs * mvcs;
+
+    float vinit[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int m = 0; m < TM; ++m) minus_128_sums(vinit, pb[m][0], pb[m][1]);
+
+    // out^T for channels ca, ca + 1 of each tile: this lane's rows r and r + 8
+#pragma unroll
+    for (int mv = 0; mv < NS; ++mv) {
+      const int ca = (D / 8) * r + 2 * mv;
+      const u8* vt = R + OFF_V_CODES;
+      u32 wa[VW], wb[VW];
+      load_row<VW>(vt, ca * (VROW / 16), vs_r, wa);
+      load_row<VW>(vt, (ca + 1) * (VROW / 16), vs_r, wb);
+      float o[4];
+      {
+        u32 a[4];
+        afrag<VB, VW>(wa, wb, 0, sh, magic, a);
+        mma(o, a, pb[0][0], pb[0][1], vinit);
+      }
+#pragma unroll
+      for (int sl = 1; sl < TM; ++sl) {
+        u32 a[4];
+        afrag<VB, VW>(wa, wb, sl, sh, magic, a);
+        mma(o, a, pb[sl][0], pb[sl][1], o);
+      }
+      float vca, vcb;
+      e4m3x2(*reinterpret_cast<const u16*>(R + OFF_V_CHANNEL_SCALE + ca), vca, vcb);
+      acc[mv][0] = fmaf(acc[mv][0], alpha, fmaf(o[0] + o[1], vst, vzt) * vca);
+      acc[mv][1] = fmaf(acc[mv][1], alpha, fmaf(o[2] + o[3], vst, vzt) * vcb);
+    }
+    __syncwarp();  // every lane is done with this buffer before the next copy overwrites it
+  }
+  cp_wait<0>();
+
+  l_run = head_sum(l_run);
+  const long long part_ix = ((long long)b * gridDim.y + kvh) * nsplit + s;
+  float* wacc = ws_acc + part_ix * GP * D;
+  float* wml = ws_ml + part_ix * 2 * GP;
+  const bool real = j < GQA;
+#pragma unroll
+  for (int mv = 0; mv < NS; ++mv) {
+    const int ca = (D / 8) * r + 2 * mv;
+    wacc[j * D + ca] = real ? acc[mv][0] : 0.f;
+    wacc[j * D + ca + 1] = real ? acc[mv][1] : 0.f;
+  }
+  if (r == 0) {
+    wml[j] = real ? m_run : NEG_BIG;
+    wml[GP + j] = real ? l_run : 0.f;
+  }
+  // rows 4 .. GP - 1: empty partials (the reduce kernel reads GP rows)
+  for (int idx = lane; idx < (GP - 4) * D; idx += 32) wacc[4 * D + idx] = 0.f;
+  for (int g = 4 + lane; g < GP; g += 32) {
+    wml[g] = NEG_BIG;
+    wml[GP + g] = 0.f;
+  }
+}
