@@ -4,9 +4,10 @@ Why CUDA next to the Triton kernels: the split kernel is where decode time goes,
 does not let a kernel choose the register layouts of its tensor-core operands; its versions
 move the unpacked codes through shared memory and issue 5-8k warp-instructions per 128-token
 block, which holds them at 17-20% of the H100's bandwidth (benchmarks/GPU_NOTES.md). The CUDA
-kernel builds each operand in the layout the MMA reads (see the .cu file's header) and writes
-the same partials as the Triton split kernels, so triton_decode._reduce_kernel merges them
-unchanged. It is one variant of triton_decode.decode_attention ("cuda"); the Triton variants
+kernel builds each operand in the layout the MMA reads (see the .cu file's header), in 1.2k
+(head_dim 64) to 1.8k (128) instructions per block for 2-bit codes, and writes the Triton split
+kernels' partials (their GQA real rows), so triton_decode._reduce_kernel merges them. It is one
+variant of triton_decode.decode_attention ("cuda"); the Triton variants
 stay the path on CPU (interpreter), on GPUs before sm_89, and for shapes it does not take.
 
 The source compiles at first use through torch.cuda._compile_kernel (NVRTC, which ships with

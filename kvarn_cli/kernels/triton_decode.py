@@ -22,7 +22,7 @@ Two launches:
    kv_heads), which deals all rows' blocks out evenly over those programs.
    On CUDA GPUs of sm_89 and newer the default (AUTO_VARIANT) is not a Triton kernel but the
    CUDA split kernel of kernels/cuda_decode.py ("cuda"), which writes the same partials and
-   is 2.1-2.7x faster than tmwhb on the H100 at 32k (docs/BENCHMARKS.md runs 78-79).
+   is 2.7-4.8x faster than tmwhb on the H100 at 32k, 32-64 rows (docs/BENCHMARKS.md run 88).
 2. `_reduce_kernel`, grid (batch, kv_heads): merges the partials, attends to the 16-bit
    sink/tail tokens (kvarn's staging slots, already in the rotated domain), normalizes and
    rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype.
@@ -799,7 +799,7 @@ DEFAULT_VARIANT = "tmwhb"
 
 def resolve_variant(lay: KernelLayout, gqa: int, device: torch.device) -> str:
     """AUTO_VARIANT's choice: the CUDA split kernel where it runs, else DEFAULT_VARIANT. On the
-    H100 at 32k it is 2.1-2.6x faster than tmwhb (docs/BENCHMARKS.md run 78)."""
+    H100 at 32k it is 2.7-4.8x faster than tmwhb at 32-64 rows (docs/BENCHMARKS.md run 88)."""
     return CUDA_VARIANT if cuda_decode.unsupported(lay, gqa, device) is None else DEFAULT_VARIANT
 
 
