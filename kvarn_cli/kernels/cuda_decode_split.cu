@@ -149,10 +149,28 @@ __device__ __forceinline__ void mma(float (&d)[4], const u32 (&a)[4], u32 b0, u3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
 }
 
-// -128 * (column sums of B) in every row: the start value that takes the 128s out
-__device__ __forceinline__ void minus_128_sums(float (&d)[4], u32 b0, u32 b1) {
+// -128 * (column sums of the N slices of B) in every row: the start value that takes the
+// 128s out
+template <int N>
+__device__ __forceinline__ void minus_128_sums(const u32 (&b)[N][2], float (&d)[4]) {
   const u32 m128[4] = {0xc300c300u, 0xc300c300u, 0xc300c300u, 0xc300c300u};  // bf16 -128
-  mma(d, m128, b0, b1, d);
+  d[0] = d[1] = d[2] = d[3] = 0.f;
+#pragma unroll
+  for (int sl = 0; sl < N; ++sl) mma(d, m128, b[sl][0], b[sl][1], d);
+}
+
+// d = init + sum over the N slices of A (the codes of rows wa, wb) x B
+template <int BITS, int NW, int N>
+__device__ __forceinline__ void mma_chain(const u32 (&wa)[NW], const u32 (&wb)[NW], const u32 (&b)[N][2],
+                                          const float (&init)[4], int sh, u32 magic, float (&d)[4]) {
+  u32 a[4];
+  afrag<BITS, NW>(wa, wb, 0, sh, magic, a);
+  mma(d, a, b[0][0], b[0][1], init);
+#pragma unroll
+  for (int sl = 1; sl < N; ++sl) {
+    afrag<BITS, NW>(wa, wb, sl, sh, magic, a);
+    mma(d, a, b[sl][0], b[sl][1], d);
+  }
 }
 
 __device__ __forceinline__ u32 trans8(u32 x) {
@@ -340,9 +358,8 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
     const float kzt = __shfl_sync(FULL, qkz, 8 * j) * mkz * mkts;
     const float kst = mks * mkts;
 
-    float kinit[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int sl = 0; sl < NS; ++sl) minus_128_sums(kinit, bq[sl][0], bq[sl][1]);
+    float kinit[4];
+    minus_128_sums<NS>(bq, kinit);
 
     // scores^T, 16 tokens per MMA row tile: this lane holds head j at two tokens per tile
     float sc[TM][2];
@@ -353,17 +370,7 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
       load_row<KW>(kt, trow_a * (KROW / 16), ks_a, wa);
       load_row<KW>(kt, trow_b * (KROW / 16), ks_b, wb);
       float acc_s[4];
-      {
-        u32 a[4];
-        afrag<KB, KW>(wa, wb, 0, sh, magic, a);
-        mma(acc_s, a, bq[0][0], bq[0][1], kinit);
-      }
-#pragma unroll
-      for (int sl = 1; sl < NS; ++sl) {
-        u32 a[4];
-        afrag<KB, KW>(wa, wb, sl, sh, magic, a);
-        mma(acc_s, a, bq[sl][0], bq[sl][1], acc_s);
-      }
+      mma_chain<KB, KW, NS>(wa, wb, bq, kinit, sh, magic, acc_s);
       float tsa, tsb;
       if constexpr (VB == 2) {
         e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_TOKEN_SCALE + 16 * m + trow_a), tsa, tsb);
@@ -416,9 +423,8 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
     const float vzt = head_sum(pz) * mvz * mvcs;
     const float vst = mvs * mvcs;
 
-    float vinit[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int m = 0; m < TM; ++m) minus_128_sums(vinit, pb[m][0], pb[m][1]);
+    float vinit[4];
+    minus_128_sums<TM>(pb, vinit);
 
     // out^T for channels ca, ca + 1 of each tile: this lane's rows r and r + 8
 #pragma unroll
@@ -429,17 +435,7 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
       load_row<VW>(vt, ca * (VROW / 16), vs_r, wa);
       load_row<VW>(vt, (ca + 1) * (VROW / 16), vs_r, wb);
       float o[4];
-      {
-        u32 a[4];
-        afrag<VB, VW>(wa, wb, 0, sh, magic, a);
-        mma(o, a, pb[0][0], pb[0][1], vinit);
-      }
-#pragma unroll
-      for (int sl = 1; sl < TM; ++sl) {
-        u32 a[4];
-        afrag<VB, VW>(wa, wb, sl, sh, magic, a);
-        mma(o, a, pb[sl][0], pb[sl][1], o);
-      }
+      mma_chain<VB, VW, TM>(wa, wb, pb, vinit, sh, magic, o);
       float vca, vcb;
       e4m3x2(*reinterpret_cast<const u16*>(R + OFF_V_CHANNEL_SCALE + ca), vca, vcb);
       acc[mv][0] = fmaf(acc[mv][0], alpha, fmaf(o[0] + o[1], vst, vzt) * vca);
