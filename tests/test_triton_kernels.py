@@ -481,7 +481,7 @@ def test_cuda_split_count_asks_the_driver_once(monkeypatch: pytest.MonkeyPatch) 
     assert cuda_decode.resident_per_sm(lay, qz.layout, 3, 16, 0) == 5
     assert cuda_decode.resident_per_sm(lay, qz.layout, 3, 16, 0) == 5
     assert asked == [2 * lay.record_bytes]  # the two record buffers
-    # no driver answer (here: a kernel object without a CUfunction): the table's count
+    # no driver answer (_occupancy gives None): the table's count
     monkeypatch.setattr(cuda_decode, "_RESIDENT", {})
     monkeypatch.setattr(cuda_decode, "_occupancy", lambda kernel, smem: None)
     assert cuda_decode.resident_per_sm(lay, qz.layout, 3, 16, 0) == cuda_decode.FALLBACK_RESIDENT[64]

@@ -107,13 +107,13 @@ def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: 
 _KERNELS: dict[tuple[Any, ...], Any] = {}
 _RESIDENT: dict[tuple[Any, ...], int] = {}
 #: programs per SM where the driver's occupancy calculator cannot be reached (the H100's
-#: counts for k2v2: registers bound D = 128 to 8, D = 64 to 19)
+#: counts for k2v2, run 85: registers bound D = 128 to 8 and D = 64 to 16)
 FALLBACK_RESIDENT = {64: 16, 128: 8}
 
 
 def resident_per_sm(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int) -> int:
     """How many programs of this layout's kernel one SM holds at once: its registers and its
-    two record buffers decide (6 to 19 on the H100), so the split count is asked of the driver
+    two record buffers decide (6 to 16 on the H100, runs 85-87), so the split count is asked of the driver
     (cuOccupancyMaxActiveBlocksPerMultiprocessor) rather than kept in a table per layout."""
     key = _key(lay, gqa, gp, device_index)
     count = _RESIDENT.get(key)
