@@ -184,13 +184,11 @@ def split(
     dt: Any,
 ) -> None:
     """Launch the split kernel, grid (batch, kv_heads, num_splits), writing the partials that
-    triton_decode._reduce_kernel reads."""
+    triton_decode._reduce_kernel reads. The caller (triton_decode.decode_attention) has
+    checked `unsupported` for this case."""
     batch, q_heads, d = query.shape
     kv_heads = records.shape[1]
     gqa = q_heads // kv_heads
-    reason = unsupported(lay, gqa, query.device)
-    if reason is not None:
-        raise ValueError(f"the cuda decode variant {reason}")
     if records.data_ptr() % 16 or records.stride(0) % 16 or records.stride(1) % 16:
         raise ValueError("the cuda decode variant copies records in 16-byte pieces: they must be 16-byte aligned")
     if block_table.dtype != torch.int32 or num_blocks.dtype != torch.int32 or block_table.stride(1) != 1:
