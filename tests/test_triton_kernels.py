@@ -534,6 +534,54 @@ def test_cuda_decode_matches_dequantized_sdpa_and_hilo(
     test_decode_matches_dequantized_sdpa("cuda", name, kv_heads, gqa, d, splits, with_side)
 
 
+@pytest.mark.parametrize(("d", "gqa", "dtype", "splits"),
+                         [(64, 3, torch.bfloat16, 3), (64, 4, torch.float16, 1), (128, 4, torch.bfloat16, 2)])
+def test_cuda_decode_attends_16_bit_slots(d: int, gqa: int, dtype: torch.dtype, splits: int) -> None:
+    """At head_dim 64 the cuda variant's splits attend to the sink and tail slots themselves
+    (slot i in split i % splits, which takes fewer blocks; with one split it takes both), at
+    128 its reduce kernel does. With slots in the model's dtype, as vLLM stages them, rows
+    whose slots are full, partly filled, empty (length 0) or absent (slot -1), with and
+    without quantized blocks, must match the float32 reference as closely as the hilo
+    variant, whose reduce kernel reads the slots."""
+    reason = _cuda_reason("k2v2", d, gqa)
+    if reason is not None:
+        pytest.skip(f"cuda variant: {reason}")
+    kv_heads = 2
+    qz = make_quantizer("k2v2", head_dim=d, block_size=G)
+    gen = torch.Generator().manual_seed(90 + d + gqa)
+    k, v = _tiles(12, kv_heads, d, seed=17 + d)
+    records = torch.empty(12, kv_heads, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
+    flush_tiles(qz, k, v, records, torch.arange(12, dtype=torch.int32, device=DEVICE))
+    nblk = torch.tensor([11, 0, 2, 1, 0], dtype=torch.int32)
+    table = torch.stack([torch.randperm(12, generator=gen)[:11] for _ in range(5)]).to(torch.int32)
+    query = (torch.randn(5, kv_heads * gqa, d, generator=gen) * 2).to(DEVICE, dtype)
+    # slot contents past each length are NaN: the kernel must not read them into the result
+    side_k = torch.full((6, kv_heads, G, d), float("nan"), dtype=dtype, device=DEVICE)
+    side_v = torch.full_like(side_k, float("nan"))
+    lens = torch.tensor([[G, 7], [G, 100], [0, 16], [G - 1, 0], [0, 33]], dtype=torch.int32)
+    slots = torch.tensor([[0, 4], [2, 1], [-1, 3], [5, -1], [-1, 5]], dtype=torch.int32)
+    filled: dict[int, int] = {}
+    for row in range(5):
+        for si in range(2):
+            slot, n = int(slots[row, si]), int(lens[row, si])
+            if slot >= 0 and n > 0:
+                filled[slot] = max(filled.get(slot, 0), n)
+    for slot, n in filled.items():
+        side_k[slot, :, :n] = (torch.randn(kv_heads, n, d, generator=gen) * 3).to(DEVICE, dtype)
+        side_v[slot, :, :n] = torch.randn(kv_heads, n, d, generator=gen).to(DEVICE, dtype)
+    scale = 0.8 / d**0.5
+    outs = {}
+    for variant in ("cuda", "hilo"):
+        outs[variant] = decode_attention(qz, query, records, table.to(DEVICE), nblk.to(DEVICE), side_k, side_v,
+                                         slots.to(DEVICE), lens.to(DEVICE), scale=scale, num_splits=splits,
+                                         variant=variant)
+    assert bool(torch.isfinite(outs["cuda"]).all())
+    ref = _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale)
+    rel = {name: float((out.float().cpu() - ref).norm() / ref.norm()) for name, out in outs.items()}
+    assert rel["cuda"] < 1e-2, rel
+    assert rel["cuda"] <= 1.5 * rel["hilo"] + 1e-4, rel
+
+
 def test_cuda_kernel_compiles_once_per_layout_and_gqa(monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-call lookup must not rebuild or recompile the source (decode calls it per layer
     and eager step); the source carries the layout's offsets. NVRTC itself needs a GPU."""

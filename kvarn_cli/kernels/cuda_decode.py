@@ -6,7 +6,8 @@ move the unpacked codes through shared memory and issue 5-8k warp-instructions p
 block, which holds them at 17-20% of the H100's bandwidth (benchmarks/GPU_NOTES.md). The CUDA
 kernel builds each operand in the layout the MMA reads (see the .cu file's header), in 1.2k
 (head_dim 64) to 1.8k (128) instructions per block for 2-bit codes, and writes the Triton split
-kernels' partials (their GQA real rows), so triton_decode._reduce_kernel merges them. It is one
+kernels' partials (their GQA real rows), so triton_decode._reduce_kernel merges them. At
+head_dim 64 its splits also attend to the 16-bit sink and tail slots (slots_in_split). It is one
 variant of triton_decode.decode_attention ("cuda"); the Triton variants
 stay the path on CPU (interpreter), on GPUs before sm_89, and for shapes it does not take.
 
@@ -36,6 +37,7 @@ FIELD_DTYPES = {
 }
 MULTS = ("k_scale_mult", "k_zero_mult", "k_token_scale_mult", "v_scale_mult", "v_zero_mult", "v_channel_scale_mult")
 MAX_GQA = 4  # eight MMA columns: the high and low parts of four query heads
+NVRTC_OPTIONS = ["-std=c++17"]
 
 
 def unsupported(lay: KernelLayout, gqa: int, device: torch.device) -> str | None:
@@ -72,10 +74,32 @@ def _check_fields(layout: Any) -> None:
             raise ValueError("the CUDA kernel reads the six float32 multipliers as one run")
 
 
-def source_for(lay: KernelLayout, gqa: int, gp: int) -> str:
-    """The kernel source with this layout's constants in front."""
+#: SIDE_KIND of the kernel for each dtype of the 16-bit staging slots
+SIDE_KINDS = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
+
+
+def side_kind(side: torch.Tensor | None) -> int:
+    """The kernel's code for the slots' dtype (bf16 where there are no slots)."""
+    if side is None:
+        return 0
+    if side.dtype not in SIDE_KINDS:
+        raise ValueError(f"the cuda decode variant reads 16-bit slots of bf16, fp16 or float32, got {side.dtype}")
+    return SIDE_KINDS[side.dtype]
+
+
+def slots_in_split(lay: KernelLayout) -> bool:
+    """Whether the split kernel attends to the 16-bit slots itself (head_dim 64) or leaves them
+    to the reduce kernel (128). At head_dim 64 (SmolLM2 shape, 32k, 32-64 rows) this took the
+    reduce launch from 11.4 to 5.2 us and the whole decode from 129 to 117-119 us at 64 rows
+    (docs/BENCHMARKS.md runs 94-95); at 128 it made the block loop slower (see the .cu file)."""
+    return lay.head_dim == 64
+
+
+def source_for(lay: KernelLayout, gqa: int, gp: int, side: int = 0) -> str:
+    """The kernel source with this layout's constants in front (`side`: SIDE_KINDS)."""
     consts = {"D": lay.head_dim, "KB": lay.k_bits, "VB": lay.v_bits, "GQA": gqa, "GP": gp,
-              "G": lay.block_size, "REC": lay.record_bytes}
+              "G": lay.block_size, "REC": lay.record_bytes, "SIDE_KIND": side,
+              "SLOTS": int(slots_in_split(lay))}
     consts.update({name: value for name, value in lay.args().items()})
     head = "".join(f"constexpr int {name} = {int(value)};\n" for name, value in consts.items())
     return head + _source_text()
@@ -86,20 +110,20 @@ def _source_text() -> str:
     return SOURCE.read_text()
 
 
-def _key(lay: KernelLayout, gqa: int, gp: int, device_index: int) -> tuple[Any, ...]:
+def _key(lay: KernelLayout, gqa: int, gp: int, device_index: int, side: int = 0) -> tuple[Any, ...]:
     return (tuple(sorted(lay.args().items())), lay.head_dim, lay.k_bits, lay.v_bits, lay.block_size,
-            lay.record_bytes, gqa, gp, device_index)
+            lay.record_bytes, gqa, gp, device_index, side)
 
 
-def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int) -> Any:
-    """The compiled kernel for this record layout and GQA: compiled and its fields checked
-    once, then looked up by a small key (decode runs this per layer and eager step)."""
-    key = _key(lay, gqa, gp, device_index)
+def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int, side: int = 0) -> Any:
+    """The compiled kernel for this record layout, GQA and slot dtype: compiled and its fields
+    checked once, then looked up by a small key (decode runs this per layer and eager step)."""
+    key = _key(lay, gqa, gp, device_index, side)
     kernel = _KERNELS.get(key)
     if kernel is None:
         _check_fields(layout)
         with torch.cuda.device(device_index):
-            kernel = torch.cuda._compile_kernel(source_for(lay, gqa, gp), "kvarn_split", nvcc_options=["-std=c++17"])
+            kernel = torch.cuda._compile_kernel(source_for(lay, gqa, gp, side), "kvarn_split", nvcc_options=NVRTC_OPTIONS)
         _KERNELS[key] = kernel
     return kernel
 
@@ -168,6 +192,14 @@ def rotated_query(query: torch.Tensor, h: torch.Tensor, kv_heads: int, qk_scale:
     return qr
 
 
+def slot_blocks(lay: KernelLayout, side: torch.Tensor) -> int:
+    """What attending to one 16-bit slot costs a split program, in blocks of records: the bytes
+    of its K and V against a record's (7 at head_dim 128 for k2v2 slots in bf16, 4 for k4v4).
+    The split that takes a slot takes that many blocks fewer."""
+    slot_bytes = 2 * lay.block_size * lay.head_dim * side.element_size()
+    return max(1, round(slot_bytes / lay.record_bytes))
+
+
 def split(
     lay: KernelLayout,
     layout: Any,
@@ -176,6 +208,7 @@ def split(
     records: torch.Tensor,
     block_table: torch.Tensor,
     num_blocks: torch.Tensor,
+    side: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
     ws_acc: torch.Tensor,
     ws_ml: torch.Tensor,
     qk_scale: float,
@@ -184,8 +217,11 @@ def split(
     dt: Any,
 ) -> None:
     """Launch the split kernel, grid (batch, kv_heads, num_splits), writing the partials that
-    triton_decode._reduce_kernel reads. The caller (triton_decode.decode_attention) has
-    checked `unsupported` for this case."""
+    triton_decode._reduce_kernel merges. Where slots_in_split, the splits also attend to the
+    16-bit slots (side = (side_k, side_v, side_slots, side_lens) as decode_attention takes
+    them): slot i in split i % num_splits, which takes slot_blocks fewer blocks, so the reduce
+    kernel reads no slot; otherwise pass side=None and the slots to the reduce kernel. The
+    caller (triton_decode.decode_attention) has checked `unsupported` for this case."""
     batch, q_heads, d = query.shape
     kv_heads = records.shape[1]
     gqa = q_heads // kv_heads
@@ -193,12 +229,26 @@ def split(
         raise ValueError("the cuda decode variant copies records in 16-byte pieces: they must be 16-byte aligned")
     if block_table.dtype != torch.int32 or num_blocks.dtype != torch.int32 or block_table.stride(1) != 1:
         raise ValueError("block_table and num_blocks must be int32 (block_table rows contiguous)")
+    if side is None:
+        kind = 0
+        side_args: list[Any] = [records, records, 0, 0, 0, num_blocks, num_blocks, 0, 0, 0]  # never read
+    else:
+        side_k, side_v, slots, lens = side
+        kind = side_kind(side_k)
+        if side_v.dtype != side_k.dtype or side_k.stride() != side_v.stride() or side_k.stride(3) != 1:
+            raise ValueError("side_k and side_v need one dtype, the same strides and a contiguous last dim")
+        if side_k.stride(2) % 4 or side_k.data_ptr() % 16 or side_v.data_ptr() % 16:
+            raise ValueError("the cuda decode variant reads slot rows in 4-element pieces: they must be aligned")
+        if slots.dtype != torch.int32 or lens.dtype != torch.int32 or slots.stride() != lens.stride() or slots.stride(1) != 1:
+            raise ValueError("side_slots and side_lens must be int32 with the same strides (rows contiguous)")
+        side_args = [side_k, side_v, side_k.stride(0), side_k.stride(1), side_k.stride(2), slots, lens,
+                     slots.stride(0), slots.shape[1], slot_blocks(lay, side_k)]
     qr = rotated_query(query, h, kv_heads, qk_scale, dt)
-    kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0)
+    kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0, kind)
     kernel(
         grid=(batch, kv_heads, num_splits),
         block=(32, 1, 1),
         args=[qr, qr.stride(0), qr.stride(1), records, records.stride(0), records.stride(1),
-              block_table, block_table.stride(0), num_blocks, ws_acc, ws_ml],
+              block_table, block_table.stride(0), num_blocks, *side_args, ws_acc, ws_ml],
         shared_mem=2 * lay.record_bytes,
     )

@@ -30,11 +30,17 @@
 //    r + 1 read in one shared-memory phase fall in different banks.
 // Output: the unnormalized partial (acc [GP, D] in the rotated domain, running max and sum
 // in base 2) that triton_decode._reduce_kernel merges, as the Triton split kernels write it
-// but for rows GQA .. GP - 1, which the reduce kernel does not read.
+// but for rows GQA .. GP - 1, which the reduce kernel does not read. With SLOTS (head_dim 64)
+// the splits also attend to the 16-bit sink and tail slots (side_attend), so the reduce
+// kernel reads none: slot i in split i % nsplit, which takes slot_w blocks fewer.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
 typedef unsigned char u8;
+// element type of the 16-bit staging slots (SIDE_KIND 0: bf16, 1: fp16, 2: float32, as tests pass them)
+template <int KIND> struct SideType { typedef u16 T; };
+template <> struct SideType<2> { typedef float T; };
+using SideT = SideType<SIDE_KIND>::T;
 
 struct __align__(16) Words4 { u32 w[4]; };
 
@@ -250,23 +256,211 @@ __device__ __forceinline__ void load_row(const u8* region, int first, int s, u32
   }
 }
 
+// The partial of this program: acc (lane (r, j) holds head j at channels ca, ca + 1 of
+// each tile, ca = (D / 8) r + 2 mv), the running max and the head's sum. Only the GQA real
+// rows: the reduce kernel masks rows GQA .. GP - 1 of every partial.
+__device__ __forceinline__ void write_partial(const float (&acc)[NS][2], float m, float l, long long part_ix,
+                                              float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
+  const int lane = threadIdx.x, r = lane >> 2, j = lane & 3;
+  float* wacc = ws_acc + part_ix * GP * D;
+  float* wml = ws_ml + part_ix * 2 * GP;
+  if (j < GQA) {
+#pragma unroll
+    for (int mv = 0; mv < NS; ++mv) {
+      const int ca = (D / 8) * r + 2 * mv;
+      *reinterpret_cast<float2*>(wacc + j * D + ca) = make_float2(acc[mv][0], acc[mv][1]);
+    }
+    if (r == 0) {
+      wml[j] = m;
+      wml[GP + j] = l;
+    }
+  }
+}
+
+// Two and four consecutive 16-bit-slot elements as floats (SIDE_KIND 0: bf16, 1: fp16, 2: float32)
+__device__ __forceinline__ float2 side2(const SideT* p) {
+  if constexpr (SIDE_KIND == 2) {
+    return *reinterpret_cast<const float2*>(p);
+  } else {
+    const u32 w = *reinterpret_cast<const u32*>(p);
+    if constexpr (SIDE_KIND == 0) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+    float lo, hi;
+    f16x2(w, lo, hi);
+    return make_float2(lo, hi);
+  }
+}
+
+__device__ __forceinline__ float4 side4(const SideT* p) {
+  if constexpr (SIDE_KIND == 2) {
+    return *reinterpret_cast<const float4*>(p);
+  } else {
+    const uint2 w = *reinterpret_cast<const uint2*>(p);
+    if constexpr (SIDE_KIND == 0)
+      return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u),
+                         __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
+    float4 f;
+    f16x2(w.x, f.x, f.y);
+    f16x2(w.y, f.z, f.w);
+    return f;
+  }
+}
+
+// Attention of the GQA heads over one 16-bit staging slot (the sink or the tail: K and V
+// [G, D] token-major in the rotated domain, the first n tokens valid), folded into the
+// program's running state (m_run, l_run, acc) like one more block, so that no other launch
+// reads the slots. One 128-token block through the tensor cores, K and V rounded to bf16 as
+// the Triton reduce kernel rounds them, the query and P' split into high and low parts as in
+// the code path. Order of the reduction indices: lane j's pairs in slice sl are channels
+// (D / 4) j + 4 sl + (0, 1) and (+ 2, + 3), so each lane reads four consecutive elements of
+// its rows; tokens keep their order (rows r, r + 8 of each tile, pairs 2j, 2j + 1 for V).
+__device__ __forceinline__ void side_attend(const float* __restrict__ qgroup, int stride_qh, const SideT* __restrict__ kp,
+                                            const SideT* __restrict__ vp, int stride_st, int n, float& m_run,
+                                            float& l_run, float (&acc)[NS][2]) {
+  const int lane = threadIdx.x, r = lane >> 2, j = lane & 3;
+  const int qh = r >> 1;
+  const bool low = r & 1;
+  const int c0 = (D / 4) * j;
+  u32 bq[NS][2];
+  {
+    const float* qrow = qgroup + (long long)(qh < GQA ? qh : 0) * stride_qh;
+#pragma unroll
+    for (int sl = 0; sl < NS; ++sl) {
+      float4 q = *reinterpret_cast<const float4*>(qrow + c0 + 4 * sl);
+      if (qh >= GQA) q = make_float4(0.f, 0.f, 0.f, 0.f);
+      bq[sl][0] = pack2(part(q.x, low), part(q.y, low));
+      bq[sl][1] = pack2(part(q.z, low), part(q.w, low));
+    }
+  }
+  float sc[TM][2];
+#pragma unroll
+  for (int m = 0; m < TM; ++m) {
+    sc[m][0] = sc[m][1] = NEG_BIG;
+    if (16 * m >= n) continue;
+    const int ta = 16 * m + r, tb = ta + 8;
+    float acc_s[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int sl = 0; sl < NS; ++sl) {
+      const float4 xa = ta < n ? side4(kp + (long long)ta * stride_st + c0 + 4 * sl) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 xb = tb < n ? side4(kp + (long long)tb * stride_st + c0 + 4 * sl) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const u32 a[4] = {pack2(xa.x, xa.y), pack2(xb.x, xb.y), pack2(xa.z, xa.w), pack2(xb.z, xb.w)};
+      mma(acc_s, a, bq[sl][0], bq[sl][1], acc_s);
+    }
+    if (ta < n) sc[m][0] = acc_s[0] + acc_s[1];
+    if (tb < n) sc[m][1] = acc_s[2] + acc_s[3];
+  }
+  float bmax = NEG_BIG;
+#pragma unroll
+  for (int m = 0; m < TM; ++m) bmax = fmaxf(bmax, fmaxf(sc[m][0], sc[m][1]));
+  const float m_new = fmaxf(m_run, head_max(bmax));
+  const float alpha = ex2(m_run - m_new);
+  m_run = m_new;
+  l_run *= alpha;
+#pragma unroll
+  for (int mv = 0; mv < NS; ++mv) {
+    acc[mv][0] *= alpha;
+    acc[mv][1] *= alpha;
+  }
+  const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int m = 0; m < TM; ++m) {
+    if (16 * m >= n) continue;
+    u32 pk[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float p = 16 * m + r + 8 * e < n ? ex2(sc[m][e] - m_new) : 0.f;
+      l_run += p;
+      const float hi = part(p, false);
+      pk[e] = pack2(hi, p - hi);
+    }
+    const u32 b0 = trans8(pk[0]), b1 = trans8(pk[1]);
+    const int t0 = 16 * m + 2 * j;
+#pragma unroll
+    for (int mv = 0; mv < NS; ++mv) {
+      const int ca = (D / 8) * r + 2 * mv;
+      float2 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int t = t0 + (u & 1) + 8 * (u >> 1);
+        v[u] = t < n ? side2(vp + (long long)t * stride_st + ca) : make_float2(0.f, 0.f);
+      }
+      const u32 a[4] = {pack2(v[0].x, v[1].x), pack2(v[0].y, v[1].y), pack2(v[2].x, v[3].x), pack2(v[2].y, v[3].y)};
+      float o[4];
+      mma(o, a, b0, b1, zero4);
+      acc[mv][0] += o[0] + o[1];
+      acc[mv][1] += o[2] + o[3];
+    }
+  }
+}
+
+// The running state (max, this lane's sum, acc) after the slots of split s. Compiled in with
+// SLOTS only (head_dim 64): at 128 the slot code in the kernel made ptxas allocate the block
+// loop differently, 6% slower for k2v2 and 20% for k4v4 (docs/BENCHMARKS.md run 95), and the
+// slots there cost the reduce kernel less than a split (7.6 against 12 us at 32 rows).
+struct SlotState {
+  float m = NEG_BIG, l = 0.f;
+  float acc[NS][2] = {};
+};
+
+__device__ __forceinline__ SlotState slot_state(const float* __restrict__ qgroup, int stride_qh, const SideT* __restrict__ side_k,
+                                             const SideT* __restrict__ side_v, int stride_ss, int stride_sh, int stride_st,
+                                             const int* __restrict__ slot_row, const int* __restrict__ len_row, int num_side,
+                                             int s, int nsplit, int kvh) {
+  SlotState st;
+  for (int si = s; si < num_side; si += nsplit) {
+    const int slot = slot_row[si];
+    const int n = slot >= 0 ? min(len_row[si], G) : 0;
+    if (n <= 0) continue;
+    const long long off = (long long)slot * stride_ss + (long long)kvh * stride_sh;
+    side_attend(qgroup, stride_qh, side_k + off, side_v + off, stride_st, n, st.m, st.l, st.acc);
+  }
+  return st;
+}
+
 extern "C" __global__ void __launch_bounds__(32) kvarn_split(
     const float* __restrict__ qr, int stride_qb, int stride_qh,  // rotated, scaled query [B, Hq, D] float32
     const u8* __restrict__ rec, int stride_rb, int stride_rh,    // records [blocks, Hkv, REC]
     const int* __restrict__ bt, int stride_btb, const int* __restrict__ nblk,
+    const SideT* __restrict__ side_k, const SideT* __restrict__ side_v,  // slots [S, Hkv, G, D] (rotated)
+    int stride_ss, int stride_sh, int stride_st,                          // in elements
+    const int* __restrict__ side_slot, const int* __restrict__ side_len, int stride_side, int num_side,
+    int slot_w,  // what a slot costs, in blocks
     float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   extern __shared__ __align__(16) u8 smem[];  // two record buffers
   const int lane = threadIdx.x, r = lane >> 2, j = lane & 3;
   const int b = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z, nsplit = gridDim.z;
   const int nb = nblk[b];
-  const int per = (nb + nsplit - 1) / nsplit;
-  const int start = s * per;
-  const int end = min(start + per, nb);
+  // Slot si goes to split si % nsplit, which takes slot_w blocks fewer for it: split s starts
+  // at s * per less slot_w for each slot of the splits before it (per covers the slots of any
+  // one split, so no range runs backwards; ranges past nb are empty).
+  if constexpr (!SLOTS) num_side = 0;  // the reduce kernel takes the slots
+  int slots_before = 0, slots_mine = 0;
+  for (int si = 0; si < num_side; ++si) {
+    slots_before += si % nsplit < s;
+    slots_mine += si % nsplit == s;
+  }
+  const int per = max((nb + num_side * slot_w + nsplit - 1) / nsplit, (num_side + nsplit - 1) / nsplit * slot_w);
+  const int first = s * per - slot_w * slots_before;
+  const int start = min(first, nb);
+  const int end = min(first + per - slot_w * slots_mine, nb);
   const int* bt_row = bt + (long long)b * stride_btb;
   const u8* rec_h = rec + (long long)kvh * stride_rh;
   // 0x43004300 through a shuffle, so that the compiler keeps it in a register for pick()
   const u32 magic = __shfl_sync(FULL, 0x43004300u, 0);
   const int sh = 4 * j;  // this lane's code pairs start at bit 4j of each word
+
+  const u32 sbase = smem_addr(smem);
+  if (start < end) copy_record(sbase, rec_h + (long long)bt_row[start] * stride_rb, lane);
+  cp_commit();
+  // this split's slots, while the first record is on its way: they start the running state
+  const SlotState st = SLOTS && s < num_side ? slot_state(qr + (long long)b * stride_qb + (long long)kvh * GQA * stride_qh,
+                                                 stride_qh, side_k, side_v, stride_ss, stride_sh, stride_st,
+                                                 side_slot + (long long)b * stride_side, side_len + (long long)b * stride_side,
+                                                 num_side, s, nsplit, kvh)
+                                    : SlotState{};
+  float m_run = st.m, l_run = st.l;
+  float acc[NS][2];
+#pragma unroll
+  for (int mv = 0; mv < NS; ++mv) acc[mv][0] = st.acc[mv][0], acc[mv][1] = st.acc[mv][1];
 
   // B operand lanes: column r = head r / 2, its high (r even) or low (r odd) part, at the
   // channels of reduction indices 2j, 2j+1, 2j+8, 2j+9 of each slice (q = 0..3); with 2-bit
@@ -289,15 +483,6 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
   const int trow_a = kmap<VB>(r), trow_b = kmap<VB>(r + 8);
   const int ks_a = (trow_a / KSTEP) & 1, ks_b = (trow_b / KSTEP) & 1;
   const int vs_r = r & 1;  // swap bit of this lane's V channel rows ((D / 8) r + ...)
-
-  float m_run = NEG_BIG, l_run = 0.f;
-  float acc[NS][2];
-#pragma unroll
-  for (int mv = 0; mv < NS; ++mv) acc[mv][0] = acc[mv][1] = 0.f;
-
-  const u32 sbase = smem_addr(smem);
-  if (start < end) copy_record(sbase, rec_h + (long long)bt_row[start] * stride_rb, lane);
-  cp_commit();
 
   for (int i = start; i < end; ++i) {
     const int cur = (i - start) & 1;
@@ -445,20 +630,5 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
   }
   cp_wait<0>();
 
-  l_run = head_sum(l_run);
-  const long long part_ix = ((long long)b * gridDim.y + kvh) * nsplit + s;
-  float* wacc = ws_acc + part_ix * GP * D;
-  float* wml = ws_ml + part_ix * 2 * GP;
-  // only the GQA real rows: the reduce kernel masks rows GQA .. GP - 1 of every partial
-  if (j < GQA) {
-#pragma unroll
-    for (int mv = 0; mv < NS; ++mv) {
-      const int ca = (D / 8) * r + 2 * mv;
-      *reinterpret_cast<float2*>(wacc + j * D + ca) = make_float2(acc[mv][0], acc[mv][1]);
-    }
-    if (r == 0) {
-      wml[j] = m_run;
-      wml[GP + j] = l_run;
-    }
-  }
+  write_partial(acc, m_run, head_sum(l_run), ((long long)b * gridDim.y + kvh) * nsplit + s, ws_acc, ws_ml);
 }

@@ -25,7 +25,9 @@ Two launches:
    is 2.7-4.8x faster than tmwhb on the H100 at 32k, 32-64 rows (docs/BENCHMARKS.md run 88).
 2. `_reduce_kernel`, grid (batch, kv_heads): merges the partials, attends to the 16-bit
    sink/tail tokens (kvarn's staging slots, already in the rotated domain), normalizes and
-   rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype.
+   rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype. At
+   head_dim 64 the CUDA split kernel attends to the slots itself (cuda_decode.slots_in_split)
+   and this kernel only merges, each head's partials as one tile (TILE_PARTS).
    The sink/tail part already reads near the H100's bandwidth (Qwen3-4B shape, batch 64: ~50
    MB per layer in ~23 us); a separate launch with 64-token chunks in parallel was slower
    (docs/BENCHMARKS.md run 37: the partials it writes and reads back cost more than it won).
@@ -652,6 +654,7 @@ def _reduce_kernel(
     GQA: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     NUM_SIDE: tl.constexpr, DT: tl.constexpr,
     BALANCED: tl.constexpr = False, SUB: tl.constexpr = 1, BP: tl.constexpr = 1, PARTS_AT_ONCE: tl.constexpr = 4,
+    TILE_PARTS: tl.constexpr = 0,
 ):
     """Partials of (b, kvh): num_parts (the split count) in a row, or with BALANCED those
     that the num_parts programs per KV head of _split_kernel_balanced wrote for row b."""
@@ -680,23 +683,52 @@ def _reduce_kernel(
     else:
         first = (b.to(tl.int64) * tl.num_programs(1) + kvh) * num_parts
         count = num_parts
-    # PARTS_AT_ONCE partials per step, unrolled, so that their loads are in flight together
-    # rather than one memory latency per partial (the CUDA kernel's split counts reach 20-60
-    # at 32k). Rows GQA .. GP - 1 are padding, which the CUDA split kernel leaves unwritten.
-    for s0 in range(0, count, PARTS_AT_ONCE):
-        for c in tl.static_range(PARTS_AT_ONCE):
-            s = s0 + c
-            rows_ok = (g < GQA) & (g * 0 + s < count)  # a tensor also where s and count are ints (interpreter)
-            ml = ws_ml_ptr + (first + s) * 2 * GP
-            ms = tl.load(ml + g, mask=rows_ok, other=NEG_BIG)
-            ls = tl.load(ml + GP + g, mask=rows_ok, other=0.0)
-            a = tl.load(ws_acc_ptr + (first + s) * GP * D + g[:, None] * D + d[None, :], mask=rows_ok[:, None], other=0.0)
-            m_new = tl.maximum(m, ms)
-            alpha = tl.exp2(m - m_new)
-            beta = tl.exp2(ms - m_new)
-            l = l * alpha + ls * beta
-            acc = acc * alpha[:, None] + a * beta[:, None]
-            m = m_new
+    if TILE_PARTS > 0:
+        # Each head's partials TILE_PARTS at a time, as one masked [TILE_PARTS, D] tile, so that
+        # all their loads are in flight together: with no slots to read here (the CUDA kernel's
+        # splits at head_dim 64 attend to them) this took the launch from 11.4 to 5.2 us at 32k,
+        # 32 rows of the SmolLM2 shape (docs/BENCHMARKS.md runs 94-96). With the slots here, at
+        # head_dim 128, it was slower than the loop below (22 against 17 us). Rows GQA .. GP - 1
+        # are padding, left at m = NEG_BIG, l = 0, acc = 0.
+        pc = tl.arange(0, TILE_PARTS)
+        for gi in tl.static_range(GQA):
+            m_g = tl.max(tl.full([TILE_PARTS], NEG_BIG, tl.float32), 0)
+            l_g = tl.sum(tl.zeros([TILE_PARTS], dtype=tl.float32), 0)
+            row = tl.zeros([D], dtype=tl.float32)
+            for s0 in range(0, count, TILE_PARTS):
+                sp = s0 + pc
+                ok = sp < count
+                mlp = ws_ml_ptr + (first + sp) * 2 * GP + gi
+                ms = tl.load(mlp, mask=ok, other=NEG_BIG)
+                ls = tl.load(mlp + GP, mask=ok, other=0.0)
+                a = tl.load(ws_acc_ptr + (first + sp)[:, None] * GP * D + gi * D + d[None, :], mask=ok[:, None], other=0.0)
+                m_new = tl.maximum(m_g, tl.max(ms, 0))
+                alpha = tl.exp2(m_g - m_new)
+                w = tl.exp2(ms - m_new)
+                l_g = l_g * alpha + tl.sum(w * ls, 0)
+                row = row * alpha + tl.sum(a * w[:, None], 0)
+                m_g = m_new
+            m = tl.where(g == gi, m_g, m)
+            l = tl.where(g == gi, l_g, l)
+            acc = tl.where(g[:, None] == gi, row[None, :], acc)
+    else:
+        # PARTS_AT_ONCE partials per step, unrolled, so that their loads are in flight together
+        # rather than one memory latency per partial (the CUDA kernel's split counts reach 20-60
+        # at 32k). Rows GQA .. GP - 1 are padding, which the CUDA split kernel leaves unwritten.
+        for s0 in range(0, count, PARTS_AT_ONCE):
+            for c in tl.static_range(PARTS_AT_ONCE):
+                s = s0 + c
+                rows_ok = (g < GQA) & (g * 0 + s < count)  # a tensor also where s and count are ints (interpreter)
+                ml = ws_ml_ptr + (first + s) * 2 * GP
+                ms = tl.load(ml + g, mask=rows_ok, other=NEG_BIG)
+                ls = tl.load(ml + GP + g, mask=rows_ok, other=0.0)
+                a = tl.load(ws_acc_ptr + (first + s) * GP * D + g[:, None] * D + d[None, :], mask=rows_ok[:, None], other=0.0)
+                m_new = tl.maximum(m, ms)
+                alpha = tl.exp2(m - m_new)
+                beta = tl.exp2(ms - m_new)
+                l = l * alpha + ls * beta
+                acc = acc * alpha[:, None] + a * beta[:, None]
+                m = m_new
 
     if NUM_SIDE > 0:
         q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GQA + g[:, None]) * stride_qh + d[None, :],
@@ -938,7 +970,8 @@ def decode_attention(
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     qk_scale = scale * LOG2E / math.sqrt(d)  # 1/sqrt(D): the +-1 Hadamard's normalization
     balanced = is_balanced(variant)
-    if variant == CUDA_VARIANT and (reason := cuda_decode.unsupported(lay, gqa, query.device)) is not None:
+    cuda = variant == CUDA_VARIANT
+    if cuda and (reason := cuda_decode.unsupported(lay, gqa, query.device)) is not None:
         raise ValueError(f"the cuda decode variant {reason}")
     if num_splits is None:
         num_splits = default_splits(variant, quantizer, gqa, batch, kv_heads, block_table.shape[1], query.device)
@@ -955,13 +988,21 @@ def decode_attention(
     use_fp16 = dot_in_fp16(query.device)
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
-    if variant == CUDA_VARIANT:
-        cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks, ws_acc, ws_ml,
-                          qk_scale, num_splits, gp, dt)
-    else:
-        _launch_triton_split(variant, lay, query, h, records, block_table, num_blocks, ws_acc, ws_ml,
-                             qk_scale, num_splits, gp, dt, num_warps, num_stages)
-    flags = {} if variant == CUDA_VARIANT else dict(VARIANTS[variant])
+    if cuda:
+        if side_k is not None and cuda_decode.slots_in_split(lay):
+            assert side_v is not None and side_slots is not None and side_lens is not None
+            cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks,
+                              (side_k, side_v, side_slots, side_lens), ws_acc, ws_ml, qk_scale, num_splits, gp, dt)
+            side_k = side_v = side_slots = side_lens = None  # attended: the reduce kernel only merges
+        else:
+            cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks, None, ws_acc, ws_ml,
+                              qk_scale, num_splits, gp, dt)
+        _launch_reduce(lay, query, h, out, ws_acc, ws_ml, side_k, side_v, side_slots, side_lens, qk_scale,
+                       num_blocks, num_splits, gp, dt, kv_heads, False, 1)
+        return out
+    _launch_triton_split(variant, lay, query, h, records, block_table, num_blocks, ws_acc, ws_ml,
+                         qk_scale, num_splits, gp, dt, num_warps, num_stages)
+    flags = dict(VARIANTS[variant])
     _launch_reduce(lay, query, h, out, ws_acc, ws_ml, side_k, side_v, side_slots, side_lens, qk_scale,
                    num_blocks, num_splits, gp, dt, kv_heads, balanced, int(flags.get("SUB", 1)))  # type: ignore[call-overload]
     return out
@@ -1024,5 +1065,7 @@ def _launch_reduce(lay: KernelLayout, query: torch.Tensor, h: torch.Tensor, out:
         qk_scale, 1.0 / math.sqrt(d), num_blocks, num_splits,
         GQA=gqa, GP=gp, D=d, G=lay.block_size, NUM_SIDE=num_side, DT=dt,
         BALANCED=balanced, SUB=sub if balanced else 1, BP=triton.next_power_of_2(batch) if balanced else 1,
+        # the tile merge only where the launch reads no slot; 16 or 32 wide: two compiled forms
+        TILE_PARTS=0 if num_side else (16 if num_splits <= 16 else 32),
         num_warps=4, num_stages=1,
     )
