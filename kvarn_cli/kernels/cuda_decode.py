@@ -78,10 +78,8 @@ def _check_fields(layout: Any) -> None:
 SIDE_KINDS = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 
 
-def side_kind(side: torch.Tensor | None) -> int:
-    """The kernel's code for the slots' dtype (bf16 where there are no slots)."""
-    if side is None:
-        return 0
+def side_kind(side: torch.Tensor) -> int:
+    """The kernel's code for the slots' dtype."""
     if side.dtype not in SIDE_KINDS:
         raise ValueError(f"the cuda decode variant reads 16-bit slots of bf16, fp16 or float32, got {side.dtype}")
     return SIDE_KINDS[side.dtype]
@@ -194,7 +192,7 @@ def rotated_query(query: torch.Tensor, h: torch.Tensor, kv_heads: int, qk_scale:
 
 def slot_blocks(lay: KernelLayout, side: torch.Tensor) -> int:
     """What attending to one 16-bit slot costs a split program, in blocks of records: the bytes
-    of its K and V against a record's (7 at head_dim 128 for k2v2 slots in bf16, 4 for k4v4).
+    of its K and V against a record's (7 for k2v2 slots in bf16 at head_dim 64, 4 for k4v4).
     The split that takes a slot takes that many blocks fewer."""
     slot_bytes = 2 * lay.block_size * lay.head_dim * side.element_size()
     return max(1, round(slot_bytes / lay.record_bytes))

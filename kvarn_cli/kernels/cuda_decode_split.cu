@@ -277,32 +277,25 @@ __device__ __forceinline__ void write_partial(const float (&acc)[NS][2], float m
   }
 }
 
-// Two and four consecutive 16-bit-slot elements as floats (SIDE_KIND 0: bf16, 1: fp16, 2: float32)
+// Two slot elements packed in a 32-bit word (bf16 or fp16, SIDE_KIND 0 or 1) as floats
+__device__ __forceinline__ float2 side_word(u32 w) {
+  if constexpr (SIDE_KIND == 0) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+  float lo, hi;
+  f16x2(w, lo, hi);
+  return make_float2(lo, hi);
+}
+
+// Two and four consecutive slot elements as floats (SIDE_KIND 2: float32, as tests pass them)
 __device__ __forceinline__ float2 side2(const SideT* p) {
-  if constexpr (SIDE_KIND == 2) {
-    return *reinterpret_cast<const float2*>(p);
-  } else {
-    const u32 w = *reinterpret_cast<const u32*>(p);
-    if constexpr (SIDE_KIND == 0) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-    float lo, hi;
-    f16x2(w, lo, hi);
-    return make_float2(lo, hi);
-  }
+  if constexpr (SIDE_KIND == 2) return *reinterpret_cast<const float2*>(p);
+  return side_word(*reinterpret_cast<const u32*>(p));
 }
 
 __device__ __forceinline__ float4 side4(const SideT* p) {
-  if constexpr (SIDE_KIND == 2) {
-    return *reinterpret_cast<const float4*>(p);
-  } else {
-    const uint2 w = *reinterpret_cast<const uint2*>(p);
-    if constexpr (SIDE_KIND == 0)
-      return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u),
-                         __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
-    float4 f;
-    f16x2(w.x, f.x, f.y);
-    f16x2(w.y, f.z, f.w);
-    return f;
-  }
+  if constexpr (SIDE_KIND == 2) return *reinterpret_cast<const float4*>(p);
+  const uint2 w = *reinterpret_cast<const uint2*>(p);
+  const float2 a = side_word(w.x), b = side_word(w.y);
+  return make_float4(a.x, a.y, b.x, b.y);
 }
 
 // Attention of the GQA heads over one 16-bit staging slot (the sink or the tail: K and V

@@ -989,14 +989,13 @@ def decode_attention(
     dt = tl.float16 if use_fp16 else tl.bfloat16
     h = signed_hadamard(d, query.device, torch.float16 if use_fp16 else torch.bfloat16)
     if cuda:
+        split_side = None
         if side_k is not None and cuda_decode.slots_in_split(lay):
             assert side_v is not None and side_slots is not None and side_lens is not None
-            cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks,
-                              (side_k, side_v, side_slots, side_lens), ws_acc, ws_ml, qk_scale, num_splits, gp, dt)
-            side_k = side_v = side_slots = side_lens = None  # attended: the reduce kernel only merges
-        else:
-            cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks, None, ws_acc, ws_ml,
-                              qk_scale, num_splits, gp, dt)
+            split_side = (side_k, side_v, side_slots, side_lens)
+            side_k = side_v = side_slots = side_lens = None  # the split attends to them: the reduce kernel only merges
+        cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks, split_side, ws_acc, ws_ml,
+                          qk_scale, num_splits, gp, dt)
         _launch_reduce(lay, query, h, out, ws_acc, ws_ml, side_k, side_v, side_slots, side_lens, qk_scale,
                        num_blocks, num_splits, gp, dt, kv_heads, False, 1)
         return out
