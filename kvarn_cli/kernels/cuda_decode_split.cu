@@ -387,8 +387,8 @@ __device__ __forceinline__ void side_attend(const float* __restrict__ qgroup, in
 
 // The running state (max, this lane's sum, acc) after the slots of split s. Compiled in with
 // SLOTS only (head_dim 64): at 128 the slot code in the kernel made ptxas allocate the block
-// loop differently, 6% slower for k2v2 and 20% for k4v4 (docs/BENCHMARKS.md run 95), and the
-// slots there cost the reduce kernel less than a split (7.6 against 12 us at 32 rows).
+// loop differently, and the split kernel took 9% (k2v2) and 36% (k4v4) longer at 32k, 32 rows,
+// the slots' own 9-12 us included (docs/BENCHMARKS.md runs 94-97).
 struct SlotState {
   float m = NEG_BIG, l = 0.f;
   float acc[NS][2] = {};
