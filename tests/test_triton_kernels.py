@@ -222,10 +222,11 @@ def test_flush_gpu_reductions_match_reference(monkeypatch: pytest.MonkeyPatch) -
     assert float((got == ref).float().mean()) > 0.99
 
 
-def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale, g=G):  # type: ignore[no-untyped-def]
-    """float32 SDPA over dequantized blocks + unrotated 16-bit slot tokens, per sequence."""
+def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale, g=G,  # type: ignore[no-untyped-def]
+               precision=torch.float32):
+    """SDPA in `precision` over dequantized blocks + unrotated 16-bit slot tokens, per sequence."""
     d = query.shape[-1]
-    h = rotation_on(d, torch.device("cpu"))
+    h = rotation_on(d, torch.device("cpu")).to(precision)
     recs = records.cpu()
     kv_heads = recs.shape[1]
     outs = []
@@ -240,10 +241,10 @@ def _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, sca
             for s in range(slots.shape[1]):
                 slot, n = int(slots[b, s]), int(lens[b, s])
                 if slot >= 0 and n > 0:
-                    ks.append(side_k[slot, :, :n].float().cpu() @ h.T)
-                    vs.append(side_v[slot, :, :n].float().cpu() @ h.T)
-        k_all, v_all = torch.cat(ks, 1), torch.cat(vs, 1)
-        q = query[b].float().cpu()[:, None]
+                    ks.append(side_k[slot, :, :n].cpu().to(precision) @ h.T)
+                    vs.append(side_v[slot, :, :n].cpu().to(precision) @ h.T)
+        k_all, v_all = torch.cat(ks, 1).to(precision), torch.cat(vs, 1).to(precision)
+        q = query[b].cpu().to(precision)[:, None]
         outs.append(torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all, scale=scale, enable_gqa=True)[:, 0])
     return torch.stack(outs)
 
@@ -580,6 +581,86 @@ def test_cuda_decode_attends_16_bit_slots(d: int, gqa: int, dtype: torch.dtype, 
     rel = {name: float((out.float().cpu() - ref).norm() / ref.norm()) for name, out in outs.items()}
     assert rel["cuda"] < 1e-2, rel
     assert rel["cuda"] <= 1.5 * rel["hilo"] + 1e-4, rel
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cuda_decode_in_one_launch_matches_the_reduce_path(dtype: torch.dtype) -> None:
+    """At head_dim 64 the cuda variant is one launch: its programs rotate the query and the
+    last split of each row and KV head (elected through a counter that it sets back to 0)
+    merges the partials and writes `out`. It must give the two-launch path's result (an
+    output it cannot write, here one with an odd row stride, takes that path), call after call
+    (the counters reset), into strided views of larger tensors, and leave every counter at 0."""
+    from kvarn_cli.kernels import cuda_decode
+    from kvarn_cli.kernels.triton_common import kernel_layout
+
+    reason = _cuda_reason("k2v2", 64, 3)
+    if reason is not None:
+        pytest.skip(f"cuda variant: {reason}")
+    kv_heads, gqa, d, rows = 3, 3, 64, 6
+    qz = make_quantizer("k2v2", head_dim=d, block_size=G)
+    gen = torch.Generator().manual_seed(61)
+    k, v = _tiles(16, kv_heads, d, seed=23)
+    records = torch.empty(16, kv_heads, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
+    flush_tiles(qz, k, v, records, torch.arange(16, dtype=torch.int32, device=DEVICE))
+    nblk = torch.tensor([15, 0, 3, 9, 1, 15], dtype=torch.int32, device=DEVICE)
+    table = torch.stack([torch.randperm(16, generator=gen)[:15] for _ in range(rows)]).to(DEVICE, torch.int32)
+    side_k = (torch.randn(4, kv_heads, G, d, generator=gen) * 2).to(DEVICE, dtype)
+    side_v = torch.randn(4, kv_heads, G, d, generator=gen).to(DEVICE, dtype)
+    slots = torch.tensor([[0, 1], [2, -1], [3, 1], [0, 2], [-1, 3], [1, 0]], dtype=torch.int32, device=DEVICE)
+    lens = torch.tensor([[G, 40], [G, 0], [G, 1], [G, 127], [0, 64], [G, G]], dtype=torch.int32, device=DEVICE)
+    # query and output as views into wider [rows, heads + 2, d] buffers, as vLLM's step tensors slice them
+    q_full = (torch.randn(rows, kv_heads * gqa + 2, d, generator=gen) * 2).to(DEVICE, dtype)
+    query = q_full[:, 1:1 + kv_heads * gqa]
+    args = (qz, query, records, table, nblk, side_k, side_v, slots, lens)
+    lay = kernel_layout(qz.layout)
+    assert cuda_decode.fuses(lay)
+    # an output the one-launch form does not write (odd row stride) takes the two launches
+    heads = kv_heads * gqa
+    odd = torch.empty(rows * (heads * d + 1), dtype=torch.float32, device=DEVICE).as_strided(
+        (rows, heads, d), (heads * d + 1, d, 1))
+    assert not cuda_decode._fusable(query.float(), odd)
+    two_launch = decode_attention(qz, query.float(), *args[2:], scale=0.9 / d**0.5, num_splits=4, out=odd,
+                                  variant="cuda")
+    outs = []
+    for splits in (4, 4, 7, 1):
+        o_full = torch.full((rows, kv_heads * gqa + 2, d), float("nan"), dtype=dtype, device=DEVICE)
+        out = o_full[:, 1:1 + kv_heads * gqa]
+        decode_attention(*args, scale=0.9 / d**0.5, num_splits=splits, out=out, variant="cuda")
+        assert bool(torch.isnan(o_full[:, 0]).all() and torch.isnan(o_full[:, -1]).all())  # nothing outside the view
+        outs.append(out.float())
+    assert bool(torch.isfinite(outs[0]).all())
+    assert torch.equal(outs[0], outs[1])
+    # one rounding to the output dtype; in float32 the two launches' rotations (rotate_hilo:
+    # the operand in two bf16 parts, ~16 bits) differ from the one launch's exact transform
+    ulp = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10, torch.float32: 2.0**-12}[dtype]
+    for got in outs:
+        err = float((got - two_launch).abs().max()) / float(two_launch.abs().max())
+        print(f"{dtype} one launch against two: max |diff| / max |out| = {err:.3g}")
+        assert err <= ulp, (dtype, err)
+    if dtype == torch.float32:  # and the one launch is as far from exact attention as the two (run 104: 0.2% apart)
+        ref = _reference(qz, query, records, table.cpu(), nblk.cpu(), side_k, side_v, slots.cpu(), lens.cpu(),
+                         0.9 / d**0.5, precision=torch.float64)
+        far = {name: float((o.cpu().double() - ref).norm() / ref.norm()) for name, o in (("one", outs[0]), ("two", two_launch))}
+        print(f"relative distance from float64 attention: {far}")
+        assert far["one"] <= 1.05 * far["two"], far
+    assert int(cuda_decode.split_counters(DEVICE, rows * kv_heads).abs().sum()) == 0
+
+
+def test_cuda_decode_fuses_only_what_its_pair_loads_can_read() -> None:
+    """The one-launch form reads the query and writes the output two elements at a time in
+    the query's dtype; any other output (dtype, shape) or an odd stride must go to the
+    two-launch path instead of being misread."""
+    from kvarn_cli.kernels.cuda_decode import _fusable
+
+    q = torch.zeros(4, 6, 64, dtype=torch.bfloat16)
+    assert _fusable(q, torch.empty_like(q))
+    wide = torch.zeros(4, 8, 64, dtype=torch.bfloat16)
+    assert _fusable(wide[:, 2:], torch.zeros(4, 9, 64, dtype=torch.bfloat16)[:, 3:])
+    assert not _fusable(q, None)
+    assert not _fusable(q, torch.empty(4, 6, 64, dtype=torch.float32))
+    assert not _fusable(q, torch.empty(4, 3, 64, dtype=torch.bfloat16))
+    assert not _fusable(torch.zeros(4, 7, 65, dtype=torch.bfloat16)[:, 1:, :64], torch.empty_like(q))
+    assert not _fusable(q.to(torch.int16), torch.empty_like(q).to(torch.int16))
 
 
 def test_cuda_kernel_compiles_once_per_layout_and_gqa(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,9 @@ block, which holds them at 17-20% of the H100's bandwidth (benchmarks/GPU_NOTES.
 kernel builds each operand in the layout the MMA reads (see the .cu file's header), in 1.2k
 (head_dim 64) to 1.8k (128) instructions per block for 2-bit codes, and writes the Triton split
 kernels' partials (their GQA real rows), so triton_decode._reduce_kernel merges them. At
-head_dim 64 its splits also attend to the 16-bit sink and tail slots (slots_in_split). It is one
+head_dim 64 it is the whole decode in one launch (fused): its splits also attend to the 16-bit
+sink and tail slots, rotate the query themselves, and the last split of each row and KV head
+merges the partials and writes the output. It is one
 variant of triton_decode.decode_attention ("cuda"); the Triton variants
 stay the path on CPU (interpreter), on GPUs before sm_89, and for shapes it does not take.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,11 @@ FIELD_DTYPES = {
 MULTS = ("k_scale_mult", "k_zero_mult", "k_token_scale_mult", "v_scale_mult", "v_zero_mult", "v_channel_scale_mult")
 MAX_GQA = 4  # eight MMA columns: the high and low parts of four query heads
 NVRTC_OPTIONS = ["-std=c++17"]
+#: programs per SM the kernel's registers must allow (__launch_bounds__' second argument), by
+#: head_dim: at 64 the one-launch form compiled to 134 registers under NVRTC, so 12 programs
+#: per SM rather than 16, and took 12-22% longer (docs/BENCHMARKS.md run 100); bounded to 128
+#: it took 6% less than the two launches. At 128 ptxas' own choice (232-245 registers) stays.
+MIN_PROGRAMS = {64: 16}
 
 
 def unsupported(lay: KernelLayout, gqa: int, device: torch.device) -> str | None:
@@ -93,13 +101,23 @@ def slots_in_split(lay: KernelLayout) -> bool:
     return lay.head_dim == 64
 
 
-def source_for(lay: KernelLayout, gqa: int, gp: int, side: int = 0) -> str:
-    """The kernel source with this layout's constants in front (`side`: SIDE_KINDS)."""
+def fuses(lay: KernelLayout) -> bool:
+    """Whether the split kernel is the whole decode (rotates the query, and its last split per
+    row and KV head merges the partials and writes the output): where it attends to the slots,
+    so that no other launch has anything left to read."""
+    return slots_in_split(lay)
+
+
+def source_for(lay: KernelLayout, gqa: int, gp: int, side: int = 0, query: int = 2, fused: bool = False) -> str:
+    """The kernel source with this layout's constants in front (`side`, `query`: SIDE_KINDS of
+    the slots and of the query and output; `query` 2 (the rotated float32 query) unless fused)."""
     consts = {"D": lay.head_dim, "KB": lay.k_bits, "VB": lay.v_bits, "GQA": gqa, "GP": gp,
               "G": lay.block_size, "REC": lay.record_bytes, "SIDE_KIND": side,
-              "SLOTS": int(slots_in_split(lay))}
+              "SLOTS": int(slots_in_split(lay)), "QKIND": query, "FUSED": int(fused)}
     consts.update({name: value for name, value in lay.args().items()})
     head = "".join(f"constexpr int {name} = {int(value)};\n" for name, value in consts.items())
+    if lay.head_dim in MIN_PROGRAMS:
+        head += f"#define MIN_PROGRAMS {MIN_PROGRAMS[lay.head_dim]}\n"
     return head + _source_text()
 
 
@@ -108,20 +126,24 @@ def _source_text() -> str:
     return SOURCE.read_text()
 
 
-def _key(lay: KernelLayout, gqa: int, gp: int, device_index: int, side: int = 0) -> tuple[Any, ...]:
+def _key(lay: KernelLayout, gqa: int, gp: int, device_index: int, side: int = 0, query: int = 2,
+         fused: bool = False) -> tuple[Any, ...]:
     return (tuple(sorted(lay.args().items())), lay.head_dim, lay.k_bits, lay.v_bits, lay.block_size,
-            lay.record_bytes, gqa, gp, device_index, side)
+            lay.record_bytes, gqa, gp, device_index, side, query, fused)
 
 
-def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int, side: int = 0) -> Any:
-    """The compiled kernel for this record layout, GQA and slot dtype: compiled and its fields
-    checked once, then looked up by a small key (decode runs this per layer and eager step)."""
-    key = _key(lay, gqa, gp, device_index, side)
+def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int, side: int = 0,
+               query: int = 2, fused: bool = False) -> Any:
+    """The compiled kernel for this record layout, GQA, slot and query dtype and form: compiled
+    and its fields checked once, then looked up by a small key (decode runs this per layer and
+    eager step)."""
+    key = _key(lay, gqa, gp, device_index, side, query, fused)
     kernel = _KERNELS.get(key)
     if kernel is None:
         _check_fields(layout)
         with torch.cuda.device(device_index):
-            kernel = torch.cuda._compile_kernel(source_for(lay, gqa, gp, side), "kvarn_split", nvcc_options=NVRTC_OPTIONS)
+            source = source_for(lay, gqa, gp, side, query, fused)
+            kernel = torch.cuda._compile_kernel(source, "kvarn_split", nvcc_options=NVRTC_OPTIONS)
         _KERNELS[key] = kernel
     return kernel
 
@@ -198,6 +220,47 @@ def slot_blocks(lay: KernelLayout, side: torch.Tensor) -> int:
     return max(1, round(slot_bytes / lay.record_bytes))
 
 
+#: the fused kernel's counters (split_counters): at least this many per device
+MIN_COUNTERS = 1 << 14
+_COUNTERS: dict[int, torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []
+
+
+def split_counters(device: torch.device, needed: int) -> torch.Tensor | None:
+    """The fused kernel's int32 counters on this device, one per (row, KV head), all 0 between
+    launches (each launch's last splits set theirs back), or None where they would have to be
+    allocated during CUDA graph capture (the caller then merges with the reduce launch). One
+    buffer per device: fused launches on a device must not overlap in time, as decode runs
+    layer after layer on one stream. A buffer outgrown stays alive: captured graphs hold its
+    address."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    buf = _COUNTERS.get(index)
+    if buf is None or buf.numel() < needed:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        if buf is not None:
+            _RETIRED.append(buf)
+        buf = torch.zeros(max(needed, MIN_COUNTERS), dtype=torch.int32, device=device)
+        _COUNTERS[index] = buf
+    return buf
+
+
+def _float_bits(x: float) -> int:
+    """x as float32 bits in a C int: torch.cuda._compile_kernel passes Python floats as C doubles
+    (torch 2.11) and ints as C ints, so the kernel takes its two scales as bits, whatever a
+    torch version does with floats."""
+    return struct.unpack("<i", struct.pack("<f", x))[0]
+
+
+def _fusable(query: torch.Tensor, out: torch.Tensor | None) -> bool:
+    """Whether the fused kernel can read this query and write this output: one of its dtypes,
+    in pairs of elements (even strides, 8-byte aligned)."""
+    if out is None or out.dtype != query.dtype or query.dtype not in SIDE_KINDS or out.shape != query.shape:
+        return False
+    return all(t.stride(2) == 1 and t.stride(0) % 2 == 0 and t.stride(1) % 2 == 0 and t.data_ptr() % 8 == 0
+               for t in (query, out))
+
+
 def split(
     lay: KernelLayout,
     layout: Any,
@@ -213,13 +276,16 @@ def split(
     num_splits: int,
     gp: int,
     dt: Any,
-) -> None:
+    out: torch.Tensor | None = None,
+) -> bool:
     """Launch the split kernel, grid (batch, kv_heads, num_splits), writing the partials that
     triton_decode._reduce_kernel merges. Where slots_in_split, the splits also attend to the
     16-bit slots (side = (side_k, side_v, side_slots, side_lens) as decode_attention takes
     them): slot i in split i % num_splits, which takes slot_blocks fewer blocks, so the reduce
-    kernel reads no slot; otherwise pass side=None and the slots to the reduce kernel. The
-    caller (triton_decode.decode_attention) has checked `unsupported` for this case."""
+    kernel reads no slot; otherwise pass side=None and the slots to the reduce kernel. Where
+    the kernel fuses (`fuses`, and `out` of query's dtype and shape), it also rotates the query
+    and writes `out` itself: returns True, and there is nothing for the reduce kernel to do.
+    The caller (triton_decode.decode_attention) has checked `unsupported` for this case."""
     batch, q_heads, d = query.shape
     kv_heads = records.shape[1]
     gqa = q_heads // kv_heads
@@ -241,12 +307,23 @@ def split(
             raise ValueError("side_slots and side_lens must be int32 with the same strides (rows contiguous)")
         side_args = [side_k, side_v, side_k.stride(0), side_k.stride(1), side_k.stride(2), slots, lens,
                      slots.stride(0), slots.shape[1], slot_blocks(lay, side_k)]
-    qr = rotated_query(query, h, kv_heads, qk_scale, dt)
-    kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0, kind)
+    counters = split_counters(query.device, batch * kv_heads) if fuses(lay) and _fusable(query, out) else None
+    if counters is not None:
+        assert out is not None
+        q_args: list[Any] = [query, query.stride(0), query.stride(1), _float_bits(qk_scale)]
+        out_args: list[Any] = [out, out.stride(0), out.stride(1), _float_bits(1.0 / d**0.5), counters]
+        q_kind = SIDE_KINDS[query.dtype]
+    else:
+        qr = rotated_query(query, h, kv_heads, qk_scale, dt)
+        q_args = [qr, qr.stride(0), qr.stride(1), 0]
+        out_args = [ws_acc, 0, 0, 0, num_blocks]  # never read or written
+        q_kind = 2
+    kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0, kind, q_kind, counters is not None)
     kernel(
         grid=(batch, kv_heads, num_splits),
         block=(32, 1, 1),
-        args=[qr, qr.stride(0), qr.stride(1), records, records.stride(0), records.stride(1),
-              block_table, block_table.stride(0), num_blocks, *side_args, ws_acc, ws_ml],
+        args=[*q_args, records, records.stride(0), records.stride(1),
+              block_table, block_table.stride(0), num_blocks, *side_args, ws_acc, ws_ml, *out_args],
         shared_mem=2 * lay.record_bytes,
     )
+    return counters is not None

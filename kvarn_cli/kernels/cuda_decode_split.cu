@@ -33,6 +33,11 @@
 // but for rows GQA .. GP - 1, which the reduce kernel does not read. With SLOTS (head_dim 64)
 // the splits also attend to the 16-bit sink and tail slots (side_attend), so the reduce
 // kernel reads none: slot i in split i % nsplit, which takes slot_w blocks fewer.
+// With FUSED (head_dim 64) the kernel is the whole decode: each program rotates the model's
+// query itself (rotate_query, a Walsh-Hadamard transform in registers), and the last split
+// of each (row, KV head) to finish, counted in `count`, merges the partials and writes the
+// output rotated back (merge_out), so neither the query-rotation launch nor the reduce
+// launch runs.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -41,6 +46,9 @@ typedef unsigned char u8;
 template <int KIND> struct SideType { typedef u16 T; };
 template <> struct SideType<2> { typedef float T; };
 using SideT = SideType<SIDE_KIND>::T;
+// element type of the query and the output (QKIND, coded as SIDE_KIND): with FUSED the
+// model's own; otherwise the query comes rotated in float32 (QKIND 2) and no output is written
+using QT = SideType<QKIND>::T;
 
 struct __align__(16) Words4 { u32 w[4]; };
 
@@ -277,25 +285,167 @@ __device__ __forceinline__ void write_partial(const float (&acc)[NS][2], float m
   }
 }
 
-// Two slot elements packed in a 32-bit word (bf16 or fp16, SIDE_KIND 0 or 1) as floats
-__device__ __forceinline__ float2 side_word(u32 w) {
-  if constexpr (SIDE_KIND == 0) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+// Two elements packed in a 32-bit word (bf16 or fp16, KIND 0 or 1) as floats
+template <int KIND>
+__device__ __forceinline__ float2 word2(u32 w) {
+  if constexpr (KIND == 0) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
   float lo, hi;
   f16x2(w, lo, hi);
   return make_float2(lo, hi);
 }
 
-// Two and four consecutive slot elements as floats (SIDE_KIND 2: float32, as tests pass them)
-__device__ __forceinline__ float2 side2(const SideT* p) {
-  if constexpr (SIDE_KIND == 2) return *reinterpret_cast<const float2*>(p);
-  return side_word(*reinterpret_cast<const u32*>(p));
+// Two consecutive elements of KIND (2: float32, as tests pass them) as floats
+template <int KIND>
+__device__ __forceinline__ float2 load2(const typename SideType<KIND>::T* p) {
+  if constexpr (KIND == 2) return *reinterpret_cast<const float2*>(p);
+  else return word2<KIND>(*reinterpret_cast<const u32*>(p));
 }
+
+// Two floats stored as consecutive elements of KIND, rounded to nearest
+template <int KIND>
+__device__ __forceinline__ void store2(typename SideType<KIND>::T* p, float lower, float upper) {
+  if constexpr (KIND == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(lower, upper);
+  } else if constexpr (KIND == 0) {
+    *reinterpret_cast<u32*>(p) = pack2(lower, upper);
+  } else {
+    u32 h;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(h) : "f"(upper), "f"(lower));
+    *reinterpret_cast<u32*>(p) = h;
+  }
+}
+
+// Two and four consecutive slot elements as floats
+__device__ __forceinline__ float2 side2(const SideT* p) { return load2<SIDE_KIND>(p); }
 
 __device__ __forceinline__ float4 side4(const SideT* p) {
   if constexpr (SIDE_KIND == 2) return *reinterpret_cast<const float4*>(p);
   const uint2 w = *reinterpret_cast<const uint2*>(p);
-  const float2 a = side_word(w.x), b = side_word(w.y);
+  const float2 a = word2<SIDE_KIND>(w.x), b = word2<SIDE_KIND>(w.y);
   return make_float4(a.x, a.y, b.x, b.y);
+}
+
+// x H for the Sylvester +-1 matrix H over a head's D channels, where lane (r, j) holds
+// channels (D / 8) r + 2 mv + e in x[2 mv + e] (the layout of acc): the low channel bits are
+// the lane's own, butterflies in registers; the top three are lane bits 2-4, butterflies
+// through shuffles (lanes of one j stay together, so each j transforms its own head).
+__device__ __forceinline__ void fwht(float (&x)[2 * NS]) {
+#pragma unroll
+  for (int h = 1; h < 2 * NS; h *= 2)
+#pragma unroll
+    for (int i = 0; i < 2 * NS; ++i)
+      if (!(i & h)) {
+        const float a = x[i], c = x[i + h];
+        x[i] = a + c;
+        x[i + h] = a - c;
+      }
+  const int lane = threadIdx.x;
+#pragma unroll
+  for (int m = 4; m < 32; m *= 2)
+#pragma unroll
+    for (int i = 0; i < 2 * NS; ++i) {
+      const float y = __shfl_xor_sync(FULL, x[i], m);
+      x[i] = (lane & m) ? y - x[i] : x[i] + y;
+    }
+}
+
+// The group's GQA query heads (q: the first, in the model's dtype) rotated and scaled,
+// (q H) * qk_scale in float32, into qs [GQA, D]. Every split program does this for itself:
+// a few hundred instructions, against a launch of its own (~2 us per layer and step).
+__device__ __forceinline__ void rotate_query(const QT* __restrict__ q, int stride_qh, float qk_scale, float* qs) {
+  const int lane = threadIdx.x, r = lane >> 2, j = lane & 3;
+  const QT* qrow = q + (long long)(j < GQA ? j : 0) * stride_qh + (D / 8) * r;
+  float x[2 * NS];
+#pragma unroll
+  for (int mv = 0; mv < NS; ++mv) {
+    const float2 v = load2<QKIND>(qrow + 2 * mv);
+    x[2 * mv] = v.x;
+    x[2 * mv + 1] = v.y;
+  }
+  fwht(x);
+  if (j < GQA)
+#pragma unroll
+    for (int mv = 0; mv < NS; ++mv)
+      *reinterpret_cast<float2*>(qs + j * D + (D / 8) * r + 2 * mv) = make_float2(x[2 * mv] * qk_scale, x[2 * mv + 1] * qk_scale);
+  __syncwarp();
+}
+
+// fence.acq_rel at GPU scope: what the count below needs on both sides (a release before the
+// count, an acquire after it). __threadfence() would be fence.sc, stronger than needed; the two
+// timed the same within run-to-run noise (docs/BENCHMARKS.md run 101).
+__device__ __forceinline__ void fence_acq_rel() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
+
+// Whether this program is the last of the nsplit splits of its (row, KV head) to finish:
+// each counts itself in *cnt after making its partial visible; the last one sets *cnt back
+// to 0 for the next launch (the counters start at 0: cuda_decode.split_counters).
+__device__ __forceinline__ bool last_split(int* cnt, int nsplit) {
+  fence_acq_rel();
+  __syncwarp();
+  int seen = 0;
+  if (threadIdx.x == 0) {
+    seen = atomicAdd(cnt, 1);
+    if (seen == nsplit - 1) *cnt = 0;
+  }
+  seen = __shfl_sync(FULL, seen, 0);
+  if (seen != nsplit - 1) return false;
+  fence_acq_rel();
+  return true;
+}
+
+// The reduce kernel's work for one (row, KV head), done by its last split: merge the nsplit
+// partials from part0 on (MERGE_AT_ONCE loads in flight per lane and step; read past L1, which
+// other SMs' writes do not reach), normalize, rotate back and write the GQA heads of out.
+constexpr int MERGE_AT_ONCE = 8;
+__device__ __forceinline__ void merge_out(long long part0, int nsplit, const float* __restrict__ ws_acc,
+                                          const float* __restrict__ ws_ml, QT* __restrict__ out, int stride_oh,
+                                          float inv_sqrt_d) {
+  const int lane = threadIdx.x, r = lane >> 2, j = lane & 3;
+  const int hj = j < GQA ? j : 0;  // lanes j >= GQA merge head 0 again: fwht needs every lane
+  const int c0 = (D / 8) * r;
+  float m = NEG_BIG, l = 0.f, x[2 * NS];
+#pragma unroll
+  for (int i = 0; i < 2 * NS; ++i) x[i] = 0.f;
+  for (int s0 = 0; s0 < nsplit; s0 += MERGE_AT_ONCE) {
+    float ms[MERGE_AT_ONCE], ls[MERGE_AT_ONCE];
+    float2 a[MERGE_AT_ONCE][NS];
+#pragma unroll
+    for (int u = 0; u < MERGE_AT_ONCE; ++u) {
+      const bool ok = s0 + u < nsplit;
+      const long long p = part0 + (ok ? s0 + u : 0);
+      ms[u] = ok ? __ldcg(ws_ml + p * 2 * GP + hj) : NEG_BIG;
+      ls[u] = ok ? __ldcg(ws_ml + p * 2 * GP + GP + hj) : 0.f;
+#pragma unroll
+      for (int mv = 0; mv < NS; ++mv)
+        a[u][mv] = ok ? __ldcg(reinterpret_cast<const float2*>(ws_acc + p * GP * D + hj * D + c0 + 2 * mv))
+                      : make_float2(0.f, 0.f);
+    }
+    float mx = m;
+#pragma unroll
+    for (int u = 0; u < MERGE_AT_ONCE; ++u) mx = fmaxf(mx, ms[u]);
+    const float alpha = ex2(m - mx);
+    l *= alpha;
+#pragma unroll
+    for (int i = 0; i < 2 * NS; ++i) x[i] *= alpha;
+#pragma unroll
+    for (int u = 0; u < MERGE_AT_ONCE; ++u) {
+      const float w = ex2(ms[u] - mx);
+      l = fmaf(w, ls[u], l);
+#pragma unroll
+      for (int mv = 0; mv < NS; ++mv) {
+        x[2 * mv] = fmaf(w, a[u][mv].x, x[2 * mv]);
+        x[2 * mv + 1] = fmaf(w, a[u][mv].y, x[2 * mv + 1]);
+      }
+    }
+    m = mx;
+  }
+  const float inv = 1.f / fmaxf(l, 1e-30f);
+#pragma unroll
+  for (int i = 0; i < 2 * NS; ++i) x[i] *= inv;
+  fwht(x);
+  if (j < GQA)
+#pragma unroll
+    for (int mv = 0; mv < NS; ++mv)
+      store2<QKIND>(out + (long long)j * stride_oh + c0 + 2 * mv, x[2 * mv] * inv_sqrt_d, x[2 * mv + 1] * inv_sqrt_d);
 }
 
 // Attention of the GQA heads over one 16-bit staging slot (the sink or the tail: K and V
@@ -306,7 +456,7 @@ __device__ __forceinline__ float4 side4(const SideT* p) {
 // the code path. Order of the reduction indices: lane j's pairs in slice sl are channels
 // (D / 4) j + 4 sl + (0, 1) and (+ 2, + 3), so each lane reads four consecutive elements of
 // its rows; tokens keep their order (rows r, r + 8 of each tile, pairs 2j, 2j + 1 for V).
-__device__ __forceinline__ void side_attend(const float* __restrict__ qgroup, int stride_qh, const SideT* __restrict__ kp,
+__device__ __forceinline__ void side_attend(const float* qgroup, int stride_qh, const SideT* __restrict__ kp,
                                             const SideT* __restrict__ vp, int stride_st, int n, float& m_run,
                                             float& l_run, float (&acc)[NS][2]) {
   const int lane = threadIdx.x, r = lane >> 2, j = lane & 3;
@@ -394,7 +544,7 @@ struct SlotState {
   float acc[NS][2] = {};
 };
 
-__device__ __forceinline__ SlotState slot_state(const float* __restrict__ qgroup, int stride_qh, const SideT* __restrict__ side_k,
+__device__ __forceinline__ SlotState slot_state(const float* qgroup, int stride_qh, const SideT* __restrict__ side_k,
                                              const SideT* __restrict__ side_v, int stride_ss, int stride_sh, int stride_st,
                                              const int* __restrict__ slot_row, const int* __restrict__ len_row, int num_side,
                                              int s, int nsplit, int kvh) {
@@ -409,15 +559,26 @@ __device__ __forceinline__ SlotState slot_state(const float* __restrict__ qgroup
   return st;
 }
 
-extern "C" __global__ void __launch_bounds__(32) kvarn_split(
-    const float* __restrict__ qr, int stride_qb, int stride_qh,  // rotated, scaled query [B, Hq, D] float32
+// MIN_PROGRAMS (defined at head_dim 64 only, as 16): NVRTC gave the one-launch kernel 134
+// registers, and so 12 programs per SM instead of 16, which took 12-22% longer at 32k
+// (docs/BENCHMARKS.md run 100). At 128, a second argument of 1 would already change ptxas'
+// allocation of the block loop, so there the bound stays as it was.
+#ifdef MIN_PROGRAMS
+#define KVARN_BOUNDS __launch_bounds__(32, MIN_PROGRAMS)
+#else
+#define KVARN_BOUNDS __launch_bounds__(32)
+#endif
+extern "C" __global__ void KVARN_BOUNDS kvarn_split(
+    const QT* __restrict__ qin, int stride_qb, int stride_qh,  // FUSED: the query [B, Hq, D]; else rotated, scaled
+    int qk_scale_bits,                                         // FUSED: the rotated query's scale, float32 bits
     const u8* __restrict__ rec, int stride_rb, int stride_rh,    // records [blocks, Hkv, REC]
     const int* __restrict__ bt, int stride_btb, const int* __restrict__ nblk,
     const SideT* __restrict__ side_k, const SideT* __restrict__ side_v,  // slots [S, Hkv, G, D] (rotated)
     int stride_ss, int stride_sh, int stride_st,                          // in elements
     const int* __restrict__ side_slot, const int* __restrict__ side_len, int stride_side, int num_side,
     int slot_w,  // what a slot costs, in blocks
-    float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
+    float* __restrict__ ws_acc, float* __restrict__ ws_ml,
+    QT* __restrict__ out, int stride_ob, int stride_oh, int inv_sqrt_d_bits, int* __restrict__ count) {  // FUSED only
   extern __shared__ __align__(16) u8 smem[];  // two record buffers
   const int lane = threadIdx.x, r = lane >> 2, j = lane & 3;
   const int b = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z, nsplit = gridDim.z;
@@ -444,9 +605,22 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
   const u32 sbase = smem_addr(smem);
   if (start < end) copy_record(sbase, rec_h + (long long)bt_row[start] * stride_rb, lane);
   cp_commit();
+  // the group's rotated query heads: with FUSED rotated here into buffer 1, which the block
+  // loop first fills at its first step (after the __syncwarp below)
+  const QT* qhead = qin + (long long)b * stride_qb + (long long)kvh * GQA * stride_qh;
+  const float* qgroup;
+  int qstride;
+  if constexpr (FUSED) {
+    float* qs = reinterpret_cast<float*>(smem + REC);
+    rotate_query(qhead, stride_qh, __int_as_float(qk_scale_bits), qs);
+    qgroup = qs;
+    qstride = D;
+  } else {
+    qgroup = reinterpret_cast<const float*>(qhead);
+    qstride = stride_qh;
+  }
   // this split's slots, while the first record is on its way: they start the running state
-  const SlotState st = SLOTS && s < num_side ? slot_state(qr + (long long)b * stride_qb + (long long)kvh * GQA * stride_qh,
-                                                 stride_qh, side_k, side_v, stride_ss, stride_sh, stride_st,
+  const SlotState st = SLOTS && s < num_side ? slot_state(qgroup, qstride, side_k, side_v, stride_ss, stride_sh, stride_st,
                                                  side_slot + (long long)b * stride_side, side_len + (long long)b * stride_side,
                                                  num_side, s, nsplit, kvh)
                                     : SlotState{};
@@ -462,7 +636,7 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
   const bool low = r & 1;
   float qv[NS][4];
   {
-    const float* qrow = qr + (long long)b * stride_qb + (long long)(kvh * GQA + (qh < GQA ? qh : 0)) * stride_qh;
+    const float* qrow = qgroup + (long long)(qh < GQA ? qh : 0) * qstride;
 #pragma unroll
     for (int sl = 0; sl < NS; ++sl)
 #pragma unroll
@@ -476,6 +650,7 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
   const int trow_a = kmap<VB>(r), trow_b = kmap<VB>(r + 8);
   const int ks_a = (trow_a / KSTEP) & 1, ks_b = (trow_b / KSTEP) & 1;
   const int vs_r = r & 1;  // swap bit of this lane's V channel rows ((D / 8) r + ...)
+  if constexpr (FUSED) __syncwarp();  // every lane has read the query before buffer 1 is overwritten
 
   for (int i = start; i < end; ++i) {
     const int cur = (i - start) & 1;
@@ -623,5 +798,11 @@ extern "C" __global__ void __launch_bounds__(32) kvarn_split(
   }
   cp_wait<0>();
 
-  write_partial(acc, m_run, head_sum(l_run), ((long long)b * gridDim.y + kvh) * nsplit + s, ws_acc, ws_ml);
+  const long long part0 = ((long long)b * gridDim.y + kvh) * nsplit;
+  write_partial(acc, m_run, head_sum(l_run), part0 + s, ws_acc, ws_ml);
+  if constexpr (FUSED) {
+    if (last_split(count + (long long)b * gridDim.y + kvh, nsplit))
+      merge_out(part0, nsplit, ws_acc, ws_ml, out + (long long)b * stride_ob + (long long)kvh * GQA * stride_oh, stride_oh,
+                __int_as_float(inv_sqrt_d_bits));
+  }
 }

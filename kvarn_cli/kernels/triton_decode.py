@@ -26,8 +26,12 @@ Two launches:
 2. `_reduce_kernel`, grid (batch, kv_heads): merges the partials, attends to the 16-bit
    sink/tail tokens (kvarn's staging slots, already in the rotated domain), normalizes and
    rotates the output back (out @ H), writing [batch, q_heads, D] in the query's dtype. At
-   head_dim 64 the CUDA split kernel attends to the slots itself (cuda_decode.slots_in_split)
-   and this kernel only merges, each head's partials as one tile (TILE_PARTS).
+   head_dim 64 the CUDA split kernel is the whole decode (cuda_decode.fuses): it attends to
+   the slots, rotates the query, and its last split per row and KV head merges and writes
+   the output, so neither this launch nor the query rotation's runs. Where it cannot (`out`
+   of another dtype, or counters that would need allocating inside CUDA graph capture) its
+   splits attend to the slots and this kernel only merges, each head's partials as one tile
+   (TILE_PARTS).
    The sink/tail part already reads near the H100's bandwidth (Qwen3-4B shape, batch 64: ~50
    MB per layer in ~23 us); a separate launch with 64-token chunks in parallel was slower
    (docs/BENCHMARKS.md run 37: the partials it writes and reads back cost more than it won).
@@ -994,10 +998,11 @@ def decode_attention(
             assert side_v is not None and side_slots is not None and side_lens is not None
             split_side = (side_k, side_v, side_slots, side_lens)
             side_k = side_v = side_slots = side_lens = None  # the split attends to them: the reduce kernel only merges
-        cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks, split_side, ws_acc, ws_ml,
-                          qk_scale, num_splits, gp, dt)
-        _launch_reduce(lay, query, h, out, ws_acc, ws_ml, side_k, side_v, side_slots, side_lens, qk_scale,
-                       num_blocks, num_splits, gp, dt, kv_heads, False, 1)
+        fused = cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks, split_side,
+                                  ws_acc, ws_ml, qk_scale, num_splits, gp, dt, out)
+        if not fused:
+            _launch_reduce(lay, query, h, out, ws_acc, ws_ml, side_k, side_v, side_slots, side_lens, qk_scale,
+                           num_blocks, num_splits, gp, dt, kv_heads, False, 1)
         return out
     _launch_triton_split(variant, lay, query, h, records, block_table, num_blocks, ws_acc, ws_ml,
                          qk_scale, num_splits, gp, dt, num_warps, num_stages)

@@ -101,6 +101,12 @@ class Codec:
         elif triton and not triton_kernels_apply(quantizer):
             raise ValueError(f"the Triton kernels do not handle {quantizer!r}")
         self.triton = triton
+        if triton and device.type == "cuda":
+            from kvarn_cli.kernels import cuda_decode
+
+            # the one-launch decode's counters, allocated now rather than at a first call that
+            # vLLM might make while capturing a CUDA graph (where they cannot be)
+            cuda_decode.split_counters(device, cuda_decode.MIN_COUNTERS)
         #: kernel-variant overrides, read once (the hot path runs per layer and step)
         self.flush_kernel_args: dict[str, str] = {}
         self.decode_kernel_args: dict[str, str] = {}
