@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Lease 1 of session 13 (issue 6): the CUDA decode in one launch at head_dim 64 (query rotated
+# in the split programs, the last split per row and KV head merges and writes the output).
+# GPU tests, time per launch (session 11's prof.py) and the decode benchmark of this tree and
+# of 8c6ad54 (old/, from `git archive 8c6ad54 kvarn_cli benchmarks/decode_attention.py | tar -x
+# -C $D/old`, not kept) in one call.  $1: output folder.
+set -u
+R=${1:?output folder}; mkdir -p "$R"
+D=benchmarks/results/h100-2026-11-24d
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv | tee "$R/gpu.txt"
+timeout 220 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py \
+  -k "cuda or rotated or split_count or (decode_matches and (hilo or tmwhb))" 2>&1 | tail -8 | tee "$R/tests.log"
+timeout 100 python3 benchmarks/results/h100-2026-11-24b/prof.py smollm2:k2v2:32 smollm2:k2v2:64 smollm2:k4v4:32 smollm2:k4v4:64 qwen3-4b:k2v2:32 2>&1 | grep -v Warn | tee "$R/prof.log"
+for tree in new old; do
+  script=benchmarks/decode_attention.py; [ $tree = old ] && script=$D/old/benchmarks/decode_attention.py
+  PYTHONPATH= timeout 120 python3 $script --variants cuda --methods k2v2,k4v4 --contexts 4096,32768 \
+    --batches 1,32,64 --no-flush --out "$R/decode_$tree.json" 2>&1 | tee "$R/decode_$tree.log" | tail -13
+done
