@@ -206,6 +206,19 @@ __device__ __forceinline__ float head_max(float x) {
   return fmaxf(x, __shfl_xor_sync(FULL, x, 16));
 }
 
+// One block's step of the online softmax: m_run becomes the max of itself and the head's
+// scores sc (this lane's two tokens per 16-token tile); returns alpha, the factor by which
+// the state kept so far (sum, acc) is scaled
+__device__ __forceinline__ float raise_max(const float (&sc)[TM][2], float& m_run) {
+  float bmax = NEG_BIG;
+#pragma unroll
+  for (int m = 0; m < TM; ++m) bmax = fmaxf(bmax, fmaxf(sc[m][0], sc[m][1]));
+  const float m_new = fmaxf(m_run, head_max(bmax));
+  const float alpha = ex2(m_run - m_new);
+  m_run = m_new;
+  return alpha;
+}
+
 __device__ __forceinline__ u32 smem_addr(const void* p) {
   u32 a;
   asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
@@ -315,8 +328,7 @@ __device__ __forceinline__ void store2(typename SideType<KIND>::T* p, float lowe
   }
 }
 
-// Two and four consecutive slot elements as floats
-__device__ __forceinline__ float2 side2(const SideT* p) { return load2<SIDE_KIND>(p); }
+// Four consecutive slot elements as floats
 
 __device__ __forceinline__ float4 side4(const SideT* p) {
   if constexpr (SIDE_KIND == 2) return *reinterpret_cast<const float4*>(p);
@@ -491,12 +503,7 @@ __device__ __forceinline__ void side_attend(const float* qgroup, int stride_qh, 
     if (ta < n) sc[m][0] = acc_s[0] + acc_s[1];
     if (tb < n) sc[m][1] = acc_s[2] + acc_s[3];
   }
-  float bmax = NEG_BIG;
-#pragma unroll
-  for (int m = 0; m < TM; ++m) bmax = fmaxf(bmax, fmaxf(sc[m][0], sc[m][1]));
-  const float m_new = fmaxf(m_run, head_max(bmax));
-  const float alpha = ex2(m_run - m_new);
-  m_run = m_new;
+  const float alpha = raise_max(sc, m_run);
   l_run *= alpha;
 #pragma unroll
   for (int mv = 0; mv < NS; ++mv) {
@@ -510,7 +517,7 @@ __device__ __forceinline__ void side_attend(const float* qgroup, int stride_qh, 
     u32 pk[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const float p = 16 * m + r + 8 * e < n ? ex2(sc[m][e] - m_new) : 0.f;
+      const float p = 16 * m + r + 8 * e < n ? ex2(sc[m][e] - m_run) : 0.f;
       l_run += p;
       const float hi = part(p, false);
       pk[e] = pack2(hi, p - hi);
@@ -524,7 +531,7 @@ __device__ __forceinline__ void side_attend(const float* qgroup, int stride_qh, 
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const int t = t0 + (u & 1) + 8 * (u >> 1);
-        v[u] = t < n ? side2(vp + (long long)t * stride_st + ca) : make_float2(0.f, 0.f);
+        v[u] = t < n ? load2<SIDE_KIND>(vp + (long long)t * stride_st + ca) : make_float2(0.f, 0.f);
       }
       const u32 a[4] = {pack2(v[0].x, v[1].x), pack2(v[0].y, v[1].y), pack2(v[2].x, v[3].x), pack2(v[2].y, v[3].y)};
       float o[4];
@@ -734,12 +741,7 @@ extern "C" __global__ void KVARN_BOUNDS kvarn_split(
       sc[m][0] = fmaf(acc_s[0] + acc_s[1], kst, kzt) * tsa;
       sc[m][1] = fmaf(acc_s[2] + acc_s[3], kst, kzt) * tsb;
     }
-    float bmax = NEG_BIG;
-#pragma unroll
-    for (int m = 0; m < TM; ++m) bmax = fmaxf(bmax, fmaxf(sc[m][0], sc[m][1]));
-    const float m_new = fmaxf(m_run, head_max(bmax));
-    const float alpha = ex2(m_run - m_new);
-    m_run = m_new;
+    const float alpha = raise_max(sc, m_run);
 
     // P' = p * v_scale (block multiplier left out; a quarter of it on 2-bit rows r + 8) per
     // token as (high, low), moved to the B operand layout of the V MMA
@@ -762,7 +764,7 @@ extern "C" __global__ void KVARN_BOUNDS kvarn_split(
       u32 pk[2];
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const float p = ex2(sc[m][e] - m_new);
+        const float p = ex2(sc[m][e] - m_run);
         lsum += p;
         pz = fmaf(p, vz[e], pz);
         const float pv = p * (VB == 2 && e ? 0.25f * vs[e] : vs[e]);
