@@ -137,8 +137,13 @@ def test_codec_picks_the_kernels_by_device_env_and_quantizer(monkeypatch: pytest
     assert use_triton(torch.device("cuda"), qz)  # unset: CUDA tensors take the kernels
     monkeypatch.setenv("KVARN_DECODE_VARIANT", "tmwhb")
     monkeypatch.delenv("KVARN_FLUSH_VARIANT", raising=False)
+    monkeypatch.delenv("KVARN_DETERMINISTIC_DECODE", raising=False)
     codec = Codec(qz, cpu)
     assert codec.decode_kernel_args == {"variant": "tmwhb"} and codec.flush_kernel_args == {}
+    monkeypatch.setenv("KVARN_DETERMINISTIC_DECODE", "0")
+    assert Codec(qz, cpu).decode_kernel_args == {"variant": "tmwhb"}
+    monkeypatch.setenv("KVARN_DETERMINISTIC_DECODE", "1")
+    assert Codec(qz, cpu).decode_kernel_args == {"variant": "tmwhb", "deterministic": True}
 
 
 @pytest.mark.parametrize("preset", ["k2v2", "k4v4"])

@@ -585,11 +585,13 @@ def test_cuda_decode_attends_16_bit_slots(d: int, gqa: int, dtype: torch.dtype, 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_cuda_decode_in_one_launch_matches_the_reduce_path(dtype: torch.dtype) -> None:
-    """At head_dim 64 the cuda variant is one launch: its programs rotate the query and the
-    last split of each row and KV head (elected through a counter that it sets back to 0)
-    merges the partials and writes `out`. It must give the two-launch path's result (an
+    """At head_dim 64 the cuda variant is one launch: its programs rotate the query, take
+    blocks past their first two as they ask (tickets from a counter), and the last split of
+    each row and KV head (elected through another counter) merges the partials and writes
+    `out`; it sets both counters back to 0. It must give the two-launch path's result (an
     output it cannot write, here one with an odd row stride, takes that path), call after call
-    (the counters reset), into strided views of larger tensors, and leave every counter at 0."""
+    (a counter left behind would skip blocks), into strided views of larger tensors, leave
+    every counter at 0, and with deterministic=True (fixed ranges) give the same bits twice."""
     from kvarn_cli.kernels import cuda_decode
     from kvarn_cli.kernels.triton_common import kernel_layout
 
@@ -622,10 +624,12 @@ def test_cuda_decode_in_one_launch_matches_the_reduce_path(dtype: torch.dtype) -
     two_launch = decode_attention(qz, query.float(), *args[2:], scale=0.9 / d**0.5, num_splits=4, out=odd,
                                   variant="cuda")
     outs = []
-    for splits in (4, 4, 7, 1):
+    for splits, deterministic in ((4, True), (4, True), (4, False), (4, False), (7, False), (2, False), (1, False),
+                                  (7, True)):
         o_full = torch.full((rows, kv_heads * gqa + 2, d), float("nan"), dtype=dtype, device=DEVICE)
         out = o_full[:, 1:1 + kv_heads * gqa]
-        decode_attention(*args, scale=0.9 / d**0.5, num_splits=splits, out=out, variant="cuda")
+        decode_attention(*args, scale=0.9 / d**0.5, num_splits=splits, out=out, variant="cuda",
+                         deterministic=deterministic)
         assert bool(torch.isnan(o_full[:, 0]).all() and torch.isnan(o_full[:, -1]).all())  # nothing outside the view
         outs.append(out.float())
     assert bool(torch.isfinite(outs[0]).all())

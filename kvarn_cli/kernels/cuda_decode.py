@@ -108,12 +108,14 @@ def fuses(lay: KernelLayout) -> bool:
     return slots_in_split(lay)
 
 
-def source_for(lay: KernelLayout, gqa: int, gp: int, side: int = 0, query: int = 2, fused: bool = False) -> str:
+def source_for(lay: KernelLayout, gqa: int, gp: int, side: int = 0, query: int = 2, fused: bool = False,
+               tickets: bool = False) -> str:
     """The kernel source with this layout's constants in front (`side`, `query`: SIDE_KINDS of
-    the slots and of the query and output; `query` 2 (the rotated float32 query) unless fused)."""
+    the slots and of the query and output; `query` 2 (the rotated float32 query) unless fused;
+    `tickets`, fused only: blocks dealt out as the splits ask, see `split`)."""
     consts = {"D": lay.head_dim, "KB": lay.k_bits, "VB": lay.v_bits, "GQA": gqa, "GP": gp,
               "G": lay.block_size, "REC": lay.record_bytes, "SIDE_KIND": side,
-              "SLOTS": int(slots_in_split(lay)), "QKIND": query, "FUSED": int(fused)}
+              "SLOTS": int(slots_in_split(lay)), "QKIND": query, "FUSED": int(fused), "TICKETS": int(tickets)}
     consts.update({name: value for name, value in lay.args().items()})
     head = "".join(f"constexpr int {name} = {int(value)};\n" for name, value in consts.items())
     if lay.head_dim in MIN_PROGRAMS:
@@ -127,22 +129,22 @@ def _source_text() -> str:
 
 
 def _key(lay: KernelLayout, gqa: int, gp: int, device_index: int, side: int = 0, query: int = 2,
-         fused: bool = False) -> tuple[Any, ...]:
+         fused: bool = False, tickets: bool = False) -> tuple[Any, ...]:
     return (tuple(sorted(lay.args().items())), lay.head_dim, lay.k_bits, lay.v_bits, lay.block_size,
-            lay.record_bytes, gqa, gp, device_index, side, query, fused)
+            lay.record_bytes, gqa, gp, device_index, side, query, fused, tickets)
 
 
 def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int, side: int = 0,
-               query: int = 2, fused: bool = False) -> Any:
+               query: int = 2, fused: bool = False, tickets: bool = False) -> Any:
     """The compiled kernel for this record layout, GQA, slot and query dtype and form: compiled
     and its fields checked once, then looked up by a small key (decode runs this per layer and
     eager step)."""
-    key = _key(lay, gqa, gp, device_index, side, query, fused)
+    key = _key(lay, gqa, gp, device_index, side, query, fused, tickets)
     kernel = _KERNELS.get(key)
     if kernel is None:
         _check_fields(layout)
         with torch.cuda.device(device_index):
-            source = source_for(lay, gqa, gp, side, query, fused)
+            source = source_for(lay, gqa, gp, side, query, fused, tickets)
             kernel = torch.cuda._compile_kernel(source, "kvarn_split", nvcc_options=NVRTC_OPTIONS)
         _KERNELS[key] = kernel
     return kernel
@@ -227,8 +229,9 @@ _RETIRED: list[torch.Tensor] = []
 
 
 def split_counters(device: torch.device, needed: int) -> torch.Tensor | None:
-    """The fused kernel's int32 counters on this device, one per (row, KV head), all 0 between
-    launches (each launch's last splits set theirs back), or None where they would have to be
+    """The fused kernel's int32 counters on this device, two per (row, KV head) (splits done,
+    and tickets for blocks: `needed` = 2 x rows x KV heads), all 0 between launches (each
+    launch's last splits set theirs back), or None where they would have to be
     allocated during CUDA graph capture (the caller then merges with the reduce launch). One
     buffer per device: fused launches on a device must not overlap in time, as decode runs
     layer after layer on one stream. A buffer outgrown stays alive: captured graphs hold its
@@ -277,6 +280,7 @@ def split(
     gp: int,
     dt: Any,
     out: torch.Tensor | None = None,
+    deterministic: bool = False,
 ) -> bool:
     """Launch the split kernel, grid (batch, kv_heads, num_splits), writing the partials that
     triton_decode._reduce_kernel merges. Where slots_in_split, the splits also attend to the
@@ -285,7 +289,11 @@ def split(
     kernel reads no slot; otherwise pass side=None and the slots to the reduce kernel. Where
     the kernel fuses (`fuses`, and `out` of query's dtype and shape), it also rotates the query
     and writes `out` itself: returns True, and there is nothing for the reduce kernel to do.
-    The caller (triton_decode.decode_attention) has checked `unsupported` for this case."""
+    The fused form deals the blocks out as its splits ask for them (tickets): 3-24% less time
+    than fixed ranges at 32k with 1-64 rows (SmolLM2 shape, docs/BENCHMARKS.md run 109), but which
+    split takes which block, and so the float rounding of `out`, varies between identical
+    calls; `deterministic` keeps the fixed ranges. The caller
+    (triton_decode.decode_attention) has checked `unsupported` for this case."""
     batch, q_heads, d = query.shape
     kv_heads = records.shape[1]
     gqa = q_heads // kv_heads
@@ -307,7 +315,7 @@ def split(
             raise ValueError("side_slots and side_lens must be int32 with the same strides (rows contiguous)")
         side_args = [side_k, side_v, side_k.stride(0), side_k.stride(1), side_k.stride(2), slots, lens,
                      slots.stride(0), slots.shape[1], slot_blocks(lay, side_k)]
-    counters = split_counters(query.device, batch * kv_heads) if fuses(lay) and _fusable(query, out) else None
+    counters = split_counters(query.device, 2 * batch * kv_heads) if fuses(lay) and _fusable(query, out) else None
     if counters is not None:
         assert out is not None
         q_args: list[Any] = [query, query.stride(0), query.stride(1), _float_bits(qk_scale)]
@@ -318,7 +326,8 @@ def split(
         q_args = [qr, qr.stride(0), qr.stride(1), 0]
         out_args = [ws_acc, 0, 0, 0, num_blocks]  # never read or written
         q_kind = 2
-    kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0, kind, q_kind, counters is not None)
+    fused = counters is not None
+    kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0, kind, q_kind, fused, fused and not deterministic)
     kernel(
         grid=(batch, kv_heads, num_splits),
         block=(32, 1, 1),
@@ -326,4 +335,4 @@ def split(
               block_table, block_table.stride(0), num_blocks, *side_args, ws_acc, ws_ml, *out_args],
         shared_mem=2 * lay.record_bytes,
     )
-    return counters is not None
+    return fused

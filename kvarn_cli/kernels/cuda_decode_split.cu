@@ -32,12 +32,16 @@
 // in base 2) that triton_decode._reduce_kernel merges, as the Triton split kernels write it
 // but for rows GQA .. GP - 1, which the reduce kernel does not read. With SLOTS (head_dim 64)
 // the splits also attend to the 16-bit sink and tail slots (side_attend), so the reduce
-// kernel reads none: slot i in split i % nsplit, which takes slot_w blocks fewer.
+// kernel reads none: slot i in split i % nsplit, which takes slot_w blocks fewer (or, with
+// TICKETS, asks for blocks only once done with its slots).
 // With FUSED (head_dim 64) the kernel is the whole decode: each program rotates the model's
 // query itself (rotate_query, a Walsh-Hadamard transform in registers), and the last split
 // of each (row, KV head) to finish, counted in `count`, merges the partials and writes the
 // output rotated back (merge_out), so neither the query-rotation launch nor the reduce
-// launch runs.
+// launch runs. With TICKETS (FUSED unless the caller asks for a deterministic result) the
+// blocks are not cut into fixed ranges: past each split's first two, they go to whichever
+// split asks next (a second counter per row and KV head), so splits finish together; which
+// split attends to which block, and so the float rounding, then varies from launch to launch.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -67,6 +71,7 @@ constexpr int KSTEP = VB == 2 ? 8 : 4;
 static_assert(G == 128 && (D == 64 || D == 128), "block of 128 tokens, head_dim 64 or 128");
 static_assert((KB == 2 || KB == 4) && (VB == 2 || VB == 4), "2- or 4-bit codes");
 static_assert(GQA >= 1 && GQA <= 4, "up to 4 query heads per KV head (8 MMA columns)");
+static_assert(!TICKETS || FUSED, "tickets come from the one-launch form's counters");
 static_assert(REC % 16 == 0, "records are copied in 16-byte pieces");
 static_assert(OFF_K_CODES % 32 == 0 && OFF_V_CODES % 32 == 0, "code regions start on a 16-byte pair");
 static_assert(KROW % 16 == 0 && VROW % 32 == 0, "code rows of whole 16-byte pieces");
@@ -388,15 +393,16 @@ __device__ __forceinline__ void rotate_query(const QT* __restrict__ q, int strid
 __device__ __forceinline__ void fence_acq_rel() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
 
 // Whether this program is the last of the nsplit splits of its (row, KV head) to finish:
-// each counts itself in *cnt after making its partial visible; the last one sets *cnt back
-// to 0 for the next launch (the counters start at 0: cuda_decode.split_counters).
-__device__ __forceinline__ bool last_split(int* cnt, int nsplit) {
+// each counts itself in *cnt after making its partial visible and taking its last ticket from
+// *next; the last one sets both back to 0 for the next launch (the counters start at 0:
+// cuda_decode.split_counters).
+__device__ __forceinline__ bool last_split(int* cnt, int* next, int nsplit) {
   fence_acq_rel();
   __syncwarp();
   int seen = 0;
   if (threadIdx.x == 0) {
     seen = atomicAdd(cnt, 1);
-    if (seen == nsplit - 1) *cnt = 0;
+    if (seen == nsplit - 1) *cnt = *next = 0;
   }
   seen = __shfl_sync(FULL, seen, 0);
   if (seen != nsplit - 1) return false;
@@ -566,6 +572,147 @@ __device__ __forceinline__ SlotState slot_state(const float* qgroup, int stride_
   return st;
 }
 
+// One 128-token block (the record at R in shared memory) folded into this lane's running
+// state (m_run, l_run, acc): scores through the K codes, online softmax, P' through the V
+// codes. qv is this lane's query part for the B operand (see the kernel), trow_* its token
+// rows in each 16-token tile, ks_* and vs_r their swap bits.
+__device__ __forceinline__ void attend_block(const u8* R, int r, int j, const float (&qv)[NS][4], u32 magic, int trow_a,
+                                             int trow_b, int ks_a, int ks_b, int vs_r, float& m_run, float& l_run,
+                                             float (&acc)[NS][2]) {
+  const bool low = r & 1;
+  const int sh = 4 * j;  // this lane's code pairs start at bit 4j of each word
+  const float* mult = reinterpret_cast<const float*>(R + OFF_K_SCALE_MULT);
+  const float mks = mult[0], mkz = mult[1], mkts = mult[2], mvs = mult[3], mvz = mult[4], mvcs = mult[5];
+
+  // Q' = q_rot * k_scale (block multiplier left out) as this lane's B operand part
+  u32 bq[NS][2];
+#pragma unroll
+  for (int sl = 0; sl < NS; ++sl) {
+    float ks[4];
+    if constexpr (KB == 2) {  // q = 0, 2 are channels 2j, 2j + 1; q = 1, 3 are 2j + 8, 2j + 9
+      const int c0 = 16 * sl + 2 * j;
+      e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_SCALE + c0), ks[0], ks[2]);
+      e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_SCALE + c0 + 8), ks[1], ks[3]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) ks[q] = e4m3(R[OFF_K_SCALE + 16 * sl + kmap<KB>((q & 1) + 2 * j + 8 * (q >> 1))]);
+    }
+    float v[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) v[q] = part(qv[sl][q] * ks[q], low);
+    bq[sl][0] = pack2(v[0], v[1]);
+    bq[sl][1] = pack2(v[2], v[3]);
+  }
+  // q_rot . k_zero: the high and low lanes of a column hold the same query values, so the
+  // high lane takes slice sl and the low lane slice sl + NS / 2 (the four-fold weight of
+  // 2-bit q = 2, 3 restored at the end)
+  float qz1 = 0.f, qz4 = 0.f;
+#pragma unroll
+  for (int sl = 0; sl < NS / 2; ++sl) {
+    const int sx = low ? sl + NS / 2 : sl;
+    float qs[4], kz[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) qs[q] = low ? qv[sl + NS / 2][q] : qv[sl][q];
+    if constexpr (KB == 2) {
+      const int c0 = 16 * sx + 2 * j;
+      f16x2(*reinterpret_cast<const u32*>(R + OFF_K_ZERO + 2 * c0), kz[0], kz[2]);
+      f16x2(*reinterpret_cast<const u32*>(R + OFF_K_ZERO + 2 * (c0 + 8)), kz[1], kz[3]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        kz[q] = f16_to_f32(reinterpret_cast<const u16*>(R + OFF_K_ZERO)[16 * sx + kmap<KB>((q & 1) + 2 * j + 8 * (q >> 1))]);
+    }
+    qz1 = fmaf(qs[0], kz[0], fmaf(qs[1], kz[1], qz1));
+    qz4 = fmaf(qs[2], kz[2], fmaf(qs[3], kz[3], qz4));
+  }
+  float qkz = KB == 2 ? qz1 + 4.f * qz4 : qz1 + qz4;
+  qkz += __shfl_xor_sync(FULL, qkz, 1);
+  qkz += __shfl_xor_sync(FULL, qkz, 2);
+  qkz += __shfl_xor_sync(FULL, qkz, 4);  // the high and low lanes of the column
+  // the score lanes hold head j, whose Q' columns live in lanes 8j ..
+  const float kzt = __shfl_sync(FULL, qkz, 8 * j) * mkz * mkts;
+  const float kst = mks * mkts;
+
+  float kinit[4];
+  minus_128_sums<NS>(bq, kinit);
+
+  // scores^T, 16 tokens per MMA row tile: this lane holds head j at two tokens per tile
+  float sc[TM][2];
+#pragma unroll
+  for (int m = 0; m < TM; ++m) {
+    const u8* kt = R + OFF_K_CODES + 16 * m * KROW;
+    u32 wa[KW], wb[KW];
+    load_row<KW>(kt, trow_a * (KROW / 16), ks_a, wa);
+    load_row<KW>(kt, trow_b * (KROW / 16), ks_b, wb);
+    float acc_s[4];
+    mma_chain<KB, KW, NS>(wa, wb, bq, kinit, sh, magic, acc_s);
+    float tsa, tsb;
+    if constexpr (VB == 2) {
+      e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_TOKEN_SCALE + 16 * m + trow_a), tsa, tsb);
+    } else {
+      tsa = e4m3(R[OFF_K_TOKEN_SCALE + 16 * m + trow_a]);
+      tsb = e4m3(R[OFF_K_TOKEN_SCALE + 16 * m + trow_b]);
+    }
+    sc[m][0] = fmaf(acc_s[0] + acc_s[1], kst, kzt) * tsa;
+    sc[m][1] = fmaf(acc_s[2] + acc_s[3], kst, kzt) * tsb;
+  }
+  const float alpha = raise_max(sc, m_run);
+
+  // P' = p * v_scale (block multiplier left out; a quarter of it on 2-bit rows r + 8) per
+  // token as (high, low), moved to the B operand layout of the V MMA
+  u32 pb[TM][2];
+  float lsum = 0.f, pz = 0.f;
+#pragma unroll
+  for (int m = 0; m < TM; ++m) {
+    float vs[2], vz[2];
+    if constexpr (VB == 2) {
+      e4m3x2(*reinterpret_cast<const u16*>(R + OFF_V_SCALE + 16 * m + trow_a), vs[0], vs[1]);
+      f16x2(*reinterpret_cast<const u32*>(R + OFF_V_ZERO + 2 * (16 * m + trow_a)), vz[0], vz[1]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int t = 16 * m + (e ? trow_b : trow_a);
+        vs[e] = e4m3(R[OFF_V_SCALE + t]);
+        vz[e] = f16_to_f32(reinterpret_cast<const u16*>(R + OFF_V_ZERO)[t]);
+      }
+    }
+    u32 pk[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float p = ex2(sc[m][e] - m_run);
+      lsum += p;
+      pz = fmaf(p, vz[e], pz);
+      const float pv = p * (VB == 2 && e ? 0.25f * vs[e] : vs[e]);
+      const float hi = part(pv, false);
+      pk[e] = pack2(hi, pv - hi);
+    }
+    pb[m][0] = trans8(pk[0]);
+    pb[m][1] = trans8(pk[1]);
+  }
+  l_run = l_run * alpha + lsum;
+  const float vzt = head_sum(pz) * mvz * mvcs;
+  const float vst = mvs * mvcs;
+
+  float vinit[4];
+  minus_128_sums<TM>(pb, vinit);
+
+  // out^T for channels ca, ca + 1 of each tile: this lane's rows r and r + 8
+#pragma unroll
+  for (int mv = 0; mv < NS; ++mv) {
+    const int ca = (D / 8) * r + 2 * mv;
+    const u8* vt = R + OFF_V_CODES;
+    u32 wa[VW], wb[VW];
+    load_row<VW>(vt, ca * (VROW / 16), vs_r, wa);
+    load_row<VW>(vt, (ca + 1) * (VROW / 16), vs_r, wb);
+    float o[4];
+    mma_chain<VB, VW, TM>(wa, wb, pb, vinit, sh, magic, o);
+    float vca, vcb;
+    e4m3x2(*reinterpret_cast<const u16*>(R + OFF_V_CHANNEL_SCALE + ca), vca, vcb);
+    acc[mv][0] = fmaf(acc[mv][0], alpha, fmaf(o[0] + o[1], vst, vzt) * vca);
+    acc[mv][1] = fmaf(acc[mv][1], alpha, fmaf(o[2] + o[3], vst, vzt) * vcb);
+  }
+}
+
 // MIN_PROGRAMS (defined at head_dim 64 only, as 16): NVRTC gave the one-launch kernel 134
 // registers, and so 12 programs per SM instead of 16, which took 12-22% longer at 32k
 // (docs/BENCHMARKS.md run 100). At 128, a second argument of 1 would already change ptxas'
@@ -607,11 +754,24 @@ extern "C" __global__ void KVARN_BOUNDS kvarn_split(
   const u8* rec_h = rec + (long long)kvh * stride_rh;
   // 0x43004300 through a shuffle, so that the compiler keeps it in a register for pick()
   const u32 magic = __shfl_sync(FULL, 0x43004300u, 0);
-  const int sh = 4 * j;  // this lane's code pairs start at bit 4j of each word
 
   const u32 sbase = smem_addr(smem);
-  if (start < end) copy_record(sbase, rec_h + (long long)bt_row[start] * stride_rb, lane);
+  // TICKETS: the splits without a slot (the last nsplit - lead) take blocks p and P + p (p their
+  // rank among them) first; the rest, from 2 P on, go one or two at a time to whichever split
+  // of the (row, KV head) asks next (a ticket from its counter `next`), the splits with slots
+  // asking once they are done with them. So a split slowed by its slots or by its SM's share
+  // of the memory system takes fewer blocks (at 32k the fixed ranges ended up to 14 us apart,
+  // run 107).
+  const int lead = min(num_side, nsplit), P = nsplit - lead, pool = 2 * P;
+  int cur = TICKETS ? (s >= lead ? s - lead : nb) : start, nx = TICKETS && s >= lead ? s - lead + P : nb;
+  int rec_nx = 0, ticket = 0;
+  int* next = count + (long long)gridDim.x * gridDim.y + (long long)b * gridDim.y + kvh;
+  if (cur < (TICKETS ? nb : end)) copy_record(sbase, rec_h + (long long)bt_row[cur] * stride_rb, lane);
   cp_commit();
+  if (TICKETS && nx < nb) {
+    rec_nx = bt_row[nx];
+    if (lane == 0) ticket = atomicAdd(next, 1);
+  }
   // the group's rotated query heads: with FUSED rotated here into buffer 1, which the block
   // loop first fills at its first step (after the __syncwarp below)
   const QT* qhead = qin + (long long)b * stride_qb + (long long)kvh * GQA * stride_qh;
@@ -631,6 +791,18 @@ extern "C" __global__ void KVARN_BOUNDS kvarn_split(
                                                  side_slot + (long long)b * stride_side, side_len + (long long)b * stride_side,
                                                  num_side, s, nsplit, kvh)
                                     : SlotState{};
+  if (TICKETS && s < lead) {  // the first two blocks of a split with slots, asked for now
+    int t = 0;
+    if (lane == 0) t = atomicAdd(next, 2);
+    cur = pool + __shfl_sync(FULL, t, 0);
+    nx = cur + 1;
+    if (cur < nb) copy_record(sbase, rec_h + (long long)bt_row[cur] * stride_rb, lane);
+    cp_commit();
+    if (nx < nb) {
+      rec_nx = bt_row[nx];
+      if (lane == 0) ticket = atomicAdd(next, 1);
+    }
+  }
   float m_run = st.m, l_run = st.l;
   float acc[NS][2];
 #pragma unroll
@@ -640,7 +812,6 @@ extern "C" __global__ void KVARN_BOUNDS kvarn_split(
   // channels of reduction indices 2j, 2j+1, 2j+8, 2j+9 of each slice (q = 0..3); with 2-bit
   // K codes the last two meet 128 + 4c and carry a quarter of the query
   const int qh = r >> 1;
-  const bool low = r & 1;
   float qv[NS][4];
   {
     const float* qrow = qgroup + (long long)(qh < GQA ? qh : 0) * qstride;
@@ -659,151 +830,47 @@ extern "C" __global__ void KVARN_BOUNDS kvarn_split(
   const int vs_r = r & 1;  // swap bit of this lane's V channel rows ((D / 8) r + ...)
   if constexpr (FUSED) __syncwarp();  // every lane has read the query before buffer 1 is overwritten
 
-  for (int i = start; i < end; ++i) {
-    const int cur = (i - start) & 1;
-    if (i + 1 < end) copy_record(sbase + (cur ^ 1) * REC, rec_h + (long long)bt_row[i + 1] * stride_rb, lane);
-    cp_commit();
-    cp_wait<1>();
-    __syncwarp();
-    const u8* R = smem + cur * REC;
-    const float* mult = reinterpret_cast<const float*>(R + OFF_K_SCALE_MULT);
-    const float mks = mult[0], mkz = mult[1], mkts = mult[2], mvs = mult[3], mvz = mult[4], mvcs = mult[5];
-
-    // Q' = q_rot * k_scale (block multiplier left out) as this lane's B operand part
-    u32 bq[NS][2];
-#pragma unroll
-    for (int sl = 0; sl < NS; ++sl) {
-      float ks[4];
-      if constexpr (KB == 2) {  // q = 0, 2 are channels 2j, 2j + 1; q = 1, 3 are 2j + 8, 2j + 9
-        const int c0 = 16 * sl + 2 * j;
-        e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_SCALE + c0), ks[0], ks[2]);
-        e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_SCALE + c0 + 8), ks[1], ks[3]);
-      } else {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) ks[q] = e4m3(R[OFF_K_SCALE + 16 * sl + kmap<KB>((q & 1) + 2 * j + 8 * (q >> 1))]);
-      }
-      float v[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) v[q] = part(qv[sl][q] * ks[q], low);
-      bq[sl][0] = pack2(v[0], v[1]);
-      bq[sl][1] = pack2(v[2], v[3]);
-    }
-    // q_rot . k_zero: the high and low lanes of a column hold the same query values, so the
-    // high lane takes slice sl and the low lane slice sl + NS / 2 (the four-fold weight of
-    // 2-bit q = 2, 3 restored at the end)
-    float qz1 = 0.f, qz4 = 0.f;
-#pragma unroll
-    for (int sl = 0; sl < NS / 2; ++sl) {
-      const int sx = low ? sl + NS / 2 : sl;
-      float qs[4], kz[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) qs[q] = low ? qv[sl + NS / 2][q] : qv[sl][q];
-      if constexpr (KB == 2) {
-        const int c0 = 16 * sx + 2 * j;
-        f16x2(*reinterpret_cast<const u32*>(R + OFF_K_ZERO + 2 * c0), kz[0], kz[2]);
-        f16x2(*reinterpret_cast<const u32*>(R + OFF_K_ZERO + 2 * (c0 + 8)), kz[1], kz[3]);
-      } else {
-#pragma unroll
-        for (int q = 0; q < 4; ++q)
-          kz[q] = f16_to_f32(reinterpret_cast<const u16*>(R + OFF_K_ZERO)[16 * sx + kmap<KB>((q & 1) + 2 * j + 8 * (q >> 1))]);
-      }
-      qz1 = fmaf(qs[0], kz[0], fmaf(qs[1], kz[1], qz1));
-      qz4 = fmaf(qs[2], kz[2], fmaf(qs[3], kz[3], qz4));
-    }
-    float qkz = KB == 2 ? qz1 + 4.f * qz4 : qz1 + qz4;
-    qkz += __shfl_xor_sync(FULL, qkz, 1);
-    qkz += __shfl_xor_sync(FULL, qkz, 2);
-    qkz += __shfl_xor_sync(FULL, qkz, 4);  // the high and low lanes of the column
-    // the score lanes hold head j, whose Q' columns live in lanes 8j ..
-    const float kzt = __shfl_sync(FULL, qkz, 8 * j) * mkz * mkts;
-    const float kst = mks * mkts;
-
-    float kinit[4];
-    minus_128_sums<NS>(bq, kinit);
-
-    // scores^T, 16 tokens per MMA row tile: this lane holds head j at two tokens per tile
-    float sc[TM][2];
-#pragma unroll
-    for (int m = 0; m < TM; ++m) {
-      const u8* kt = R + OFF_K_CODES + 16 * m * KROW;
-      u32 wa[KW], wb[KW];
-      load_row<KW>(kt, trow_a * (KROW / 16), ks_a, wa);
-      load_row<KW>(kt, trow_b * (KROW / 16), ks_b, wb);
-      float acc_s[4];
-      mma_chain<KB, KW, NS>(wa, wb, bq, kinit, sh, magic, acc_s);
-      float tsa, tsb;
-      if constexpr (VB == 2) {
-        e4m3x2(*reinterpret_cast<const u16*>(R + OFF_K_TOKEN_SCALE + 16 * m + trow_a), tsa, tsb);
-      } else {
-        tsa = e4m3(R[OFF_K_TOKEN_SCALE + 16 * m + trow_a]);
-        tsb = e4m3(R[OFF_K_TOKEN_SCALE + 16 * m + trow_b]);
-      }
-      sc[m][0] = fmaf(acc_s[0] + acc_s[1], kst, kzt) * tsa;
-      sc[m][1] = fmaf(acc_s[2] + acc_s[3], kst, kzt) * tsb;
-    }
-    const float alpha = raise_max(sc, m_run);
-
-    // P' = p * v_scale (block multiplier left out; a quarter of it on 2-bit rows r + 8) per
-    // token as (high, low), moved to the B operand layout of the V MMA
-    u32 pb[TM][2];
-    float lsum = 0.f, pz = 0.f;
-#pragma unroll
-    for (int m = 0; m < TM; ++m) {
-      float vs[2], vz[2];
-      if constexpr (VB == 2) {
-        e4m3x2(*reinterpret_cast<const u16*>(R + OFF_V_SCALE + 16 * m + trow_a), vs[0], vs[1]);
-        f16x2(*reinterpret_cast<const u32*>(R + OFF_V_ZERO + 2 * (16 * m + trow_a)), vz[0], vz[1]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int t = 16 * m + (e ? trow_b : trow_a);
-          vs[e] = e4m3(R[OFF_V_SCALE + t]);
-          vz[e] = f16_to_f32(reinterpret_cast<const u16*>(R + OFF_V_ZERO)[t]);
+  if constexpr (TICKETS) {
+    // blocks dealt out as the splits ask: cur is being copied, nx (record rec_nx) is next, and
+    // while nx < nb lane 0 holds a ticket for the one after it, taken a block ahead so that
+    // neither the atomic's nor the table's latency is waited for
+    for (int it = 0; cur < nb; ++it) {
+      const int buf = it & 1;
+      if (nx < nb) copy_record(sbase + (buf ^ 1) * REC, rec_h + (long long)rec_nx * stride_rb, lane);
+      cp_commit();
+      int nx2 = nb, rec_nx2 = 0;
+      if (nx < nb) {
+        nx2 = pool + __shfl_sync(FULL, ticket, 0);
+        if (nx2 < nb) {
+          rec_nx2 = bt_row[nx2];
+          if (lane == 0) ticket = atomicAdd(next, 1);
         }
       }
-      u32 pk[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float p = ex2(sc[m][e] - m_run);
-        lsum += p;
-        pz = fmaf(p, vz[e], pz);
-        const float pv = p * (VB == 2 && e ? 0.25f * vs[e] : vs[e]);
-        const float hi = part(pv, false);
-        pk[e] = pack2(hi, pv - hi);
-      }
-      pb[m][0] = trans8(pk[0]);
-      pb[m][1] = trans8(pk[1]);
+      cp_wait<1>();
+      __syncwarp();
+      attend_block(smem + buf * REC, r, j, qv, magic, trow_a, trow_b, ks_a, ks_b, vs_r, m_run, l_run, acc);
+      __syncwarp();  // every lane is done with this buffer before the next copy overwrites it
+      cur = nx;
+      nx = nx2;
+      rec_nx = rec_nx2;
     }
-    l_run = l_run * alpha + lsum;
-    const float vzt = head_sum(pz) * mvz * mvcs;
-    const float vst = mvs * mvcs;
-
-    float vinit[4];
-    minus_128_sums<TM>(pb, vinit);
-
-    // out^T for channels ca, ca + 1 of each tile: this lane's rows r and r + 8
-#pragma unroll
-    for (int mv = 0; mv < NS; ++mv) {
-      const int ca = (D / 8) * r + 2 * mv;
-      const u8* vt = R + OFF_V_CODES;
-      u32 wa[VW], wb[VW];
-      load_row<VW>(vt, ca * (VROW / 16), vs_r, wa);
-      load_row<VW>(vt, (ca + 1) * (VROW / 16), vs_r, wb);
-      float o[4];
-      mma_chain<VB, VW, TM>(wa, wb, pb, vinit, sh, magic, o);
-      float vca, vcb;
-      e4m3x2(*reinterpret_cast<const u16*>(R + OFF_V_CHANNEL_SCALE + ca), vca, vcb);
-      acc[mv][0] = fmaf(acc[mv][0], alpha, fmaf(o[0] + o[1], vst, vzt) * vca);
-      acc[mv][1] = fmaf(acc[mv][1], alpha, fmaf(o[2] + o[3], vst, vzt) * vcb);
+  } else {
+    for (int i = start; i < end; ++i) {
+      const int cur = (i - start) & 1;
+      if (i + 1 < end) copy_record(sbase + (cur ^ 1) * REC, rec_h + (long long)bt_row[i + 1] * stride_rb, lane);
+      cp_commit();
+      cp_wait<1>();
+      __syncwarp();
+      attend_block(smem + cur * REC, r, j, qv, magic, trow_a, trow_b, ks_a, ks_b, vs_r, m_run, l_run, acc);
+      __syncwarp();  // every lane is done with this buffer before the next copy overwrites it
     }
-    __syncwarp();  // every lane is done with this buffer before the next copy overwrites it
   }
   cp_wait<0>();
 
   const long long part0 = ((long long)b * gridDim.y + kvh) * nsplit;
   write_partial(acc, m_run, head_sum(l_run), part0 + s, ws_acc, ws_ml);
   if constexpr (FUSED) {
-    if (last_split(count + (long long)b * gridDim.y + kvh, nsplit))
+    if (last_split(count + (long long)b * gridDim.y + kvh, next, nsplit))
       merge_out(part0, nsplit, ws_acc, ws_ml, out + (long long)b * stride_ob + (long long)kvh * GQA * stride_oh, stride_oh,
                 __int_as_float(inv_sqrt_d_bits));
   }

@@ -940,6 +940,7 @@ def decode_attention(
     num_warps: int = 4,
     num_stages: int = 3,
     variant: str = AUTO_VARIANT,
+    deterministic: bool = False,
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its quantized blocks and 16-bit slots.
 
@@ -957,6 +958,9 @@ def decode_attention(
     Pass preallocated `out` and `workspace` (and a fixed `num_splits`) under CUDA graphs.
     For a balanced variant (is_balanced) `num_splits` is the number of programs per KV head
     (default balanced_programs) and the workspace holds kv_heads * (num_splits + B) partials.
+    The cuda variant's one-launch form (head_dim 64) deals blocks out to its splits as they
+    ask, so identical calls may round differently; `deterministic` gives fixed ranges
+    (cuda_decode.split). Every other path is deterministic either way.
     """
     lay = kernel_layout(quantizer.layout)
     batch, q_heads, d = query.shape
@@ -999,7 +1003,7 @@ def decode_attention(
             split_side = (side_k, side_v, side_slots, side_lens)
             side_k = side_v = side_slots = side_lens = None  # the split attends to them: the reduce kernel only merges
         fused = cuda_decode.split(lay, quantizer.layout, query, h, records, block_table, num_blocks, split_side,
-                                  ws_acc, ws_ml, qk_scale, num_splits, gp, dt, out)
+                                  ws_acc, ws_ml, qk_scale, num_splits, gp, dt, out, deterministic)
         if not fused:
             _launch_reduce(lay, query, h, out, ws_acc, ws_ml, side_k, side_v, side_slots, side_lens, qk_scale,
                            num_blocks, num_splits, gp, dt, kv_heads, False, 1)

@@ -37,6 +37,11 @@ ENV_FORCE_TRITON = "KVARN_FORCE_TRITON"
 #: unset = each module's default. For benchmarking variants inside a real engine.
 ENV_DECODE_VARIANT = "KVARN_DECODE_VARIANT"
 ENV_FLUSH_VARIANT = "KVARN_FLUSH_VARIANT"
+#: 1: decode attention with fixed block ranges per split, so that a rerun of the same batch
+#: gives the same bits; unset or 0: the CUDA kernel at head_dim 64 deals blocks out to its
+#: splits as they ask (faster; the float rounding varies from run to run, see
+#: kernels/cuda_decode.split).
+ENV_DETERMINISTIC_DECODE = "KVARN_DETERMINISTIC_DECODE"
 
 #: Longer prefill chunks are attended in slices of this many queries (bounds the score memory).
 QUERY_CHUNK = 1024
@@ -109,11 +114,13 @@ class Codec:
             cuda_decode.split_counters(device, cuda_decode.MIN_COUNTERS)
         #: kernel-variant overrides, read once (the hot path runs per layer and step)
         self.flush_kernel_args: dict[str, str] = {}
-        self.decode_kernel_args: dict[str, str] = {}
+        self.decode_kernel_args: dict[str, Any] = {}
         if os.environ.get(ENV_FLUSH_VARIANT):
             self.flush_kernel_args["variant"] = os.environ[ENV_FLUSH_VARIANT]
         if os.environ.get(ENV_DECODE_VARIANT):
             self.decode_kernel_args["variant"] = os.environ[ENV_DECODE_VARIANT]
+        if os.environ.get(ENV_DETERMINISTIC_DECODE, "0") not in ("", "0"):
+            self.decode_kernel_args["deterministic"] = True
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.rotation is None else x @ self.rotation
