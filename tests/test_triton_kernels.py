@@ -21,7 +21,7 @@ from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kernels.hadamard import rotation_on  # noqa: E402
 from kvarn_cli.kernels.packing import unpack_codes  # noqa: E402
 from kvarn_cli.kernels.triton_decode import (  # noqa: E402
-    CUDA_MIN_BLOCKS, CUDA_WAVES, choose_splits, cuda_splits, decode_attention, programs_per_sm,
+    CUDA_MIN_BLOCKS, CUDA_TWO_WAVES, CUDA_TWO_WAVES_UP_TO, CUDA_WAVES, choose_splits, cuda_splits, decode_attention, programs_per_sm,
 )
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -450,11 +450,12 @@ def test_split_count_aims_at_programs_per_sm(batch: int, kv_heads: int, max_bloc
     resident=st.integers(1, 32), sms=st.sampled_from([4, 78, 132]),
 )
 def test_cuda_split_count_fills_the_gpu_once(batch: int, kv_heads: int, max_blocks: int, resident: int, sms: int) -> None:
-    """The CUDA kernel's count: no more programs than CUDA_WAVES waves of resident ones hold,
-    at least CUDA_MIN_BLOCKS blocks per split (rounded up), every split given a block, and the
-    blocks per split of the largest count within those bounds."""
+    """The CUDA kernel's count: no more programs than one wave of resident ones holds (two
+    where an SM holds CUDA_TWO_WAVES_UP_TO or fewer), at least CUDA_MIN_BLOCKS blocks per split
+    (rounded up), every split given a block, and the blocks per split of the largest count
+    within those bounds."""
     splits = cuda_splits(batch, kv_heads, max_blocks, sms, resident)
-    target = CUDA_WAVES * resident * sms
+    target = (CUDA_TWO_WAVES if resident <= CUDA_TWO_WAVES_UP_TO else CUDA_WAVES) * resident * sms
     cap = -(-max_blocks // CUDA_MIN_BLOCKS)
     assert 1 <= splits <= cap
     if splits > 1:
@@ -463,6 +464,15 @@ def test_cuda_split_count_fills_the_gpu_once(batch: int, kv_heads: int, max_bloc
     assert (splits - 1) * per < max_blocks  # the last split has a block
     largest = min(max(1, target // (batch * kv_heads)), cap)
     assert per == -(-max_blocks // largest)
+
+
+def test_cuda_split_count_takes_two_waves_where_an_sm_holds_few_programs() -> None:
+    """k4v4 at head_dim 128 (6 programs per SM on the H100) ran 4-7% faster at 32-64 rows with
+    twice the splits (runs 87, 107-108); k2v2 there (8 per SM) ran slower, so it keeps one."""
+    # one wave of 6 x 132 programs over 32 x 8 (row, KV head) pairs would be 3 splits each
+    assert cuda_splits(32, 8, 255, 132, 6) == 6
+    assert cuda_splits(64, 8, 255, 132, 6) == 3
+    assert cuda_splits(32, 8, 255, 132, 8) == 4  # 8 x 132 // 256: one wave
 
 
 def test_cuda_split_count_asks_the_driver_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -818,12 +818,17 @@ CUDA_VARIANT = "cuda"
 #: decode_attention's default: the CUDA kernel where it runs (cuda_decode.unsupported), else
 #: DEFAULT_VARIANT
 AUTO_VARIANT = "auto"
-#: the CUDA kernel's split count fills every SM once (CUDA_WAVES) with the programs one SM holds
-#: at once (cuda_decode.resident_per_sm), with at least CUDA_MIN_BLOCKS blocks per split. Runs
-#: 86-87 (docs/BENCHMARKS.md) timed 1 and 2 waves with 2-16 blocks at least, on both shapes,
-#: k2v2 and k4v4, batches 1-64 at 32k: one wave and 4 blocks was the fastest or within 4% of
-#: it, except k4v4 at D = 128 (6 programs per SM), which ran 4-7% faster with two waves.
+#: the CUDA kernel's split count fills every SM with the programs one SM holds at once
+#: (cuda_decode.resident_per_sm), once, or twice (CUDA_TWO_WAVES) where an SM holds at most
+#: CUDA_TWO_WAVES_UP_TO of them, with at least CUDA_MIN_BLOCKS blocks per split. Runs 86-87
+#: (docs/BENCHMARKS.md) timed 1 and 2 waves with 2-16 blocks at least, on both shapes, k2v2 and
+#: k4v4, batches 1-64 at 32k: one wave and 4 blocks was the fastest or within 4% of it, except
+#: k4v4 at D = 128 (6 programs per SM), which ran 4-7% faster with two waves at 32-64 rows and
+#: within 1% at 1-8 (runs 107-108); k2v2 at D = 128 (8 per SM) ran 7% slower with two at 8
+#: rows and within 2% at 1, 32 and 64 (run 107).
 CUDA_WAVES = 1
+CUDA_TWO_WAVES = 2
+CUDA_TWO_WAVES_UP_TO = 6
 CUDA_MIN_BLOCKS = 4
 #: tokens on the MMA rows, codes unpacked from 32-bit words, half-block steps, prefetch. On the
 #: H100 at 32k (docs/BENCHMARKS.md run 34) it is 1.1-1.8x faster than hilo at batches 1-64 on
@@ -890,12 +895,14 @@ def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, per_
 
 
 def cuda_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, resident: int) -> int:
-    """Splits per (sequence, KV head) for the CUDA kernel: CUDA_WAVES waves of `resident`
-    programs on every SM, at least CUDA_MIN_BLOCKS blocks per split, then as few splits as
+    """Splits per (sequence, KV head) for the CUDA kernel: one wave of `resident` programs on
+    every SM (two where `resident` is CUDA_TWO_WAVES_UP_TO or less), at least CUDA_MIN_BLOCKS
+    blocks per split, then as few splits as
     give the same blocks per split (so no split is left without a block: with 255 blocks, 63
     splits of 5 leave 12 empty, 51 do the same work). Any count, not a power of two: for this
     kernel it is the grid's depth, not a compiled constant."""
-    wave = max(1, CUDA_WAVES * resident * num_sms // max(1, batch * kv_heads))
+    waves = CUDA_TWO_WAVES if resident <= CUDA_TWO_WAVES_UP_TO else CUDA_WAVES
+    wave = max(1, waves * resident * num_sms // max(1, batch * kv_heads))
     splits = min(wave, -(-max_blocks // CUDA_MIN_BLOCKS))
     per = -(-max_blocks // max(1, splits))
     return max(1, -(-max_blocks // per))
