@@ -766,12 +766,17 @@ extern "C" __global__ void KVARN_BOUNDS kvarn_split(
   int cur = TICKETS ? (s >= lead ? s - lead : nb) : start, nx = TICKETS && s >= lead ? s - lead + P : nb;
   int rec_nx = 0, ticket = 0;
   int* next = count + (long long)gridDim.x * gridDim.y + (long long)b * gridDim.y + kvh;
-  if (cur < (TICKETS ? nb : end)) copy_record(sbase, rec_h + (long long)bt_row[cur] * stride_rb, lane);
-  cp_commit();
-  if (TICKETS && nx < nb) {
-    rec_nx = bt_row[nx];
-    if (lane == 0) ticket = atomicAdd(next, 1);
-  }
+  // block cur on its way into buffer 0; with TICKETS, nx's record id read and a ticket taken
+  // for the block after it
+  auto first_blocks = [&]() {
+    if (cur < (TICKETS ? nb : end)) copy_record(sbase, rec_h + (long long)bt_row[cur] * stride_rb, lane);
+    cp_commit();
+    if (TICKETS && nx < nb) {
+      rec_nx = bt_row[nx];
+      if (lane == 0) ticket = atomicAdd(next, 1);
+    }
+  };
+  first_blocks();
   // the group's rotated query heads: with FUSED rotated here into buffer 1, which the block
   // loop first fills at its first step (after the __syncwarp below)
   const QT* qhead = qin + (long long)b * stride_qb + (long long)kvh * GQA * stride_qh;
@@ -796,12 +801,7 @@ extern "C" __global__ void KVARN_BOUNDS kvarn_split(
     if (lane == 0) t = atomicAdd(next, 2);
     cur = pool + __shfl_sync(FULL, t, 0);
     nx = cur + 1;
-    if (cur < nb) copy_record(sbase, rec_h + (long long)bt_row[cur] * stride_rb, lane);
-    cp_commit();
-    if (nx < nb) {
-      rec_nx = bt_row[nx];
-      if (lane == 0) ticket = atomicAdd(next, 1);
-    }
+    first_blocks();
   }
   float m_run = st.m, l_run = st.l;
   float acc[NS][2];
