@@ -259,12 +259,12 @@ DECODE_CASES = [(v, *c) for v in ("hilo", "tmwhb", "tmwhb3", "tmwhbb", "tmwhb3b"
 
 @pytest.mark.parametrize(("variant", "name", "kv_heads", "gqa", "d", "splits", "with_side"), DECODE_CASES)
 def test_decode_matches_dequantized_sdpa(
-    variant: str, name: str, kv_heads: int, gqa: int, d: int, splits: int, with_side: bool
+    variant: str, name: str, kv_heads: int, gqa: int, d: int, splits: int, with_side: bool, g: int = G
 ) -> None:
-    qz = make_quantizer(name, head_dim=d, block_size=G)
+    qz = make_quantizer(name, head_dim=d, block_size=g)
     gen = torch.Generator().manual_seed(5 + d + kv_heads)
     num_blocks = 6
-    k, v = _tiles(num_blocks, kv_heads, d, seed=31 + d)
+    k, v = _tiles(num_blocks, kv_heads, d, seed=31 + d, g=g)
     records = torch.empty(num_blocks, kv_heads, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
     flush_tiles(qz, k, v, records, torch.arange(num_blocks, dtype=torch.int32, device=DEVICE))
     # three sequences; with slots the middle one has no quantized block, only 16-bit tokens
@@ -274,10 +274,10 @@ def test_decode_matches_dequantized_sdpa(
     query = (torch.randn(batch, kv_heads * gqa, d, generator=gen) * 2).to(DEVICE)
     side_k = side_v = slots = lens = None
     if with_side:
-        side_k = (torch.randn(5, kv_heads, G, d, generator=gen) * 3).to(DEVICE)
-        side_v = torch.randn(5, kv_heads, G, d, generator=gen).to(DEVICE)
+        side_k = (torch.randn(5, kv_heads, g, d, generator=gen) * 3).to(DEVICE)
+        side_v = torch.randn(5, kv_heads, g, d, generator=gen).to(DEVICE)
         slots = torch.tensor([[0, 4], [2, -1], [-1, 1]], dtype=torch.int32)
-        lens = torch.tensor([[G, 7], [G - 1, 0], [0, 1]], dtype=torch.int32)
+        lens = torch.tensor([[g, 7], [g - 1, 0], [0, 1]], dtype=torch.int32)
     scale = 0.7 / d**0.5
     out = torch.full((batch, kv_heads * gqa, d), float("nan"), device=DEVICE)
     decode_attention(
@@ -286,7 +286,7 @@ def test_decode_matches_dequantized_sdpa(
         scale=scale, num_splits=splits, out=out, variant=variant,
     )
     assert bool(torch.isfinite(out).all()), "decode left unwritten or non-finite outputs"
-    ref = _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale)
+    ref = _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale, g=g)
     rel = (out.cpu() - ref).norm() / ref.norm()
     # Variants without HILO round q * k_scale to bf16 on the GPU: measured 1-2.5e-2 there
     # (benchmarks/GPU_NOTES.md); the interpreter's fp16 dots and the HILO variants stay < 1e-3.
@@ -499,6 +499,11 @@ def test_cuda_split_count_asks_the_driver_once(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(triton_decode, "_num_sms", lambda index: 132)
     got = triton_decode.default_splits("cuda", qz, 3, 32, 3, 255, torch.device("cuda", 0))
     assert got == cuda_splits(32, 3, 255, 132, cuda_decode.FALLBACK_RESIDENT[64])
+    # 64-token blocks: a split's least work stays CUDA_MIN_BLOCKS x 128 tokens
+    qz64 = make_quantizer("k2v2", head_dim=64, block_size=64)
+    one_row = triton_decode.default_splits("cuda", qz64, 3, 1, 3, 40, torch.device("cuda", 0))
+    assert one_row == cuda_splits(1, 3, 40, 132, cuda_decode.FALLBACK_RESIDENT[64], 2 * CUDA_MIN_BLOCKS) == 5
+    assert triton_decode.default_splits("cuda", qz, 3, 1, 3, 40, torch.device("cuda", 0)) == 10
 
 
 def test_rotated_query_for_the_cuda_kernel_matches_torch() -> None:
@@ -517,11 +522,11 @@ def test_rotated_query_for_the_cuda_kernel_matches_torch() -> None:
     assert err < 2e-5, err
 
 
-def _cuda_reason(name: str, d: int, gqa: int) -> str | None:
+def _cuda_reason(name: str, d: int, gqa: int, g: int = G) -> str | None:
     from kvarn_cli.kernels.cuda_decode import unsupported
     from kvarn_cli.kernels.triton_common import kernel_layout
 
-    return unsupported(kernel_layout(make_quantizer(name, head_dim=d, block_size=G).layout), gqa, DEVICE)
+    return unsupported(kernel_layout(make_quantizer(name, head_dim=d, block_size=g).layout), gqa, DEVICE)
 
 
 def test_cuda_variant_says_why_it_cannot_run() -> None:
@@ -535,41 +540,48 @@ def test_cuda_variant_says_why_it_cannot_run() -> None:
                              torch.ones(1, dtype=torch.int32), variant="cuda")
 
 
-@pytest.mark.parametrize(("name", "kv_heads", "gqa", "d", "splits", "with_side"), CASES + [("k2v2", 2, 4, 128, 2, True)])
+#: the -g64 presets' 64-token blocks: one 16-byte piece per 2-bit V code row, four MMA tiles
+G64_CASES = [("k2v2", 3, 3, 64, 2, True, 64), ("k4v4", 2, 4, 64, 1, True, 64), ("k4v2", 2, 2, 128, 3, True, 64),
+             ("k2v2", 2, 4, 128, 1, False, 64)]
+
+
+@pytest.mark.parametrize(("name", "kv_heads", "gqa", "d", "splits", "with_side", "g"),
+                         [(*c, G) for c in CASES] + [("k2v2", 2, 4, 128, 2, True, G)] + G64_CASES)
 def test_cuda_decode_matches_dequantized_sdpa_and_hilo(
-    name: str, kv_heads: int, gqa: int, d: int, splits: int, with_side: bool
+    name: str, kv_heads: int, gqa: int, d: int, splits: int, with_side: bool, g: int
 ) -> None:
-    reason = _cuda_reason(name, d, gqa)
+    reason = _cuda_reason(name, d, gqa, g)
     if reason is not None:
         pytest.skip(f"cuda variant: {reason}")
-    test_decode_matches_dequantized_sdpa("cuda", name, kv_heads, gqa, d, splits, with_side)
+    test_decode_matches_dequantized_sdpa("cuda", name, kv_heads, gqa, d, splits, with_side, g)
 
 
-@pytest.mark.parametrize(("d", "gqa", "dtype", "splits"),
-                         [(64, 3, torch.bfloat16, 3), (64, 4, torch.float16, 1), (128, 4, torch.bfloat16, 2)])
-def test_cuda_decode_attends_16_bit_slots(d: int, gqa: int, dtype: torch.dtype, splits: int) -> None:
+@pytest.mark.parametrize(("d", "gqa", "dtype", "splits", "g"),
+                         [(64, 3, torch.bfloat16, 3, G), (64, 4, torch.float16, 1, G), (128, 4, torch.bfloat16, 2, G),
+                          (64, 3, torch.bfloat16, 3, 64)])
+def test_cuda_decode_attends_16_bit_slots(d: int, gqa: int, dtype: torch.dtype, splits: int, g: int) -> None:
     """At head_dim 64 the cuda variant's splits attend to the sink and tail slots themselves
     (slot i in split i % splits, which takes fewer blocks; with one split it takes both), at
     128 its reduce kernel does. With slots in the model's dtype, as vLLM stages them, rows
     whose slots are full, partly filled, empty (length 0) or absent (slot -1), with and
     without quantized blocks, must match the float32 reference as closely as the hilo
     variant, whose reduce kernel reads the slots."""
-    reason = _cuda_reason("k2v2", d, gqa)
+    reason = _cuda_reason("k2v2", d, gqa, g)
     if reason is not None:
         pytest.skip(f"cuda variant: {reason}")
     kv_heads = 2
-    qz = make_quantizer("k2v2", head_dim=d, block_size=G)
+    qz = make_quantizer("k2v2", head_dim=d, block_size=g)
     gen = torch.Generator().manual_seed(90 + d + gqa)
-    k, v = _tiles(12, kv_heads, d, seed=17 + d)
+    k, v = _tiles(12, kv_heads, d, seed=17 + d, g=g)
     records = torch.empty(12, kv_heads, qz.record_bytes, dtype=torch.uint8, device=DEVICE)
     flush_tiles(qz, k, v, records, torch.arange(12, dtype=torch.int32, device=DEVICE))
     nblk = torch.tensor([11, 0, 2, 1, 0], dtype=torch.int32)
     table = torch.stack([torch.randperm(12, generator=gen)[:11] for _ in range(5)]).to(torch.int32)
     query = (torch.randn(5, kv_heads * gqa, d, generator=gen) * 2).to(DEVICE, dtype)
     # slot contents past each length are NaN: the kernel must not read them into the result
-    side_k = torch.full((6, kv_heads, G, d), float("nan"), dtype=dtype, device=DEVICE)
+    side_k = torch.full((6, kv_heads, g, d), float("nan"), dtype=dtype, device=DEVICE)
     side_v = torch.full_like(side_k, float("nan"))
-    lens = torch.tensor([[G, 7], [G, 100], [0, 16], [G - 1, 0], [0, 33]], dtype=torch.int32)
+    lens = torch.tensor([[g, 7], [g, g - 28], [0, 16], [g - 1, 0], [0, 33]], dtype=torch.int32)
     slots = torch.tensor([[0, 4], [2, 1], [-1, 3], [5, -1], [-1, 5]], dtype=torch.int32)
     filled: dict[int, int] = {}
     for row in range(5):
@@ -587,7 +599,7 @@ def test_cuda_decode_attends_16_bit_slots(d: int, gqa: int, dtype: torch.dtype, 
                                          slots.to(DEVICE), lens.to(DEVICE), scale=scale, num_splits=splits,
                                          variant=variant)
     assert bool(torch.isfinite(outs["cuda"]).all())
-    ref = _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale)
+    ref = _reference(qz, query, records, table, nblk, side_k, side_v, slots, lens, scale, g=g)
     rel = {name: float((out.float().cpu() - ref).norm() / ref.norm()) for name, out in outs.items()}
     assert rel["cuda"] < 1e-2, rel
     assert rel["cuda"] <= 1.5 * rel["hilo"] + 1e-4, rel

@@ -40,6 +40,9 @@ FIELD_DTYPES = {
 }
 MULTS = ("k_scale_mult", "k_zero_mult", "k_token_scale_mult", "v_scale_mult", "v_zero_mult", "v_channel_scale_mult")
 MAX_GQA = 4  # eight MMA columns: the high and low parts of four query heads
+#: tokens per block (KVarN tile) the kernel takes: whole 16-token MMA tiles whose V code rows
+#: (channel-major) are whole 16-byte pieces at 2 bits
+BLOCK_SIZES = (64, 128)
 NVRTC_OPTIONS = ["-std=c++17"]
 #: programs per SM the kernel's registers must allow (__launch_bounds__' second argument), by
 #: head_dim: at 64 the one-launch form compiled to 134 registers under NVRTC, so 12 programs
@@ -58,8 +61,8 @@ def unsupported(lay: KernelLayout, gqa: int, device: torch.device) -> str | None
         return "needs sm_89 or newer (fp8 conversion instructions)"
     if not hasattr(torch.cuda, "_compile_kernel"):
         return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC)"
-    if lay.block_size != 128 or lay.head_dim not in (64, 128):
-        return f"takes blocks of 128 tokens and head_dim 64 or 128, got {lay.block_size} and {lay.head_dim}"
+    if lay.block_size not in BLOCK_SIZES or lay.head_dim not in (64, 128):
+        return f"takes blocks of 64 or 128 tokens and head_dim 64 or 128, got {lay.block_size} and {lay.head_dim}"
     if gqa > MAX_GQA:
         return f"takes up to {MAX_GQA} query heads per KV head, got {gqa}"
     if lay.record_bytes % 16:

@@ -68,13 +68,15 @@ constexpr int VROW = G * VB / 8;      // bytes per V channel row
 constexpr int CHUNKS = REC / 16;      // 16-byte pieces per record
 // distance between the token rows that lanes r and r + 1 read (kmap<VB>(1) - kmap<VB>(0))
 constexpr int KSTEP = VB == 2 ? 8 : 4;
-static_assert(G == 128 && (D == 64 || D == 128), "block of 128 tokens, head_dim 64 or 128");
+static_assert((G == 64 || G == 128) && (D == 64 || D == 128), "blocks of 64 or 128 tokens, head_dim 64 or 128");
 static_assert((KB == 2 || KB == 4) && (VB == 2 || VB == 4), "2- or 4-bit codes");
 static_assert(GQA >= 1 && GQA <= 4, "up to 4 query heads per KV head (8 MMA columns)");
 static_assert(!TICKETS || FUSED, "tickets come from the one-launch form's counters");
 static_assert(REC % 16 == 0, "records are copied in 16-byte pieces");
 static_assert(OFF_K_CODES % 32 == 0 && OFF_V_CODES % 32 == 0, "code regions start on a 16-byte pair");
-static_assert(KROW % 16 == 0 && VROW % 32 == 0, "code rows of whole 16-byte pieces");
+// a code row of one piece (K at D = 64 with 2-bit codes, V at G = 64 with 2-bit codes) trades
+// places with its neighbour row instead of with its own other piece (see k_swap, v_swap)
+static_assert(KROW % 16 == 0 && VROW % 16 == 0, "code rows of whole 16-byte pieces");
 static_assert(OFF_K_ZERO % 4 == 0 && OFF_V_ZERO % 4 == 0 && OFF_K_SCALE % 2 == 0 && OFF_V_SCALE % 2 == 0 &&
               OFF_K_TOKEN_SCALE % 2 == 0 && OFF_V_CHANNEL_SCALE % 2 == 0 && OFF_K_SCALE_MULT % 4 == 0,
               "scale fields aligned for paired loads");
@@ -242,9 +244,10 @@ __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0
 // Where the 16-byte pieces of a record go in shared memory: inside the code regions the
 // pieces of a row trade places (x ^ 1) on alternate groups of rows, the groups chosen so that
 // the rows lanes r and r + 1 read together (K: token rows KSTEP apart; V: channel rows D / 8
-// apart) fall in different banks; rows of one piece (K at D = 64, 2-bit) trade with their
-// neighbour. Piece x of a region belongs to row x / (pieces per row); with 32 lanes the swap
-// bit of lane + 32 k is a lane constant or a compile-time one.
+// apart) fall in different banks; rows of one piece (K at D = 64 with 2-bit codes, V at G = 64
+// with 2-bit codes) trade with their neighbour. Piece x of a region belongs to row
+// x / (pieces per row); with 32 lanes the swap bit of lane + 32 k is a lane constant or a
+// compile-time one.
 constexpr int KN = G * KROW / 16, VN = D * VROW / 16;  // pieces of the K and V code regions
 static_assert(OFF_K_CODES == 0 && OFF_V_CODES == G * KROW && KN % 32 == 0 && VN % 32 == 0,
               "K codes, then V codes, then the scale fields");
@@ -469,7 +472,7 @@ __device__ __forceinline__ void merge_out(long long part0, int nsplit, const flo
 // Attention of the GQA heads over one 16-bit staging slot (the sink or the tail: K and V
 // [G, D] token-major in the rotated domain, the first n tokens valid), folded into the
 // program's running state (m_run, l_run, acc) like one more block, so that no other launch
-// reads the slots. One 128-token block through the tensor cores, K and V rounded to bf16 as
+// reads the slots. One G-token block through the tensor cores, K and V rounded to bf16 as
 // the Triton reduce kernel rounds them, the query and P' split into high and low parts as in
 // the code path. Order of the reduction indices: lane j's pairs in slice sl are channels
 // (D / 4) j + 4 sl + (0, 1) and (+ 2, + 3), so each lane reads four consecutive elements of
@@ -572,7 +575,7 @@ __device__ __forceinline__ SlotState slot_state(const float* qgroup, int stride_
   return st;
 }
 
-// One 128-token block (the record at R in shared memory) folded into this lane's running
+// One G-token block (the record at R in shared memory) folded into this lane's running
 // state (m_run, l_run, acc): scores through the K codes, online softmax, P' through the V
 // codes. qv is this lane's query part for the B operand (see the kernel), trow_* its token
 // rows in each 16-token tile, ks_* and vs_r their swap bits.

@@ -894,16 +894,17 @@ def choose_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, per_
     return 1 << (splits.bit_length() - 1)
 
 
-def cuda_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, resident: int) -> int:
+def cuda_splits(batch: int, kv_heads: int, max_blocks: int, num_sms: int, resident: int,
+                min_blocks: int = CUDA_MIN_BLOCKS) -> int:
     """Splits per (sequence, KV head) for the CUDA kernel: one wave of `resident` programs on
-    every SM (two where `resident` is CUDA_TWO_WAVES_UP_TO or less), at least CUDA_MIN_BLOCKS
-    blocks per split, then as few splits as
+    every SM (two where `resident` is CUDA_TWO_WAVES_UP_TO or less), at least `min_blocks`
+    blocks per split (CUDA_MIN_BLOCKS of 128 tokens: twice as many of 64), then as few splits as
     give the same blocks per split (so no split is left without a block: with 255 blocks, 63
     splits of 5 leave 12 empty, 51 do the same work). Any count, not a power of two: for this
     kernel it is the grid's depth, not a compiled constant."""
     waves = CUDA_TWO_WAVES if resident <= CUDA_TWO_WAVES_UP_TO else CUDA_WAVES
     wave = max(1, waves * resident * num_sms // max(1, batch * kv_heads))
-    splits = min(wave, -(-max_blocks // CUDA_MIN_BLOCKS))
+    splits = min(wave, -(-max_blocks // min_blocks))
     per = -(-max_blocks // max(1, splits))
     return max(1, -(-max_blocks // per))
 
@@ -917,7 +918,8 @@ def default_splits(variant: str, quantizer: Quantizer, gqa: int, batch: int, kv_
     if variant == CUDA_VARIANT:
         gp = max(16, triton.next_power_of_2(gqa))
         resident = cuda_decode.resident_per_sm(lay, quantizer.layout, gqa, gp, device.index or 0)
-        return cuda_splits(batch, kv_heads, max_blocks, sms, resident)
+        min_blocks = max(1, CUDA_MIN_BLOCKS * 128 // lay.block_size)  # the tokens per split runs 86-87 timed
+        return cuda_splits(batch, kv_heads, max_blocks, sms, resident, min_blocks)
     per_sm = programs_per_sm(variant, lay.head_dim)
     if is_balanced(variant):
         return balanced_programs(kv_heads, sms, per_sm)
