@@ -110,21 +110,48 @@ def longest_request(args: argparse.Namespace) -> int:
     return max(request_lengths(args.num_prompts, args.max_tokens, args.length_spread))
 
 
+def peak_blocks(lengths: list[int], seqs: int, prompt: int, block: int) -> int:
+    """The most paged blocks a job holds at once when `seqs` of its requests (generating
+    `lengths` tokens after `prompt` prompt tokens each) run at a time, first come first served,
+    none preempted, one token per step: a finished request's place goes to the next one, and
+    the peak comes at the step before a request finishes (blocks only grow until then)."""
+    import heapq
+
+    running: list[tuple[int, int]] = []  # (finish step, start step)
+    pending = list(lengths)
+    peak = 0
+    step = 0
+    while pending or running:
+        while pending and len(running) < seqs:
+            heapq.heappush(running, (step + pending.pop(0), step))
+        step = running[0][0]
+        held = sum(-(-(prompt + min(step, end) - start) // block) for end, start in running)
+        peak = max(peak, held)
+        while running and running[0][0] == step:
+            heapq.heappop(running)
+    return peak
+
+
 def best_max_num_seqs(preset: str, budget: int, shape: dict[str, int], args: argparse.Namespace) -> int:
-    """The most sequences a quantized preset can run at once inside `budget`: each one costs
-    its paged blocks plus two 16-bit staging blocks, so past some point allowing more
-    sequences shrinks the paged cache below what they need."""
+    """The most sequences a quantized preset can run at once inside `budget` without vLLM
+    preempting any of this job's requests: each allowed sequence costs two 16-bit staging
+    blocks up front, so past some point allowing more shrinks the paged cache below what the
+    requests in flight hold. The requests' lengths are the job's own (request_lengths): with
+    --length-spread, those that finish early free their blocks for the next, and a cap that
+    assumed every request at its longest left k2v2 at 24 sequences where 32 fit (run 125)."""
     from kvarn_cli import kvcache
 
-    seq_len = args.prompt_tokens_estimate + args.max_tokens
+    lengths = request_lengths(args.num_prompts, args.max_tokens, args.length_spread)
     best = 1
     for m in range(1, 513):
         paged = kvcache.paged_budget(preset, total_bytes=budget, max_num_seqs=m, **shape)
         if paged <= 0:
             break
         alloc = kvcache.allocation(preset, kv_cache_memory_bytes=paged, max_num_seqs=m, **shape)
-        if alloc.max_concurrent_seqs(seq_len, m) >= m:
+        # vLLM keeps one block spare
+        if peak_blocks(lengths, m, args.prompt_tokens_estimate, alloc.block_size) <= alloc.num_blocks - 1:
             best = m
+    best = min(best, args.num_prompts)  # more places than requests change nothing
     # vLLM captures decode CUDA graphs for batch sizes 1, 2, 4 and multiples of 8 up to
     # max_num_seqs: a full batch of, say, 107 would run uncaptured (eagerly) every step
     return best if best < 8 else best - best % 8

@@ -101,3 +101,51 @@ def test_request_lengths_spread_evenly_around_the_mean_and_repeat() -> None:
     assert lengths != sorted(lengths), "shuffled: long and short requests are admitted together"
     with pytest.raises(SystemExit):
         request_lengths(4, 100, 1.0)
+
+
+def test_peak_blocks_counts_what_the_requests_in_flight_hold() -> None:
+    from e2e_gpu import peak_blocks
+
+    # two places: A (10) and B (20) start, C (30) takes A's place at step 10; the most held
+    # at once is at step 20: B's 20 tokens and C's 10
+    assert peak_blocks([10, 20, 30], 2, 0, 1) == 30
+    # every request in flight at its longest: 4 x ceil((5 + 10) / 4)
+    assert peak_blocks([10] * 4, 4, 5, 4) == 16
+    # one place: one request at a time
+    assert peak_blocks([7, 3], 1, 1, 2) == 4
+    # staggered lengths free blocks early: at step 200 B, C and D hold 20 blocks each, and no
+    # step holds more, against 4 x 40 were all four at the longest length
+    assert peak_blocks([100, 200, 300, 400], 4, 0, 10) == 60
+
+
+def test_the_sequence_cap_follows_the_jobs_lengths() -> None:
+    """best_max_num_seqs gives the most sequences that run the job without preemption. With
+    every request at one length that is what fits at full length (run 111's 104 for k2v2 on
+    SmolLM2 at 1 GiB); with lengths spread, requests that finish early make room (runs 125-126:
+    at 512 MiB the full-length bound gave k2v2 24, and 32 ran without a preemption)."""
+    import argparse
+
+    from e2e_gpu import best_max_num_seqs, peak_blocks, request_lengths
+
+    from kvarn_cli import kvcache
+
+    shape = {"num_layers": 30, "num_kv_heads": 3, "head_dim": 64, "dtype_bytes": 2}
+
+    def cap(mib: int, n: int, tokens: int, spread: float, preset: str = "k2v2") -> int:
+        args = argparse.Namespace(prompt_tokens_estimate=128, max_tokens=tokens, num_prompts=n, length_spread=spread)
+        return best_max_num_seqs(preset, mib << 20, shape, args)
+
+    assert cap(1024, 128, 1024, 0.0) == 104
+    assert cap(512, 32, 4096, 0.5) == 32
+    assert cap(1024, 128, 1024, 0.0, "k2v2-g64") == 128, "never more places than requests"
+    # the cap's own check: its paged cache holds the job's peak, and 8 more places would not
+    for mib, n, tokens, spread in ((1024, 128, 1024, 0.0), (256, 32, 4096, 0.5)):
+        m = cap(mib, n, tokens, spread)
+        lengths = request_lengths(n, tokens, spread)
+        alloc = kvcache.allocation("k2v2", kv_cache_memory_bytes=kvcache.paged_budget(
+            "k2v2", total_bytes=mib << 20, max_num_seqs=m, **shape), max_num_seqs=m, **shape)
+        assert peak_blocks(lengths, m, 128, alloc.block_size) <= alloc.num_blocks - 1
+        more = m + 8
+        alloc = kvcache.allocation("k2v2", kv_cache_memory_bytes=kvcache.paged_budget(
+            "k2v2", total_bytes=mib << 20, max_num_seqs=more, **shape), max_num_seqs=more, **shape)
+        assert peak_blocks(lengths, more, 128, alloc.block_size) > alloc.num_blocks - 1
