@@ -109,12 +109,24 @@ def bf16_case(batch: int, kvh: int, qh: int, d: int, ctx: int) -> tuple[float, i
     return ms, nbytes + 2 * batch * qh * d * 2
 
 
+def block_of(method: str) -> tuple[str, int]:
+    """A --methods entry as (quantizer name, tokens per block): "k2v2" takes G, "k2v2-g64" 64."""
+    name, _, g = method.partition("-g")
+    return name, int(g) if g else G
+
+
+def quantizer_for(method: str, d: int):  # type: ignore[no-untyped-def]
+    name, g = block_of(method)
+    return make_quantizer(name, head_dim=d, block_size=g)
+
+
 def record_pool(name: str, kvh: int, d: int, tiles: int = 64) -> torch.Tensor:
     """Realistic records: `tiles` random K/V tiles per head quantized by the Triton flush."""
-    qz = make_quantizer(name, head_dim=d, block_size=G)
+    qz = quantizer_for(name, d)
+    g = block_of(name)[1]
     gen = torch.Generator(device="cuda").manual_seed(0)
-    k = torch.randn(tiles, kvh, G, d, device="cuda", generator=gen) * (1 + 4 * torch.rand(1, 1, 1, d, device="cuda", generator=gen))
-    v = torch.randn(tiles, kvh, G, d, device="cuda", generator=gen) * 0.3
+    k = torch.randn(tiles, kvh, g, d, device="cuda", generator=gen) * (1 + 4 * torch.rand(1, 1, 1, d, device="cuda", generator=gen))
+    v = torch.randn(tiles, kvh, g, d, device="cuda", generator=gen) * 0.3
     pool = torch.empty(tiles, kvh, qz.record_bytes, dtype=torch.uint8, device="cuda")
     flush_tiles(qz, k, v, pool, torch.arange(tiles, dtype=torch.int32, device="cuda"))
     return pool
@@ -123,9 +135,10 @@ def record_pool(name: str, kvh: int, d: int, tiles: int = 64) -> torch.Tensor:
 def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool: torch.Tensor,
                eager_runs: int = 0, **kw: object) -> tuple[float, int]:
     """eager_runs > 0: no timing, just that many plain launches of one copy (for profilers)."""
-    qz = make_quantizer(name, head_dim=d, block_size=G)
-    nblk = ctx // G - 1
-    side_tokens = G + G // 2
+    qz = quantizer_for(name, d)
+    g = block_of(name)[1]
+    nblk = ctx // g - 1
+    side_tokens = g + g // 2
     rec_bytes = batch * kvh * nblk * qz.record_bytes
     side_bytes = 2 * batch * kvh * side_tokens * d * 2
     fns = []
@@ -135,10 +148,10 @@ def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool:
         recs = pool[idx]
         table = torch.randperm(batch * nblk, device="cuda", dtype=torch.int32).view(batch, nblk)
         nb = torch.full((batch,), nblk, dtype=torch.int32, device="cuda")
-        sk = torch.randn(2 * batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
-        sv = torch.randn(2 * batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
+        sk = torch.randn(2 * batch, kvh, g, d, device="cuda", dtype=torch.bfloat16)
+        sv = torch.randn(2 * batch, kvh, g, d, device="cuda", dtype=torch.bfloat16)
         slots = torch.arange(2 * batch, dtype=torch.int32, device="cuda").view(batch, 2)
-        lens = torch.tensor([G, G // 2], dtype=torch.int32, device="cuda").repeat(batch, 1)
+        lens = torch.tensor([g, g // 2], dtype=torch.int32, device="cuda").repeat(batch, 1)
         q = torch.randn(batch, qh, d, device="cuda", dtype=torch.bfloat16)
         out = torch.empty_like(q)
         keep.append((recs, table, nb, sk, sv, slots, lens, q, out))
@@ -159,14 +172,15 @@ def resolved(variant: str, method: str, d: int, gqa: int) -> str:
     """The variant decode_attention runs for `variant` (AUTO_VARIANT resolved)."""
     if variant != AUTO_VARIANT:
         return variant
-    lay = kernel_layout(make_quantizer(method, head_dim=d, block_size=G).layout)
+    lay = kernel_layout(quantizer_for(method, d).layout)
     return resolve_variant(lay, gqa, torch.device("cuda"))
 
 
 def flush_case(name: str, batch: int, kvh: int, d: int, variant: str = DEFAULT_VARIANT, num_warps: int | None = None) -> float:
-    qz = make_quantizer(name, head_dim=d, block_size=G)
-    k = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(batch, kvh, G, d, device="cuda", dtype=torch.bfloat16)
+    qz = quantizer_for(name, d)
+    g = block_of(name)[1]
+    k = torch.randn(batch, kvh, g, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(batch, kvh, g, d, device="cuda", dtype=torch.bfloat16)
     recs = torch.empty(4 * batch, kvh, qz.record_bytes, dtype=torch.uint8, device="cuda")
     ids = torch.randperm(4 * batch, device="cuda", dtype=torch.int32)[:batch].contiguous()
     return timed([lambda: flush_tiles(qz, k, v, recs, ids, num_warps=num_warps, variant=variant)])
@@ -197,7 +211,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--contexts", default="1024,4096,16384,32768,65536")
     ap.add_argument("--shapes", default="smollm2,qwen3-4b")
-    ap.add_argument("--methods", default="k2v2,k4v4")
+    ap.add_argument("--methods", default="k2v2,k4v4", help="quantizer names; -g64 on a name: 64-token blocks (k2v2-g64)")
     ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
     ap.add_argument("--tune", action="store_true",
                     help="also time the first variant at 32k with half and twice the split count default_splits picks")
@@ -254,11 +268,11 @@ def main() -> None:
         if args.tune:
             # the heuristic's split count for the first variant, and half and twice that,
             # at every batch (32k): does default_splits pick the fastest of its neighbours?
-            nblk = 32768 // G - 1
             var = variants[0]
             for m in methods:
+                nblk = 32768 // block_of(m)[1] - 1
                 for batch in batches:
-                    chosen = default_splits(resolved(var, m, d, qh // kvh), make_quantizer(m, head_dim=d, block_size=G),
+                    chosen = default_splits(resolved(var, m, d, qh // kvh), quantizer_for(m, d),
                                             qh // kvh, batch, kvh, nblk, torch.device("cuda"))
                     for splits in sorted({max(1, chosen // 2), chosen, min(nblk, 2 * chosen)}):
                         kw = {"num_splits": splits, "variant": var}
