@@ -118,12 +118,14 @@ def peak_blocks(lengths: list[int], seqs: int, prompt: int, block: int) -> int:
     import heapq
 
     running: list[tuple[int, int]] = []  # (finish step, start step)
-    pending = list(lengths)
+    pending = iter(lengths)
+    waiting = len(lengths)
     peak = 0
     step = 0
-    while pending or running:
-        while pending and len(running) < seqs:
-            heapq.heappush(running, (step + pending.pop(0), step))
+    while waiting or running:
+        while waiting and len(running) < seqs:
+            heapq.heappush(running, (step + next(pending), step))
+            waiting -= 1
         step = running[0][0]
         held = sum(-(-(prompt + min(step, end) - start) // block) for end, start in running)
         peak = max(peak, held)
@@ -143,7 +145,7 @@ def best_max_num_seqs(preset: str, budget: int, shape: dict[str, int], args: arg
 
     lengths = request_lengths(args.num_prompts, args.max_tokens, args.length_spread)
     best = 1
-    for m in range(1, 513):
+    for m in range(1, min(512, args.num_prompts) + 1):  # more places than requests change nothing
         paged = kvcache.paged_budget(preset, total_bytes=budget, max_num_seqs=m, **shape)
         if paged <= 0:
             break
@@ -151,7 +153,6 @@ def best_max_num_seqs(preset: str, budget: int, shape: dict[str, int], args: arg
         # vLLM keeps one block spare
         if peak_blocks(lengths, m, args.prompt_tokens_estimate, alloc.block_size) <= alloc.num_blocks - 1:
             best = m
-    best = min(best, args.num_prompts)  # more places than requests change nothing
     # vLLM captures decode CUDA graphs for batch sizes 1, 2, 4 and multiples of 8 up to
     # max_num_seqs: a full batch of, say, 107 would run uncaptured (eagerly) every step
     return best if best < 8 else best - best % 8
