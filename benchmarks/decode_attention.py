@@ -11,7 +11,7 @@ For each model shape, context length L and batch B it times one decode step of o
   the most favourable bf16 case;
 - kvarn: `decode_attention` over a paged cache with L/G - 1 quantized blocks per sequence at
   random block ids, plus a 16-bit sink slot (G tokens) and a tail slot (G/2 tokens): L + G/2
-  tokens in all.
+  tokens in all (G: the preset's block size, 128, or 64 for the -g64 presets).
 Times are medians of CUDA-graph replays (triton.testing.do_bench_cudagraph); each replay
 runs the step over enough independent copies of the inputs (>= 256 MB) that nothing is
 served from the 50 MB L2, and the time is divided by the number of copies.
@@ -41,6 +41,7 @@ from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kvarn_cli import kvcache  # noqa: E402
 from kvarn_cli.kernels import make_quantizer  # noqa: E402
 from kvarn_cli.kernels.triton_decode import (  # noqa: E402
     AUTO_VARIANT, decode_attention, default_splits, resolve_variant,
@@ -49,7 +50,6 @@ from kvarn_cli.kernels.triton_common import kernel_layout  # noqa: E402
 from kvarn_cli.kernels.triton_flush import DEFAULT_VARIANT, VARIANTS, default_warps, flush_tiles  # noqa: E402
 
 SHAPES = {"smollm2": (3, 9, 64), "qwen3-4b": (8, 32, 128)}  # (kv heads, q heads, head dim)
-G = 128
 MIN_BYTES_PER_REPLAY = 256 << 20
 MAX_COPIES = 256
 
@@ -109,21 +109,17 @@ def bf16_case(batch: int, kvh: int, qh: int, d: int, ctx: int) -> tuple[float, i
     return ms, nbytes + 2 * batch * qh * d * 2
 
 
-def block_of(method: str) -> tuple[str, int]:
-    """A --methods entry as (quantizer name, tokens per block): "k2v2" takes G, "k2v2-g64" 64."""
-    name, _, g = method.partition("-g")
-    return name, int(g) if g else G
-
-
 def quantizer_for(method: str, d: int):  # type: ignore[no-untyped-def]
-    name, g = block_of(method)
-    return make_quantizer(name, head_dim=d, block_size=g)
+    """The quantizer of a --methods entry, a kvcache preset: "k2v2" with 128-token blocks,
+    "k2v2-g64" with 64."""
+    preset = kvcache.get_preset(method)
+    return make_quantizer(preset.quantizer, head_dim=d, block_size=preset.block_size)
 
 
 def record_pool(name: str, kvh: int, d: int, tiles: int = 64) -> torch.Tensor:
     """Realistic records: `tiles` random K/V tiles per head quantized by the Triton flush."""
     qz = quantizer_for(name, d)
-    g = block_of(name)[1]
+    g = qz.block_size
     gen = torch.Generator(device="cuda").manual_seed(0)
     k = torch.randn(tiles, kvh, g, d, device="cuda", generator=gen) * (1 + 4 * torch.rand(1, 1, 1, d, device="cuda", generator=gen))
     v = torch.randn(tiles, kvh, g, d, device="cuda", generator=gen) * 0.3
@@ -136,7 +132,7 @@ def kvarn_case(name: str, batch: int, kvh: int, qh: int, d: int, ctx: int, pool:
                eager_runs: int = 0, **kw: object) -> tuple[float, int]:
     """eager_runs > 0: no timing, just that many plain launches of one copy (for profilers)."""
     qz = quantizer_for(name, d)
-    g = block_of(name)[1]
+    g = qz.block_size
     nblk = ctx // g - 1
     side_tokens = g + g // 2
     rec_bytes = batch * kvh * nblk * qz.record_bytes
@@ -178,7 +174,7 @@ def resolved(variant: str, method: str, d: int, gqa: int) -> str:
 
 def flush_case(name: str, batch: int, kvh: int, d: int, variant: str = DEFAULT_VARIANT, num_warps: int | None = None) -> float:
     qz = quantizer_for(name, d)
-    g = block_of(name)[1]
+    g = qz.block_size
     k = torch.randn(batch, kvh, g, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(batch, kvh, g, d, device="cuda", dtype=torch.bfloat16)
     recs = torch.empty(4 * batch, kvh, qz.record_bytes, dtype=torch.uint8, device="cuda")
@@ -211,7 +207,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--contexts", default="1024,4096,16384,32768,65536")
     ap.add_argument("--shapes", default="smollm2,qwen3-4b")
-    ap.add_argument("--methods", default="k2v2,k4v4", help="quantizer names; -g64 on a name: 64-token blocks (k2v2-g64)")
+    ap.add_argument("--methods", default="k2v2,k4v4", help="kvcache presets (k2v2, k4v4, k2v2-g64 for 64-token blocks, ...)")
     ap.add_argument("--variants", default="fast,hilo,magic", help="first one is tuned")
     ap.add_argument("--tune", action="store_true",
                     help="also time the first variant at 32k with half and twice the split count default_splits picks")
@@ -270,7 +266,7 @@ def main() -> None:
             # at every batch (32k): does default_splits pick the fastest of its neighbours?
             var = variants[0]
             for m in methods:
-                nblk = 32768 // block_of(m)[1] - 1
+                nblk = 32768 // quantizer_for(m, d).block_size - 1
                 for batch in batches:
                     chosen = default_splits(resolved(var, m, d, qh // kvh), quantizer_for(m, d),
                                             qh // kvh, batch, kvh, nblk, torch.device("cuda"))
