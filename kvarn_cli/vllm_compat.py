@@ -388,13 +388,25 @@ def host_block_table(device_table: Any) -> Any:
                 "vLLM %s: no host copy of the block table found; the KVarN builder reads the device "
                 "table instead, which waits for the GPU every step (correct, slower)", vllm_version())
     mirror = None if buffer is None else buffer.np
-    if mirror is None or mirror.shape[0] < rows or mirror.shape[1] != device_table.shape[1]:
+    if mirror is None:
+        return device_table.cpu().numpy()
+    if mirror.shape[0] < rows or mirror.shape[1] != device_table.shape[1]:
+        if key not in _HOST_BUFFERS_MISMATCHED:
+            _HOST_BUFFERS_MISMATCHED.add(key)
+            import logging
+
+            logging.getLogger("kvarn").warning(
+                "vLLM %s: the host copy of the block table is %s, the device table %s; the KVarN builder "
+                "reads the device table instead, which waits for the GPU every step (correct, slower)",
+                vllm_version(), tuple(mirror.shape), tuple(device_table.shape))
         return device_table.cpu().numpy()
     return mirror[:rows]
 
 
 _HOST_BUFFERS: dict[int, "weakref.ref[Any]"] = {}
 _HOST_BUFFERS_MISSING: set[int] = set()
+#: device tables whose host copy has another shape (warned about once each)
+_HOST_BUFFERS_MISMATCHED: set[int] = set()
 
 
 def _find_host_buffer(device_table: Any) -> Any:

@@ -393,3 +393,36 @@ def test_builder_dumps_the_stacks_of_a_step_that_stalls(monkeypatch: pytest.Monk
             _builder(monkeypatch, 4, 64)
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def test_host_block_table_of_another_shape_is_not_read_and_is_reported_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A host copy whose width differs from the device table's (another block size, another
+    vLLM layout) is not the same table: the builder reads the device table, and says once
+    that every step now waits for the GPU, instead of being slow without a word."""
+    import logging
+
+    import numpy as np
+    import torch
+
+    from kvarn_cli import vllm_compat
+
+    class CpuGpuBuffer:  # vLLM's, a host twin of another width
+        def __init__(self, device_tensor: torch.Tensor) -> None:
+            self.gpu, self.np = device_tensor, np.zeros((4, 6), dtype=np.int32)
+
+    storage = torch.arange(12, dtype=torch.int32).view(4, 3)
+    buffer = CpuGpuBuffer(storage)
+    monkeypatch.setattr(vllm_compat, "_HOST_BUFFERS", {})
+    monkeypatch.setattr(vllm_compat, "_HOST_BUFFERS_MISSING", set())
+    monkeypatch.setattr(vllm_compat, "_HOST_BUFFERS_MISMATCHED", set())
+    monkeypatch.setattr(vllm_compat, "_find_host_buffer", lambda table: buffer)
+    table = _FakeCudaTable(storage[:2])
+    with caplog.at_level(logging.WARNING, logger="kvarn"):
+        first = vllm_compat.host_block_table(table)
+        second = vllm_compat.host_block_table(table)
+    assert np.array_equal(first, storage[:2].numpy()) and np.array_equal(second, first)
+    assert table.cpu_calls == 2
+    warnings = [r for r in caplog.records if "waits for the GPU" in r.getMessage()]
+    assert len(warnings) == 1 and "(4, 6)" in warnings[0].getMessage()
