@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvarn_cli.kvcache.graph import DecodeBuffers  # noqa: E402
-from kvarn_cli.kvcache.staging import StagingPool  # noqa: E402
+from kvarn_cli.kvcache.staging import UNSPLIT_DECODES, StagingPool  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     args = ap.parse_args()
     R, G, W = args.rows, args.block_size, args.width
-    pool = StagingPool(2 * R, G, attention_budget_rows=1 << 62)
+    pool = StagingPool(2 * R, G, attention_budget_rows=UNSPLIT_DECODES, kernel_decodes=True)  # as the CUDA backend's
     table = np.arange(1, R * W + 1, dtype=np.int32).reshape(R, W)
     seq = np.full(R, args.prompt, dtype=np.int64) + np.arange(R) % 7
     prefill_qsl = np.concatenate([[0], np.cumsum(seq)])
@@ -48,6 +48,7 @@ def main() -> None:
         if not buffers.fits(plan, R):
             raise SystemExit("a decode-only step did not fit the graph buffers")
         buffers.load(plan, R)
+        buffers.take_fills()  # the builder hands these to the flush before the next load
         load_s += time.perf_counter() - t1
         plan_s += t1 - t0
     print(f"{R} rows, {args.steps} decode steps: plan {1e3 * plan_s / args.steps:.3f} ms/step, "

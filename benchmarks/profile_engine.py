@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--preset", default="k2v2", help="a kvarn preset, or bf16 for vLLM's own cache")
+    ap.add_argument("--preset", default="k2v2", help="a kvarn preset, or bf16 / fp8 for vLLM's own cache")
     ap.add_argument("--prompts", type=int, default=32, help="requests per pass (all admitted at once)")
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--max-tokens", type=int, default=300)
@@ -59,7 +59,11 @@ def main() -> None:
 
     from kvarn_cli import kvcache
 
-    kwargs = kvcache.engine_kwargs(args.preset) if args.preset != "bf16" else {}
+    if args.preset in ("bf16", "fp8"):  # vLLM's own cache, as benchmarks/e2e_gpu.py's baselines
+        kvcache.deactivate()
+        kwargs: dict[str, Any] = {"kv_cache_dtype": "fp8" if args.preset == "fp8" else "auto"}
+    else:
+        kwargs = kvcache.engine_kwargs(args.preset)
     seqs = max(8, args.prompts + (-args.prompts) % 8)  # vLLM captures decode graphs of multiples of 8
     llm = LLM(model=args.model, load_format=args.load_format, dtype="bfloat16", seed=0, max_model_len=args.prompt_tokens + args.max_tokens + 8,
               kv_cache_memory_bytes=args.kv_cache_memory_mib << 20, max_num_seqs=seqs,
