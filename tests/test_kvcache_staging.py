@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from kvcache_sim import GridQuantizer, Request, Shape, SimEngine  # noqa: E402
 
-from kvarn_cli.kvcache.staging import StagingPool, StagingPoolExhausted  # noqa: E402
+from kvarn_cli.kvcache.staging import StagingPool, StagingPoolExhausted, StepPlan  # noqa: E402
 
 TOL = 1e-4
 
@@ -171,13 +171,21 @@ def test_small_pool_spills_paused_tails_and_brings_them_back(resume_tokens: int)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_schedules_match_the_reference(seed: int) -> None:
     """Many steps of random admissions, chunk sizes, pauses, preemptions and finishes."""
-    rng = np.random.default_rng(seed)
     eng = make_engine(num_blocks=48, num_slots=8)
+    finished = _random_schedule(eng, seed)
+    assert finished == 30
+    assert eng.pool.spills > 0  # finished sequences' tails are reclaimed under pressure
+    assert eng.max_err < TOL
+
+
+def _random_schedule(eng: SimEngine, seed: int, steps: int = 400) -> int:
+    """Random admissions, chunk sizes, pauses, preemptions and finishes; returns how many finished."""
+    rng = np.random.default_rng(seed)
     # requests i and i+5 share prompts, so prefix hits happen
     waiting = [Request(i, tokens(100 + (i % 5), int(rng.integers(5, 50)))) for i in range(30)]
     running: list[Request] = []
     finished = 0
-    for _ in range(400):
+    for _ in range(steps):
         while waiting and len(running) < 4 and rng.random() < 0.5:
             running.append(waiting.pop(0))
         if not running and not waiting:
@@ -198,9 +206,74 @@ def test_random_schedules_match_the_reference(seed: int) -> None:
                 eng.release(r)  # preempted; recomputed later
                 running.remove(r)
                 waiting.insert(0, r)
-    assert finished == 30
-    assert eng.pool.spills > 0  # finished sequences' tails are reclaimed under pressure
-    assert eng.max_err < TOL
+    return finished
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_pool_planning_for_the_decode_kernel_decides_alike_without_row_lists(seed: int) -> None:
+    """The CUDA backend's pool (kernel_decodes) leaves out the row lists that only the PyTorch
+    path reads. Fed the same batches as the general pool, it must make the same slot
+    decisions and give the decode kernel the same inputs, through spills and restores."""
+    from dataclasses import fields
+
+    from kvarn_cli.kvcache.staging import _ROW_LISTS
+
+    eng = make_engine(num_blocks=48, num_slots=8)
+    twin = StagingPool(8, eng.G, kernel_decodes=True)
+    general_plan = eng.pool.plan
+    decode_groups = 0
+
+    def plan_both(*args: object) -> StepPlan:
+        nonlocal decode_groups
+        plan = general_plan(*args)  # type: ignore[arg-type]
+        other = twin.plan(*args)  # type: ignore[arg-type]
+        for name in ("block_slot", "free", "spills", "restores", "sink_fallbacks"):
+            assert getattr(twin, name) == getattr(eng.pool, name), name
+        for name in ("slot_block", "slot_kind", "slot_fill", "slot_stamp"):
+            assert np.array_equal(getattr(twin, name), getattr(eng.pool, name)), name
+        for f in fields(StepPlan):
+            if isinstance(getattr(plan, f.name), torch.Tensor):
+                assert torch.equal(getattr(plan, f.name), getattr(other, f.name)), f.name
+        assert len(plan.groups) == len(other.groups)
+        for mine, theirs in zip(plan.groups, other.groups):
+            decode = mine.q_tokens.shape[1] == 1
+            assert theirs.kernel_only == decode and not mine.kernel_only
+            decode_groups += decode
+            for f in fields(mine):
+                a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                if decode and f.name in _ROW_LISTS:
+                    assert b.numel() == 0 < a.numel() or a.numel() == b.numel() == 0, f.name
+                elif isinstance(a, torch.Tensor):
+                    assert torch.equal(a, b), f.name
+                elif f.name != "kernel_only":
+                    assert a == b, f.name
+        return plan
+
+    eng.pool.plan = plan_both  # type: ignore[method-assign]
+    assert _random_schedule(eng, seed) == 30
+    assert decode_groups > 30 and eng.pool.spills > 0 and eng.max_err < TOL
+
+
+def test_a_decode_group_planned_for_the_kernel_never_takes_the_pytorch_path() -> None:
+    """A kernel-only group has no row lists to assemble K/V from: attending it on the PyTorch
+    path must fail loudly, not attend to nothing."""
+    from kvarn_cli.kvcache.compute import Codec, LayerCache, attend
+
+    eng = make_engine()
+    pool = StagingPool(16, eng.G, kernel_decodes=True)
+    G = eng.G
+    bt = np.array([[1, 2]])
+    pool.plan(np.array([0, G + 1]), np.array([G + 1]), bt, G + 1)
+    plan = pool.plan(np.array([0, 1]), np.array([G + 2]), bt, 1)
+    assert plan.groups and plan.groups[0].kernel_only
+    s = eng.shape
+    codec = Codec(eng.quantizer, torch.device("cpu"), triton=False)
+    cache = LayerCache(records=torch.zeros(4, s.kv_heads, codec.record_bytes, dtype=torch.uint8),
+                       slot_k=torch.zeros(16, s.kv_heads, G, s.head_dim), slot_v=torch.zeros(16, s.kv_heads, G, s.head_dim))
+    q = torch.zeros(1, s.q_heads, s.head_dim)
+    kv = torch.zeros(1, s.kv_heads, s.head_dim)
+    with pytest.raises(AssertionError, match="reached the PyTorch path"):
+        attend(plan, codec, cache, q, kv, kv, (torch.empty(0), torch.empty(0)), torch.zeros_like(q), 1.0)
 
 
 def test_the_pool_refuses_a_batch_it_cannot_stage() -> None:

@@ -168,7 +168,8 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         slots = staging_slots(max_seqs)
         self.buffers: DecodeBuffers | None = None
         if self._triton_decodes(device, kv_cache_spec.head_size):
-            self.pool = StagingPool(slots, kv_cache_spec.block_size, attention_budget_rows=UNSPLIT_DECODES)
+            self.pool = StagingPool(slots, kv_cache_spec.block_size, attention_budget_rows=UNSPLIT_DECODES,
+                                    kernel_decodes=True)
             width = table_width(vllm_config.model_config.max_model_len, kv_cache_spec.block_size)
             self.buffers = DecodeBuffers(max_seqs, width, device)
             self._warm_eager_steps(kv_cache_spec, vllm_config, device)

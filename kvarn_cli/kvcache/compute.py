@@ -302,6 +302,9 @@ def attend(
         if codec.triton and group.q_tokens.shape[1] == 1:
             _decode_group_triton(group, codec, cache, query, output, scale)
             continue
+        if group.kernel_only:
+            raise AssertionError("a decode group planned for the Triton kernel reached the PyTorch path "
+                                 "(StagingPool kernel_decodes and Codec.triton disagree)")
         if group.fresh_first_token >= 0:
             if not fresh_done:
                 _attend_fresh(group.fresh_first_token, group.q_tokens.shape[1], query, key, value, output, scale)

@@ -98,6 +98,14 @@ class AttentionGroup:
     #: a prefill chunk that starts its sequence (nothing cached before it): its first token.
     #: Its keys are exactly its own tokens, so attention needs neither records nor slots; else -1
     fresh_first_token: int = -1
+    #: a decode group planned for the decode kernel alone (StagingPool kernel_decodes): its
+    #: row lists (hist_*, sink_*, tail_*, new_*) are left empty, and only dec_* describe it
+    kernel_only: bool = False
+
+
+#: the row lists of a group, which only the PyTorch path reads
+_ROW_LISTS = ("hist_row", "hist_pos", "hist_block", "sink_row", "sink_slot", "tail_row", "tail_pos", "tail_slot",
+              "new_row", "new_pos", "new_token")
 
 
 @dataclass
@@ -237,13 +245,18 @@ UNSPLIT_DECODES = 1 << 62
 class StagingPool:
     """Slot bookkeeping shared by all layers of one KV-cache group (same block ids)."""
 
-    def __init__(self, num_slots: int, block_size: int, *, attention_budget_rows: int = 1 << 16) -> None:
+    def __init__(
+        self, num_slots: int, block_size: int, *, attention_budget_rows: int = 1 << 16, kernel_decodes: bool = False,
+    ) -> None:
         if num_slots < 1:
             raise ValueError("the staging pool needs at least one slot")
         self.num_slots = num_slots
         self.block_size = block_size
         #: decode requests are attended in sub-batches of at most this many (row, key) pairs
         self.attention_budget_rows = attention_budget_rows
+        #: decode groups carry only the decode kernel's inputs (AttentionGroup.kernel_only):
+        #: on the Triton path nothing reads their row lists, which cost host time every step
+        self.kernel_decodes = kernel_decodes
         self.slot_block = np.full(num_slots, -1, dtype=np.int64)
         self.slot_kind = np.zeros(num_slots, dtype=np.int8)
         self.slot_fill = np.zeros(num_slots, dtype=np.int64)
@@ -335,39 +348,38 @@ class StagingPool:
         full_after = seq // G
         staged_after = seq % G
         bt = block_table
-        # the per-row loops below read Python lists: numpy scalar indexing costs several
-        # times more, and this runs every step for the whole batch
+        active = qlen > 0
+        used = min(int(bt.shape[1]), int(full_after.max(initial=0)) + 1)  # table columns any row reaches
+        # Python loops run only over the rows with work beyond a lookup (a block that starts
+        # or fills, a slot to allocate or restore): a decode batch has a few such rows per
+        # step, and the common per-row work is done with list lookups and array writes. The
+        # loops read Python lists: numpy scalar indexing costs several times more.
+        bt_l = bt[:num_reqs, :used].tolist()
         qlen_l, seq_l = qlen.tolist(), seq.tolist()
         fb_l, sb_l = full_before.tolist(), staged_before.tolist()
         fa_l, sa_l = full_after.tolist(), staged_after.tolist()
-        used = min(int(bt.shape[1]), max(fa_l, default=0) + 1)  # table columns any row reaches
-        bt_l = bt[:num_reqs, :used].tolist()
         block_slot = self.block_slot
+        get = block_slot.get
         slot_kind = self.slot_kind
 
         spills: list[tuple[int, int, int]] = []
 
         # 1. blocks written from offset 0 this step were handed out afresh: drop stale slots
-        for r in range(num_reqs):
-            if qlen_l[r] <= 0:
-                continue
-            first_fresh = fb_l[r] + (1 if sb_l[r] > 0 else 0)
-            last = (seq_l[r] - 1) // G
-            for j in range(first_fresh, last + 1):
-                slot = block_slot.get(bt_l[r][j])
+        last_block = (seq - 1) // G
+        first_fresh = full_before + (staged_before > 0)
+        for r in np.nonzero(active & (last_block >= first_fresh))[0].tolist():
+            for j in range(fb_l[r] + (1 if sb_l[r] > 0 else 0), (seq_l[r] - 1) // G + 1):
+                slot = get(bt_l[r][j])
                 if slot is not None:
                     self._release(slot)
 
         # 2. slots the batch reads: continuing tails and sinks of context blocks
-        for r in range(num_reqs):
-            if sb_l[r] > 0 and qlen_l[r] > 0:
-                slot = block_slot.get(bt_l[r][fb_l[r]])
-                if slot is not None:
-                    self._touch(slot)
-            if fb_l[r] >= 1:
-                slot = block_slot.get(bt_l[r][0])
-                if slot is not None and slot_kind[slot] == _SINK:
-                    self._touch(slot)
+        continuing_rows = np.nonzero(active & (staged_before > 0))[0].tolist()
+        touched = [get(bt_l[r][fb_l[r]]) for r in continuing_rows]
+        kinds = slot_kind.tolist()
+        touched += [slot for r in np.nonzero(full_before >= 1)[0].tolist()
+                    if (slot := get(bt_l[r][0])) is not None and kinds[slot] == _SINK]
+        self.slot_stamp[[slot for slot in touched if slot is not None]] = self.step
 
         # 3. flushes: blocks [full_before, full_after) of each request fill up this step
         flush_block: list[int] = []
@@ -380,14 +392,14 @@ class StagingPool:
         restore_block: list[int] = []
         release_after: list[int] = []  # slots this step reads: freed once the plan is made
         filled_by = np.full(num_reqs, -1, dtype=np.int64)  # decode rows whose slot is flushed
-        tile_base = np.zeros(num_reqs, dtype=np.int64)
+        tiles_of = np.zeros(num_reqs, dtype=np.int64)  # flush tiles of each row
         need_sink: list[int] = []  # flush indices of first blocks without a slot yet
-        for r in range(num_reqs):
-            tile_base[r] = len(flush_block)
+        for r in np.nonzero(full_after > full_before)[0].tolist():
+            tiles_before = len(flush_block)
             for j in range(fb_l[r], fa_l[r]):
                 block = bt_l[r][j]
                 prefix = sb_l[r] if j == fb_l[r] else 0
-                slot = block_slot.get(block) if prefix > 0 else None
+                slot = get(block) if prefix > 0 else None
                 if prefix > 0 and slot is None:  # the prefix was spilled: back into a slot first
                     slot = self._restore_into_slot(block, prefix, spills, restore_slot, restore_block)
                 by_slot = qlen_l[r] == 1 and slot is not None
@@ -415,32 +427,41 @@ class StagingPool:
                         flush_keep_slot.append(-1)
                     if slot is not None:
                         release_after.append(slot)
+            tiles_of[r] = len(flush_block) - tiles_before
+        tile_base = np.cumsum(tiles_of) - tiles_of  # the row's first tile
 
-        # 4. tails: the partial block after this step needs a slot (required)
-        tail_l = [-1] * num_reqs
-        slot_fill = self.slot_fill
-        for r in range(num_reqs):
-            if sa_l[r] == 0 or qlen_l[r] <= 0:
-                if sa_l[r] > 0:  # request in the batch without new tokens: read only
-                    slot = block_slot.get(bt_l[r][fa_l[r]])
-                    tail_l[r] = -1 if slot is None else slot
-                continue
+        # 4. tails: the partial block after this step needs a slot (required). A continuing
+        # tail whose slot is resident (most rows of a decode batch) only updates its count;
+        # the other rows (a new block, a spilled prefix) take slots in row order.
+        tail_slot = np.full(num_reqs, -1, dtype=np.int64)
+        partial = staged_after > 0
+        for r in np.nonzero(partial & ~active)[0].tolist():  # in the batch without new tokens: read only
+            slot = get(bt_l[r][fa_l[r]])
+            tail_slot[r] = -1 if slot is None else slot
+        growing = partial & active
+        resident_rows = np.nonzero(growing & (full_after == full_before) & (staged_before > 0))[0]
+        resident = np.array([get(bt_l[r][fa_l[r]]) for r in resident_rows.tolist()], dtype=object)
+        found = np.not_equal(resident, None).astype(bool)
+        kept_rows, kept = resident_rows[found], resident[found].astype(np.int64)
+        slot_kind[kept] = _TAIL
+        self.slot_fill[kept] = staged_after[kept_rows]
+        self.slot_stamp[kept] = self.step
+        tail_slot[kept_rows] = kept
+        placed = np.zeros(num_reqs, dtype=bool)
+        placed[kept_rows] = True
+        for r in np.nonzero(growing & ~placed)[0].tolist():
             block = bt_l[r][fa_l[r]]
-            continuing = fa_l[r] == fb_l[r] and sb_l[r] > 0
-            slot = block_slot.get(block) if continuing else None
-            if slot is None:
-                if continuing:  # its prefix was spilled: bring it back from the record
-                    slot = self._restore_into_slot(block, sb_l[r], spills, restore_slot, restore_block)
-                else:
-                    slot = self._allocate(spills, optional=False)
-                    assert slot is not None
-                    block_slot[block] = slot
-                    self.slot_block[slot] = block
+            if fa_l[r] == fb_l[r] and sb_l[r] > 0:  # its prefix was spilled: bring it back from the record
+                slot = self._restore_into_slot(block, sb_l[r], spills, restore_slot, restore_block)
+            else:
+                slot = self._allocate(spills, optional=False)
+                assert slot is not None
+                block_slot[block] = slot
+                self.slot_block[slot] = block
             slot_kind[slot] = _TAIL
-            slot_fill[slot] = sa_l[r]
+            self.slot_fill[slot] = sa_l[r]
             self._touch(slot)
-            tail_l[r] = slot
-        tail_slot = np.asarray(tail_l, dtype=np.int64)
+            tail_slot[r] = slot
 
         # 5. sinks for first blocks flushed straight from the step's tokens (optional)
         for f in need_sink:
@@ -556,14 +577,10 @@ class StagingPool:
         n = rows.size
         nb = full_before[rows]
         # the first block comes from its 16-bit sink copy while one is resident
-        block_slot, slot_kind = self.block_slot, self.slot_kind
-        first_blocks = bt[rows, 0].tolist()
-        sinks = [-1] * n
-        for i in np.nonzero(nb >= 1)[0].tolist():
-            slot = block_slot.get(first_blocks[i])
-            if slot is not None and slot_kind[slot] == _SINK:
-                sinks[i] = slot
-        sink_of = np.asarray(sinks, dtype=np.int64)
+        get, kinds = self.block_slot.get, self.slot_kind.tolist()
+        sinks = [-1 if (slot := get(block)) is None or kinds[slot] != _SINK else slot
+                 for block in bt[rows, 0].tolist()]
+        sink_of = np.where(nb >= 1, np.asarray(sinks, dtype=np.int64), -1)
         has_sink = sink_of >= 0
         first = has_sink.astype(np.int64)
         count = nb - first  # record blocks first .. nb-1 of each row
@@ -572,7 +589,6 @@ class StagingPool:
         valid = col[None, :] < count[:, None]
         src = np.minimum(first[:, None] + col[None, :], bt.shape[1] - 1)
         table = np.where(valid, bt[rows[:, None], src], 0)
-        hist_row, hist_col = np.nonzero(valid)
         # the tail: the slot just filled (and flushed) by this step's token, else the partial block
         filled = filled_by[rows]
         is_filled = filled >= 0
@@ -585,32 +601,39 @@ class StagingPool:
         starts = qsl[rows]
         first_token = int(starts[0]) if np.array_equal(starts, starts[0] + np.arange(n)) else -1
         key_len = -(-int(seq[rows].max()) // G) * G
-        sink_rows = np.nonzero(has_sink)[0]
-        tail_rows = np.nonzero(has_tail)[0]
         none = _long([])
+        lists: dict[str, torch.Tensor] = dict.fromkeys(_ROW_LISTS, none)
+        if not self.kernel_decodes:  # the row lists the PyTorch path assembles K/V from
+            hist_row, hist_col = np.nonzero(valid)
+            sink_rows = np.nonzero(has_sink)[0]
+            tail_rows = np.nonzero(has_tail)[0]
+            lists.update(
+                hist_row=_long(hist_row),
+                hist_pos=_long(first[hist_row] + hist_col),
+                hist_block=_long(table[hist_row, hist_col]),
+                sink_row=_long(sink_rows),
+                sink_slot=_long(sink_of[sink_rows]),
+                tail_row=_long(tail_rows),
+                tail_pos=_long(tail_pos[tail_rows]),
+                tail_slot=_long(tail[tail_rows]),
+                new_row=_long(np.arange(n)),
+                new_pos=_long(ctx[rows]),
+                new_token=_long(starts),
+            )
         return AttentionGroup(
             q_tokens=_long(starts[:, None]),
             ctx=_long(ctx[rows]),
             key_len=key_len,
-            hist_row=_long(hist_row),
-            hist_pos=_long(first[hist_row] + hist_col),
-            hist_block=_long(table[hist_row, hist_col]),
-            sink_row=_long(sink_rows),
-            sink_slot=_long(sink_of[sink_rows]),
             tile_row=none,
             tile_pos=none,
             tile_index=none,
-            tail_row=_long(tail_rows),
-            tail_pos=_long(tail_pos[tail_rows]),
-            tail_slot=_long(tail[tail_rows]),
-            new_row=_long(np.arange(n)),
-            new_pos=_long(ctx[rows]),
-            new_token=_long(starts),
+            **lists,
             dec_table=torch.from_numpy(table.astype(np.int32)),
             dec_nblk=torch.from_numpy(count.astype(np.int32)),
             dec_side_slot=torch.from_numpy(side_slot),
             dec_side_len=torch.from_numpy(side_len),
             dec_first_token=first_token,
+            kernel_only=self.kernel_decodes,
         )
 
     def _group(

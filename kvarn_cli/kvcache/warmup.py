@@ -54,7 +54,7 @@ def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch
     kv_heads, d = cache.slot_k.shape[1], cache.slot_k.shape[3]
     if cache.records.shape[0] < WARM_BLOCKS or cache.slot_k.shape[0] < WARM_SLOTS:
         raise ValueError(f"the warm-up needs {WARM_BLOCKS} blocks and {WARM_SLOTS} slots")
-    pool = StagingPool(WARM_SLOTS, G, attention_budget_rows=UNSPLIT_DECODES)
+    pool = StagingPool(WARM_SLOTS, G, attention_budget_rows=UNSPLIT_DECODES, kernel_decodes=True)
     table = np.array([[0, 1, 2], [3, 4, -1]], dtype=np.int32)
     gen = torch.Generator(device=device).manual_seed(0)
     for query_lens, seq_lens in (([2 * G + 1, 2 * G - 1], [2 * G + 1, 2 * G - 1]), ([1, 1], [2 * G + 2, 2 * G])):
