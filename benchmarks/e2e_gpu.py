@@ -387,14 +387,15 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
     preset its own KV budget (e.g. bf16 with room for every sequence: its speed without
     queueing); "k2v2-g64:dv-tmwhb" runs another decode-kernel variant (KVARN_DECODE_VARIANT);
     "bf16:v1" runs a baseline on vLLM's V1 model runner, the one kvarn's presets run on
-    (vllm_compat.prefer_v1_model_runner), where vLLM 0.26 would pick its V2 runner."""
+    (vllm_compat.prefer_v1_model_runner), where vLLM 0.26 would pick its V2 runner;
+    "k2v2-g64:v2" runs a kvarn preset on the V2 runner."""
     preset, _, variant = label.partition(":")
     if variant == "eager-decode":
         return preset, {"KVARN_DECODE_GRAPHS": "0"}, []
     if variant.startswith("mib") and variant[3:].isdigit():
         return preset, {}, ["--kv-budget-mib", variant[3:]]
-    if variant == "v1":
-        return preset, {"VLLM_USE_V2_MODEL_RUNNER": "0"}, []
+    if variant in ("v1", "v2"):
+        return preset, {"VLLM_USE_V2_MODEL_RUNNER": "0" if variant == "v1" else "1"}, []
     if variant.startswith("dv-"):
         from kvarn_cli.kernels.triton_decode import VARIANTS
 

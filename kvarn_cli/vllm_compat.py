@@ -261,6 +261,8 @@ def install_backend(class_path: str) -> None:
     api.register_backend(backend_slot(api), class_path)
     api.selector_cache.cache_clear()
     install_page_spec_hook()
+    if api.current_platform.is_cuda_alike():
+        mirror_v2_block_tables()
 
 
 def uninstall_backend(class_path: str) -> None:
@@ -372,6 +374,9 @@ def host_block_table(device_table: Any) -> Any:
     """
     if device_table.device.type == "cpu":
         return device_table.numpy()
+    v2_rows = _v2_host_rows(device_table)
+    if v2_rows is not None:
+        return v2_rows
     rows = device_table.shape[0]
     key = device_table.data_ptr()
     found = _HOST_BUFFERS.get(key)
@@ -486,6 +491,88 @@ def fixed_cell_spec(spec: Any, cell_bytes: int) -> Any:
     values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
     values.update(dtype=torch.uint8, tq_slot_size=cell_bytes)
     return TQFullAttentionSpec(**values)
+
+
+#: attribute of a V2 block-table StagedWriteTensor holding kvarn's host copy of its rows
+_V2_HOST = "_kvarn_host_rows"
+
+
+def mirror_v2_block_tables(block_tables_cls: Any = None, staged_cls: Any = None) -> bool:
+    """Keep a host copy of vLLM's V2-runner block tables, so the KVarN builder can plan on the
+    host without waiting for the GPU (`host_block_table`).
+
+    The V2 runner keeps its per-request block tables on the device only: each step stages
+    the new block ids (StagedWriteTensor.stage_write: row, start, ids, after any rewriting
+    vLLM does) and applies them there. kvarn marks the block-table tensors when BlockTables
+    is made and copies each staged write into a host array of the same shape. The classes
+    are parameters for tests; returns whether the V2 runner's classes were found (and
+    patched, once).
+    """
+    if block_tables_cls is None or staged_cls is None:
+        try:
+            from vllm.v1.worker.gpu.block_table import BlockTables
+            from vllm.v1.worker.gpu.buffer_utils import StagedWriteTensor
+        except ImportError:
+            return False
+        block_tables_cls, staged_cls = BlockTables, StagedWriteTensor
+    if getattr(block_tables_cls, "_kvarn_mirrored", False):
+        return True
+    import numpy as np
+
+    make_tables, stage_write = block_tables_cls.__init__, staged_cls.stage_write
+
+    def init_with_host_rows(self: Any, *args: Any, **kwargs: Any) -> None:
+        make_tables(self, *args, **kwargs)
+        for table in self.block_tables:
+            setattr(table, _V2_HOST, np.zeros(tuple(table.gpu.shape), dtype=np.int32))
+
+    def stage_write_mirrored(self: Any, index: int, start: int, x: Any) -> None:
+        stage_write(self, index, start, x)
+        host = getattr(self, _V2_HOST, None)
+        if host is not None:
+            ids = list(x)
+            host[index, start : start + len(ids)] = ids
+
+    block_tables_cls.__init__ = init_with_host_rows
+    staged_cls.stage_write = stage_write_mirrored
+    block_tables_cls._kvarn_mirrored = True
+    return True
+
+
+def _v2_host_rows(device_table: Any, max_depth: int = 8) -> Any:
+    """The host rows of a V2-runner batch block table (`mirror_v2_block_tables`), or None
+    where the caller is not the V2 runner.
+
+    The builder gets the runner's gathered table (`input_block_tables[i]`, one row per batch
+    row, padded); its rows are the per-request rows picked by the batch's `idx_mapping_np`,
+    which the runner's `execute_model` holds as its local `input_batch`. A dummy batch
+    (warm-up, profiling) reads as all null blocks, so it never touches the staging pool.
+    """
+    import sys
+
+    import numpy as np
+
+    ptr = device_table.data_ptr()
+    frame = sys._getframe(2)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        tables = getattr(frame.f_locals.get("self"), "block_tables", None)
+        inputs = getattr(tables, "input_block_tables", None)
+        if isinstance(inputs, (list, tuple)) and getattr(type(tables), "_kvarn_mirrored", False):
+            for i, gathered in enumerate(inputs):
+                if gathered.data_ptr() != ptr:
+                    continue
+                out = np.zeros(tuple(device_table.shape), dtype=np.int32)
+                batch = frame.f_locals.get("input_batch")
+                if frame.f_locals.get("dummy_run") or batch is None:
+                    return out
+                host = getattr(tables.block_tables[i], _V2_HOST)
+                idx = np.asarray(batch.idx_mapping_np)
+                out[: idx.shape[0]] = host[idx, : out.shape[1]]
+                return out
+        frame = frame.f_back
+    return None
 
 
 def prefer_v1_model_runner() -> None:

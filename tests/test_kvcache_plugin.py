@@ -426,3 +426,75 @@ def test_host_block_table_of_another_shape_is_not_read_and_is_reported_once(
     assert table.cpu_calls == 2
     warnings = [r for r in caplog.records if "waits for the GPU" in r.getMessage()]
     assert len(warnings) == 1 and "(4, 6)" in warnings[0].getMessage()
+
+
+def test_v2_runner_block_tables_are_mirrored_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's V2 runner keeps block tables on the device only. kvarn copies every staged
+    write into a host array and, inside the runner's step, picks the batch's rows by its
+    idx_mapping_np: the builder plans without a device sync, from the same ids. A dummy
+    batch reads as null blocks (it must not touch the staging pool)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from kvarn_cli import vllm_compat
+
+    class StagedWriteTensor:  # vLLM's: .gpu, writes staged then applied on the device
+        def __init__(self, rows: int, width: int) -> None:
+            self.gpu = torch.zeros(rows, width, dtype=torch.int32)
+            self.staged: list[tuple[int, int, list[int]]] = []
+
+        def stage_write(self, index: int, start: int, x: list[int]) -> None:
+            self.staged.append((index, start, list(x)))
+
+        def apply(self) -> None:
+            for index, start, ids in self.staged:
+                self.gpu[index, start : start + len(ids)] = torch.tensor(ids, dtype=torch.int32)
+            self.staged.clear()
+
+    class BlockTables:
+        def __init__(self, rows: int, width: int) -> None:
+            self.block_tables = [StagedWriteTensor(rows, width)]
+            self.input_block_tables = [torch.zeros(rows, width, dtype=torch.int32)]
+            self.num_blocks = np.zeros((1, rows), dtype=np.int64)
+
+        def append_block_ids(self, req_index: int, new_block_ids: tuple[list[int], ...], overwrite: bool) -> None:
+            start = 0 if overwrite else int(self.num_blocks[0, req_index])
+            self.block_tables[0].stage_write(req_index, start, [2 * b for b in new_block_ids[0]])  # vLLM may rewrite ids
+            self.num_blocks[0, req_index] = start + len(new_block_ids[0])
+
+        def gather(self, idx: np.ndarray, padded: int) -> torch.Tensor:
+            self.block_tables[0].apply()
+            out = self.input_block_tables[0]
+            out.zero_()
+            out[: idx.shape[0]] = self.block_tables[0].gpu[torch.from_numpy(idx).long()]
+            return out[:padded]
+
+    class Runner:  # the V2 GPUModelRunner's shape: self.block_tables, locals input_batch and dummy_run
+        def __init__(self) -> None:
+            self.block_tables = BlockTables(6, 4)
+
+        def execute_model(self, idx: list[int], padded: int, dummy_run: bool = False) -> tuple[np.ndarray, torch.Tensor]:
+            input_batch = SimpleNamespace(idx_mapping_np=np.array(idx, dtype=np.int32))
+            device_table = self.block_tables.gather(input_batch.idx_mapping_np, padded)
+            return build(_FakeCudaTable(device_table)), device_table
+
+    def build(table: _FakeCudaTable) -> np.ndarray:  # the builder, two frames below the runner's step
+        rows = vllm_compat.host_block_table(table)
+        assert table.cpu_calls == 0  # no wait for the GPU
+        return rows
+
+    assert vllm_compat.mirror_v2_block_tables(BlockTables, StagedWriteTensor)
+    assert vllm_compat.mirror_v2_block_tables(BlockTables, StagedWriteTensor)  # once only
+    runner = Runner()
+    runner.block_tables.append_block_ids(3, ([5, 6],), overwrite=True)
+    runner.block_tables.append_block_ids(1, ([7],), overwrite=True)
+    host, device = runner.execute_model([3, 1], padded=4)
+    assert np.array_equal(host, device.numpy()) and host.shape == (4, 4)
+    runner.block_tables.append_block_ids(1, ([8, 9],), overwrite=False)  # a request grows
+    runner.block_tables.append_block_ids(3, ([4],), overwrite=True)  # a new request in a reused row
+    host, device = runner.execute_model([1, 3], padded=2)
+    assert host.tolist() == device.numpy().tolist() == [[14, 16, 18, 0], [8, 12, 0, 0]]
+    dummy, _ = runner.execute_model([0, 1], padded=2, dummy_run=True)
+    assert not dummy.any()
