@@ -485,6 +485,7 @@ def test_v2_runner_block_tables_are_mirrored_on_the_host(monkeypatch: pytest.Mon
         assert table.cpu_calls == 0  # no wait for the GPU
         return rows
 
+    monkeypatch.setattr(vllm_compat, "_V2_TABLES_MADE", False)  # set by the first mirrored BlockTables
     assert vllm_compat.mirror_v2_block_tables(BlockTables, StagedWriteTensor)
     assert vllm_compat.mirror_v2_block_tables(BlockTables, StagedWriteTensor)  # once only
     runner = Runner()

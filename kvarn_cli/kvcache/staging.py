@@ -355,7 +355,7 @@ class StagingPool:
         # step, and the common per-row work is done with list lookups and array writes. The
         # loops read Python lists: numpy scalar indexing costs several times more.
         bt_l = bt[:num_reqs, :used].tolist()
-        qlen_l, seq_l = qlen.tolist(), seq.tolist()
+        qlen_l = qlen.tolist()
         fb_l, sb_l = full_before.tolist(), staged_before.tolist()
         fa_l, sa_l = full_after.tolist(), staged_after.tolist()
         block_slot = self.block_slot
@@ -367,8 +367,9 @@ class StagingPool:
         # 1. blocks written from offset 0 this step were handed out afresh: drop stale slots
         last_block = (seq - 1) // G
         first_fresh = full_before + (staged_before > 0)
+        lb_l, ff_l = last_block.tolist(), first_fresh.tolist()
         for r in np.nonzero(active & (last_block >= first_fresh))[0].tolist():
-            for j in range(fb_l[r] + (1 if sb_l[r] > 0 else 0), (seq_l[r] - 1) // G + 1):
+            for j in range(ff_l[r], lb_l[r] + 1):
                 slot = get(bt_l[r][j])
                 if slot is not None:
                     self._release(slot)
@@ -439,10 +440,10 @@ class StagingPool:
             slot = get(bt_l[r][fa_l[r]])
             tail_slot[r] = -1 if slot is None else slot
         growing = partial & active
-        resident_rows = np.nonzero(growing & (full_after == full_before) & (staged_before > 0))[0]
-        resident = np.array([get(bt_l[r][fa_l[r]]) for r in resident_rows.tolist()], dtype=object)
-        found = np.not_equal(resident, None).astype(bool)
-        kept_rows, kept = resident_rows[found], resident[found].astype(np.int64)
+        continuing = np.nonzero(growing & (full_after == full_before) & (staged_before > 0))[0].tolist()
+        resident = [get(bt_l[r][fa_l[r]]) for r in continuing]
+        kept_rows = np.array([r for r, slot in zip(continuing, resident) if slot is not None], dtype=np.int64)
+        kept = np.array([slot for slot in resident if slot is not None], dtype=np.int64)
         slot_kind[kept] = _TAIL
         self.slot_fill[kept] = staged_after[kept_rows]
         self.slot_stamp[kept] = self.step
