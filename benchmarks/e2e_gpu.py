@@ -54,15 +54,23 @@ def model_shape(model: str) -> dict[str, int]:
     return {key: shape[key] for key in ("num_layers", "num_kv_heads", "head_dim", "dtype_bytes")}
 
 
-def load_prompts(path: str, n: int) -> list[str]:
-    out = []
+def load_prompts(path: str, n: int, few_shot: int = 0) -> list[str]:
+    """The first `n` questions of `path`; with `few_shot` K, each after the same K worked
+    examples (question and answer) from the end of the file, like a few-shot evaluation:
+    every prompt then starts with the same ~K x 150 tokens, which vLLM's prefix cache holds,
+    so each request's prefill continues after a cache hit."""
+    rows = []
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                row = json.loads(line)
-                out.append(str(row.get("question") or row.get("problem") or row["prompt"]))
-            if len(out) == n:
-                break
+        rows = [json.loads(line) for line in fh if line.strip()]
+    questions = [str(r.get("question") or r.get("problem") or r["prompt"]) for r in rows]
+    shots = ""
+    if few_shot:
+        examples = rows[-few_shot:]
+        if len(examples) < few_shot or not all("answer" in r for r in examples):
+            raise SystemExit(f"--few-shot {few_shot}: {path} needs that many rows with an answer field")
+        questions = questions[:-few_shot]
+        shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in examples)
+    out = [f"{shots}Question: {q}\nAnswer:" if shots else q for q in questions[:n]]
     if len(out) < n:  # repeat the set when asked for more prompts than it has
         out = [out[i % len(out)] for i in range(n)]
     return out
@@ -172,12 +180,13 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     cc = llm.llm_engine.vllm_config.cache_config
     tok = llm.get_tokenizer()
     n, passes = args.num_prompts, max(1, args.passes)
-    texts = load_prompts(args.data, n * passes + args.warmup_prompts)
+    texts = load_prompts(args.data, n * passes + args.warmup_prompts, args.few_shot)
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
                for p in texts]
     prompts = [p["input_ids"] if hasattr(p, "keys") else p for p in prompts]
     # each timed pass has its own prompts, and the warm-up prompts come after all of them:
     # no timed request hits the prefix cache, so every pass prefills every prompt it times
+    # (with --few-shot, all but the question: the shared examples are cached by the warm-up)
     warm_prompts = prompts[n * passes:]
     params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
               for m in request_lengths(n, args.max_tokens, args.length_spread)]
@@ -388,7 +397,9 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
     queueing); "k2v2-g64:dv-tmwhb" runs another decode-kernel variant (KVARN_DECODE_VARIANT);
     "bf16:v1" runs a baseline on vLLM's V1 model runner, the one kvarn's presets run on
     (vllm_compat.prefer_v1_model_runner), where vLLM 0.26 would pick its V2 runner;
-    "k2v2-g64:v2" runs a kvarn preset on the V2 runner."""
+    "k2v2-g64:v2" runs a kvarn preset on the V2 runner; "k2v2:torch-prefill" attends prefill
+    chunks that continue a sequence (prefix-cache hits, recomputes) chunk by chunk in PyTorch,
+    as kvarn did before it packed them for vLLM's FlashAttention (KVARN_BATCHED_PREFILL=0)."""
     preset, _, variant = label.partition(":")
     if variant == "eager-decode":
         return preset, {"KVARN_DECODE_GRAPHS": "0"}, []
@@ -396,6 +407,8 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
         return preset, {}, ["--kv-budget-mib", variant[3:]]
     if variant in ("v1", "v2"):
         return preset, {"VLLM_USE_V2_MODEL_RUNNER": "0" if variant == "v1" else "1"}, []
+    if variant == "torch-prefill":
+        return preset, {"KVARN_BATCHED_PREFILL": "0"}, []
     if variant.startswith("dv-"):
         from kvarn_cli.kernels.triton_decode import VARIANTS
 
@@ -403,7 +416,7 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
             raise SystemExit(f"{label}: unknown decode variant {variant[3:]!r} (known: {', '.join(VARIANTS)})")
         return preset, {"KVARN_DECODE_VARIANT": variant[3:]}, []
     if variant:
-        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, dv-NAME, v1)")
+        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, dv-NAME, v1, v2, torch-prefill)")
     return preset, {}, []
 
 
@@ -421,6 +434,9 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=0,
                     help="sequences in flight for the KVarN presets; 0 = as many as the budget holds at the mean "
                          "length (--prompt-tokens-estimate + --max-tokens)")
+    ap.add_argument("--few-shot", type=int, default=0,
+                    help="put the same K worked examples (the data file's last K rows) before every question: "
+                         "prefix-cache hits, and prefills that continue after them (raise --max-prompt-tokens)")
     ap.add_argument("--max-prompt-tokens", type=int, default=512, help="max_model_len = this + the longest request")
     ap.add_argument("--prompt-tokens-estimate", type=int, default=128, help="prompt length assumed by --max-num-seqs 0")
     ap.add_argument("--baseline-max-num-seqs", type=int, default=256, help="vLLM's default for bf16/fp8")

@@ -327,13 +327,15 @@ def attention_layers(vllm_config: Any, layer_names: list[str]) -> list[tuple[Any
 
 
 def varlen_flash_attention() -> Any:
-    """vLLM's variable-length FlashAttention as `f(q, k, v, out, cu_seqlens, max_len, scale)`
-    (causal, GQA, 16-bit, q/k/v [tokens, heads, D] with one sequence per cu_seqlens span),
-    or None where vLLM has none (CPU builds, other platforms, another API; see
-    `varlen_flash_attention_missing`).
+    """vLLM's variable-length FlashAttention as
+    `f(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_len_q, max_len_k, scale)` (causal, GQA,
+    16-bit, q/k/v [tokens, heads, D] with one sequence per cu_seqlens span; where a span has
+    fewer queries than keys, the queries are the span's last positions), or None where vLLM
+    has none (CPU builds, other platforms, another API; see `varlen_flash_attention_missing`).
 
-    Used for prefill chunks that start their sequence: their attention needs no cache, so
-    they take the kernel vLLM's own CUDA backend uses. Resolved once per process.
+    Used for prefill chunks: those that start their sequence attend over their own tokens,
+    and the others over their history packed in 16-bit, with the kernel vLLM's own CUDA
+    backend uses. Resolved once per process.
     """
     return _varlen_flash_attention()[0]
 
@@ -355,9 +357,10 @@ def _varlen_flash_attention() -> tuple[Any, str]:
     except (ImportError, AttributeError, RuntimeError) as exc:
         return None, f"{type(exc).__name__}: {exc}"
 
-    def attend(q: Any, k: Any, v: Any, out: Any, cu_seqlens: Any, max_len: int, scale: float) -> None:
-        kernel(q=q, k=k, v=v, out=out, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_len,
-               max_seqlen_k=max_len, softmax_scale=scale, causal=True, fa_version=version)
+    def attend(q: Any, k: Any, v: Any, out: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_len_q: int,
+               max_len_k: int, scale: float) -> None:
+        kernel(q=q, k=k, v=v, out=out, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_len_q,
+               max_seqlen_k=max_len_k, softmax_scale=scale, causal=True, fa_version=version)
 
     return attend, ""
 

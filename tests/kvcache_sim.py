@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,6 +67,27 @@ class GridQuantizer:
         if not rotated:
             k, v = self.unrotated(k), self.unrotated(v)
         return k, v
+
+
+def reference_varlen(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+    max_q: int, max_k: int, scale: float,
+) -> None:
+    """Variable-length causal attention as FlashAttention defines it (the signature of
+    vllm_compat.varlen_flash_attention), one span at a time in float32 with PyTorch: span i's
+    queries are the last positions of its keys, so query j of n sees keys 0 .. m - n + j."""
+    assert cu_q.dtype == torch.int32 and cu_k.dtype == torch.int32 and cu_q.shape == cu_k.shape
+    assert q.dtype == k.dtype == v.dtype == out.dtype
+    qs, ks = cu_q.tolist(), cu_k.tolist()
+    assert ks[-1] == k.shape[0] == v.shape[0] and qs[-1] == q.shape[0]
+    for a, b, c, e in zip(qs[:-1], qs[1:], ks[:-1], ks[1:]):
+        n, m = b - a, e - c
+        assert 0 < n <= min(m, max_q) and m <= max_k
+        mask = torch.arange(m)[None, :] <= (m - n + torch.arange(n))[:, None]
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].float().transpose(0, 1), k[c:e].float().transpose(0, 1), v[c:e].float().transpose(0, 1),
+            attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+        out[a:b] = o.transpose(0, 1).to(out.dtype)
 
 
 def random_rotation(d: int, seed: int) -> torch.Tensor:
@@ -143,6 +165,7 @@ class SimEngine:
         reference: bool = True,
         fixed_padding: int | None = None,
         move_plans: bool = False,
+        varlen: Any = None,
     ) -> None:
         """`triton` goes to the Codec (False: the PyTorch path); `reference` compares each
         step with the rule-based reference, which needs a quantizer with `roundtrip` (the
@@ -151,7 +174,8 @@ class SimEngine:
         (Triton only), decode-only steps go through the CUDA-graph form (graph.DecodeBuffers
         + compute.decode_fixed, their fills flushed at the start of the next step) as in
         vLLM, the batch padded by that many junk rows. With `move_plans` each plan goes
-        through StepPlan.to, packed as the backend sends plans to a GPU."""
+        through StepPlan.to, packed as the backend sends plans to a GPU. `varlen` is the
+        prefill attention kernel compute.attend takes (None: chunk by chunk in PyTorch)."""
         self.shape = shape
         self.G = shape.block_size
         self.num_blocks = num_blocks
@@ -175,6 +199,7 @@ class SimEngine:
         self.rng = np.random.default_rng(seed)
         self.fixed_padding = fixed_padding
         self.move_plans = move_plans
+        self.varlen = varlen
         self.buffers = DecodeBuffers(16, 8, torch.device("cpu")) if fixed_padding is not None else None
         self.fixed_steps = 0
         self.max_err = 0.0
@@ -312,7 +337,7 @@ class SimEngine:
             self.fixed_steps += 1
         else:
             tiles = update_cache(plan, self.codec, self.cache, k, v)
-            attend(plan, self.codec, self.cache, q, k, v, tiles, out, scale=scale)
+            attend(plan, self.codec, self.cache, q, k, v, tiles, out, scale=scale, varlen=self.varlen)
         self.last_out = out
         if self.codec.triton:
             shadow = torch.zeros_like(out)

@@ -149,3 +149,23 @@ def test_the_sequence_cap_follows_the_jobs_lengths() -> None:
         alloc = kvcache.allocation("k2v2", kv_cache_memory_bytes=kvcache.paged_budget(
             "k2v2", total_bytes=mib << 20, max_num_seqs=more, **shape), max_num_seqs=more, **shape)
         assert peak_blocks(lengths, more, 128, alloc.block_size) > alloc.num_blocks - 1
+
+
+def test_few_shot_prompts_share_the_examples_and_leave_them_out_of_the_questions(tmp_path: Path) -> None:
+    """--few-shot K puts the file's last K worked examples before every question (a shared
+    prefix for vLLM's prefix cache) and never asks one of them; without answers it refuses."""
+    import json
+
+    from e2e_gpu import load_prompts, preset_setup
+
+    rows = [{"question": f"q{i}?", "answer": f"a{i}"} for i in range(6)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_prompts(str(data), 3) == ["q0?", "q1?", "q2?"]
+    prompts = load_prompts(str(data), 5, few_shot=2)
+    shots = "Question: q4?\nAnswer: a4\n\nQuestion: q5?\nAnswer: a5\n\n"
+    assert prompts == [f"{shots}Question: q{i % 4}?\nAnswer:" for i in range(5)]  # 4 questions, repeated
+    data.write_text("".join(json.dumps({"question": r["question"]}) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match="answer"):
+        load_prompts(str(data), 3, few_shot=2)
+    assert preset_setup("k2v2:torch-prefill") == ("k2v2", {"KVARN_BATCHED_PREFILL": "0"}, [])

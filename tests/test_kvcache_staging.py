@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,11 +20,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from kvcache_sim import GridQuantizer, Request, Shape, SimEngine  # noqa: E402
+from kvcache_sim import GridQuantizer, Request, Shape, SimEngine, reference_varlen  # noqa: E402
 
 from kvarn_cli.kvcache.staging import StagingPool, StagingPoolExhausted, StepPlan  # noqa: E402
 
 TOL = 1e-4
+#: run a scenario with prefill chunks attended chunk by chunk in PyTorch (False) and with one
+#: variable-length kernel call per step (True; tests/kvcache_sim.reference_varlen standing in
+#: for vLLM's FlashAttention, which exists only on CUDA)
+KERNEL = pytest.mark.parametrize("kernel", [False, True], ids=["torch", "varlen"])
 
 
 def signed_permutation(d: int, seed: int) -> torch.Tensor:
@@ -36,10 +41,31 @@ def signed_permutation(d: int, seed: int) -> torch.Tensor:
     return m
 
 
-def make_engine(num_blocks: int = 64, num_slots: int = 16, *, rotation: bool = True, prefix_caching: bool = True) -> SimEngine:
+def make_engine(
+    num_blocks: int = 64, num_slots: int = 16, *, rotation: bool = True, prefix_caching: bool = True, varlen: Any = None
+) -> SimEngine:
     shape = Shape()
     rot = signed_permutation(shape.head_dim, 3) if rotation else None
-    return SimEngine(shape, num_blocks, num_slots, GridQuantizer(shape.head_dim, shape.block_size, rot), prefix_caching=prefix_caching)
+    return SimEngine(shape, num_blocks, num_slots, GridQuantizer(shape.head_dim, shape.block_size, rot),
+                     prefix_caching=prefix_caching, varlen=varlen)
+
+
+class CountingVarlen:
+    """reference_varlen, counting its calls and the chunks it attended: fresh ones (keys
+    are the queries' own tokens, one cu array for both) and continued ones."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fresh = 0
+        self.continued = 0
+
+    def __call__(self, q, k, v, out, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if cu_k is cu_q:
+            self.fresh += cu_q.numel() - 1
+        else:
+            self.continued += cu_q.numel() - 1
+        reference_varlen(q, k, v, out, cu_q, cu_k, max_q, max_k, scale)
 
 
 def tokens(seed: int, n: int) -> list[int]:
@@ -82,8 +108,9 @@ def test_reading_the_wrong_representation_is_detected() -> None:
 
 
 @pytest.mark.parametrize("rotation", [False, True])
-def test_chunked_prefill_and_decode_mixed_in_one_batch(rotation: bool) -> None:
-    eng = make_engine(rotation=rotation)
+@KERNEL
+def test_chunked_prefill_and_decode_mixed_in_one_batch(rotation: bool, kernel: bool) -> None:
+    eng = make_engine(rotation=rotation, varlen=CountingVarlen() if kernel else None)
     a, b, c = Request(0, tokens(3, 40)), Request(1, tokens(4, 30)), Request(2, tokens(5, 9))
     eng.step([(a, 7)])
     eng.step([(a, 5), (b, 3)])
@@ -96,8 +123,9 @@ def test_chunked_prefill_and_decode_mixed_in_one_batch(rotation: bool) -> None:
     assert eng.max_err < TOL
 
 
-def test_prefix_cache_hits_share_records_and_the_sink_copy() -> None:
-    eng = make_engine()
+@KERNEL
+def test_prefix_cache_hits_share_records_and_the_sink_copy(kernel: bool) -> None:
+    eng = make_engine(varlen=CountingVarlen() if kernel else None)
     prompt = tokens(6, 14)
     a = Request(0, prompt + tokens(7, 6))
     eng.step([(a, 14)])
@@ -116,8 +144,9 @@ def test_prefix_cache_hits_share_records_and_the_sink_copy() -> None:
     assert eng.max_err < TOL
 
 
-def test_a_block_filled_by_one_request_is_read_by_another_in_the_same_step() -> None:
-    eng = make_engine()
+@KERNEL
+def test_a_block_filled_by_one_request_is_read_by_another_in_the_same_step(kernel: bool) -> None:
+    eng = make_engine(varlen=CountingVarlen() if kernel else None)
     prompt = tokens(9, 13)
     a = Request(0, prompt + [1, 2, 3])
     b = Request(1, prompt + [4, 5, 6, 7, 8])
@@ -129,9 +158,10 @@ def test_a_block_filled_by_one_request_is_read_by_another_in_the_same_step() -> 
     assert eng.max_err < TOL
 
 
-def test_preemption_with_recompute_and_with_prefix_hits() -> None:
+@KERNEL
+def test_preemption_with_recompute_and_with_prefix_hits(kernel: bool) -> None:
     for prefix_caching in (False, True):
-        eng = make_engine(prefix_caching=prefix_caching)
+        eng = make_engine(prefix_caching=prefix_caching, varlen=CountingVarlen() if kernel else None)
         a, b = Request(0, tokens(10, 30)), Request(1, tokens(11, 30))
         eng.step([(a, 10), (b, 6)])
         for _ in range(5):
@@ -148,8 +178,9 @@ def test_preemption_with_recompute_and_with_prefix_hits() -> None:
 
 
 @pytest.mark.parametrize("resume_tokens", [1, 2])
-def test_small_pool_spills_paused_tails_and_brings_them_back(resume_tokens: int) -> None:
-    eng = make_engine(num_slots=4)
+@KERNEL
+def test_small_pool_spills_paused_tails_and_brings_them_back(resume_tokens: int, kernel: bool) -> None:
+    eng = make_engine(num_slots=4, varlen=CountingVarlen() if kernel else None)
     reqs = [Request(i, tokens(20 + i, 40)) for i in range(5)]
     eng.step([(reqs[0], 5), (reqs[1], 5)])  # 2 sinks, 2 tails: the pool is full
     eng.step([(reqs[0], 1), (reqs[1], 1)])  # tails hold 2 of 4 tokens
@@ -366,21 +397,86 @@ def test_batched_fresh_attention_matches_chunk_by_chunk() -> None:
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(10, h, 8, generator=gen).to(torch.bfloat16) for h in (4, 2, 2))
 
-    def reference(qf, kf, vf, out, cu, max_len, scale):  # type: ignore[no-untyped-def]
-        assert max_len == int((cu[1:] - cu[:-1]).max())
+    def reference(qf, kf, vf, out, cu, cu_k, max_len, max_k, scale):  # type: ignore[no-untyped-def]
+        assert max_len == max_k == int((cu[1:] - cu[:-1]).max()) and cu_k is cu
         for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
             compute._attend_fresh(a, b - a, qf, kf, vf, out, scale)
 
     batched = torch.full((10, 4, 8), 7.0, dtype=torch.bfloat16)
-    assert compute._attend_fresh_batched(plan, q, k, v, batched, 0.3, varlen=reference)
+    assert compute._attend_fresh_batched(plan, q, k, v, batched, 0.3, reference)
     single = torch.full((10, 4, 8), 7.0, dtype=torch.bfloat16)
     for g in plan.groups:
         if g.fresh_first_token >= 0:
             compute._attend_fresh(g.fresh_first_token, g.q_tokens.shape[1], q, k, v, single, 0.3)
     torch.testing.assert_close(batched, single)
     assert bool((batched[0] == 7.0).all())  # the decode row is not the fresh path's
-    # float32 (or no kernel): the caller attends chunk by chunk
-    assert not compute._attend_fresh_batched(plan, q.float(), k.float(), v.float(), batched.float(), 0.3)
+    # no kernel (a CPU tensor, or float32 on CUDA): the caller attends chunk by chunk
+    assert compute._vllm_varlen(q) is None
+    assert not compute._attend_fresh_batched(plan, q, k, v, batched, 0.3, None)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_continued_chunks_in_one_varlen_call_match_the_reference(seed: int) -> None:
+    """The random schedules (prefix hits, chunks after chunks, preemption with recompute,
+    spills and restores) with every prefill chunk attended by one variable-length kernel
+    call per step over keys packed from records, sinks, tiles and staged tails: each step's
+    output still matches the rule-based reference, and the continued chunks really took it."""
+    kernel = CountingVarlen()
+    eng = make_engine(num_blocks=48, num_slots=8, varlen=kernel)
+    assert _random_schedule(eng, seed) == 30
+    assert eng.pool.spills > 0
+    assert kernel.continued > 20 and kernel.fresh > 0
+    assert eng.max_err < TOL
+
+
+def test_continued_chunks_read_each_shared_record_once() -> None:
+    """Two chunks after the same cached prefix dequantize its blocks once per layer; each
+    chunk's packed keys start with them, its staged tail tokens and its own tokens follow."""
+    kernel = CountingVarlen()
+    eng = make_engine(varlen=kernel)
+    G = eng.G
+    prompt = tokens(20, 3 * G + 2)
+    a = Request(0, prompt + tokens(21, 8))
+    eng.step([(a, 3 * G + 2)])
+    eng.step([(a, 1)])
+    cached = list(a.blocks[:3])
+    eng.release(a)  # its three full blocks stay cached
+    b, c = Request(1, prompt + tokens(22, 9)), Request(2, prompt + tokens(23, 9))
+    plan = eng.step([(b, 3), (c, 5)])  # both hit blocks 0..2, then compute 3 and 5 tokens
+    assert plan is not None and b.num_computed == 3 * G + 3 and c.num_computed == 3 * G + 5
+    assert plan.cont_cu_q.tolist() == [0, 3, 8] and plan.cont_cu_k.tolist() == [0, 3 * G + 3, 6 * G + 8]
+    assert plan.cont_num_keys == 6 * G + 8 and plan.cont_max_q == 5 and plan.cont_max_k == 3 * G + 5
+    # block 0 from the sink a left behind; blocks 1 and 2 from records, dequantized once for both
+    assert plan.cont_sink_dest.tolist() == [0, 3 * G + 3]
+    assert plan.cont_rec_unique.tolist() == sorted(cached[1:]) and plan.cont_rec_src.numel() == 4
+    assert plan.cont_rec_dest.tolist() == [G, 2 * G, 4 * G + 3, 5 * G + 3]
+    assert plan.cont_new_dest.tolist() == [3 * G + i for i in range(3)] + [6 * G + 3 + i for i in range(5)]
+    assert plan.cont_staged_slot.numel() == 0  # the hits end on a block boundary
+    # b fills its block 3 (a flush tile) and goes on; c continues inside its block 4, whose
+    # first token was staged last step and is read from c's tail slot
+    plan = eng.step([(b, 4), (c, 2)])
+    assert plan is not None
+    assert plan.cont_cu_k.tolist() == [0, 3 * G + 7, 6 * G + 14]
+    assert plan.cont_tile_dest.tolist() == [3 * G]
+    assert plan.cont_staged_dest.tolist() == [(3 * G + 7) + 4 * G] and plan.cont_staged_offset.tolist() == [0]
+    assert kernel.calls == 3  # a's fresh prefill, then one call for each step of continued chunks
+    assert eng.max_err < TOL
+
+
+def test_continued_chunks_keep_the_pytorch_path_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KVARN_BATCHED_PREFILL=0 sends continued chunks through the PyTorch path even with a
+    kernel at hand (for comparisons inside one engine); fresh chunks still use the kernel."""
+    from kvarn_cli.kvcache import compute
+
+    monkeypatch.setenv(compute.ENV_BATCHED_PREFILL, "0")
+    kernel = CountingVarlen()
+    eng = make_engine(varlen=kernel)
+    a = Request(0, tokens(30, 40))
+    eng.step([(a, 10)])
+    eng.step([(a, 10)])
+    eng.step([(a, 10)])
+    assert kernel.calls == kernel.fresh == 1 and kernel.continued == 0
+    assert eng.max_err < TOL
 
 
 def test_cuda_graph_padding_rows_are_not_planned() -> None:

@@ -255,3 +255,56 @@ def test_vllm_varlen_attention_matches_chunk_by_chunk_sdpa_on_cuda() -> None:
     assert 0 not in fresh.tolist()  # a one-token first chunk is a decode row, not the fresh path's
     assert fresh.numel() == T - 1
     torch.testing.assert_close(batched[fresh.cuda()].float(), single[fresh.cuda()].float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM's FlashAttention needs CUDA")
+def test_continued_chunks_in_vllm_flash_attention_match_the_float32_path_on_cuda() -> None:
+    """Prefill chunks after a chunk, after a prefix-cache hit (sink slot + shared record) and
+    inside a partly staged block, next to a decode row, attended in one FlashAttention call
+    over keys packed in bf16, agree with the float32 chunk-by-chunk path on the same cache."""
+    from kvarn_cli import vllm_compat
+    from kvarn_cli.kvcache.compute import LayerCache, attend, update_cache
+    from kvarn_cli.kvcache.staging import StagingPool
+
+    varlen = vllm_compat.varlen_flash_attention()
+    assert varlen is not None, vllm_compat.varlen_flash_attention_missing()
+    dev, G, H, Hq, D = torch.device("cuda"), 64, 3, 9, 64
+    qz = make_quantizer("k2v2", head_dim=D, block_size=G)
+    codec = Codec(qz, dev)
+    assert codec.triton
+    cache = LayerCache(
+        records=torch.zeros(40, H, qz.record_bytes, dtype=torch.uint8, device=dev),
+        slot_k=torch.zeros(16, H, G, D, dtype=torch.bfloat16, device=dev),
+        slot_v=torch.zeros(16, H, G, D, dtype=torch.bfloat16, device=dev),
+    )
+    pool = StagingPool(16, G, kernel_decodes=True)
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def step(q_lens: list[int], seq_lens: list[int], table: list[list[int]], kernel: bool | None) -> tuple:
+        qsl = np.concatenate([[0], np.cumsum(q_lens)])
+        T = int(qsl[-1])
+        plan = pool.plan(qsl, np.array(seq_lens), np.array(table), T).to(dev)
+        q = torch.randn(T, Hq, D, generator=gen, device=dev).to(torch.bfloat16)
+        k, v = (torch.randn(T, H, D, generator=gen, device=dev).mul(2).to(torch.bfloat16) for _ in range(2))
+        tiles = update_cache(plan, codec, cache, k, v)
+        outs = []
+        for batched in ([True, False] if kernel is None else [kernel]):
+            codec.batched_prefill = batched
+            out = torch.zeros(T, Hq, D, dtype=torch.bfloat16, device=dev)
+            attend(plan, codec, cache, q, k, v, tiles, out, 0.125)
+            outs.append(out)
+        return plan, outs
+
+    table = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 0, 0]]
+    step([150, 200, 90], [150, 200, 90], table, kernel=True)  # three fresh prompts
+    # 0: 100 more tokens (fills block 2 from a staged prefix); 1: 37 tokens inside its partly
+    # staged block 3; 2: one decode token; 3: a new request hitting 0's blocks 1-2 (its sink
+    # and a record), then 50 tokens of its own
+    table.append([1, 2, 14, 0, 0])
+    plan, (fa, ref) = step([100, 37, 1, 50], [250, 237, 91, 178], table, kernel=None)
+    assert plan.cont_cu_q.tolist() == [0, 100, 137, 187]
+    assert plan.cont_staged_slot.numel() == 8 and plan.cont_sink_slot.numel() == 3 and plan.cont_tile_index.numel() == 1
+    rows = plan.cont_index
+    err = (fa[rows].float() - ref[rows].float()).norm(dim=-1) / ref[rows].float().norm(dim=-1)
+    assert float(err.max()) < 3e-2, err.max()
+    torch.testing.assert_close(fa[137], ref[137])  # the decode row is the kernel's either way

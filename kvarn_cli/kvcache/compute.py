@@ -13,9 +13,9 @@ On CUDA (or with KVARN_FORCE_TRITON=1, which runs them in Triton's interpreter w
 TRITON_INTERPRET=1) the two hot paths use the Triton kernels of kvarn_cli.kernels: flushes
 and spills quantize straight into the paged records (triton_flush.flush_tiles), and decode
 groups attend with triton_decode.decode_attention over records + sink/tail slots. Prefill
-chunks that start their sequence take vLLM's variable-length FlashAttention (one call per
-layer); other prefill chunks, flush prefixes read back from a record and restores stay in
-PyTorch.
+chunks take vLLM's variable-length FlashAttention, one call per layer for the chunks that
+start their sequence and one for those that continue one (their keys dequantized and packed
+in 16-bit first); flush prefixes read back from a record and restores stay in PyTorch.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ ENV_FLUSH_VARIANT = "KVARN_FLUSH_VARIANT"
 #: splits as they ask (faster; the float rounding varies from run to run, see
 #: kernels/cuda_decode.split).
 ENV_DETERMINISTIC_DECODE = "KVARN_DETERMINISTIC_DECODE"
+
+#: 0: prefill chunks that continue a sequence attend chunk by chunk in PyTorch even where
+#: vLLM's FlashAttention could take them all at once (to compare the two inside one engine).
+ENV_BATCHED_PREFILL = "KVARN_BATCHED_PREFILL"
 
 #: Longer prefill chunks are attended in slices of this many queries (bounds the score memory).
 QUERY_CHUNK = 1024
@@ -121,6 +125,7 @@ class Codec:
             self.decode_kernel_args["variant"] = os.environ[ENV_DECODE_VARIANT]
         if os.environ.get(ENV_DETERMINISTIC_DECODE, "0") not in ("", "0"):
             self.decode_kernel_args["deterministic"] = True
+        self.batched_prefill = os.environ.get(ENV_BATCHED_PREFILL, "1") != "0"
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.rotation is None else x @ self.rotation
@@ -293,11 +298,21 @@ def attend(
     tiles: tuple[torch.Tensor, torch.Tensor],
     output: torch.Tensor,
     scale: float,
+    varlen: Any = None,
 ) -> None:
-    """Causal attention of the step's queries [T, Hq, D] into `output` [T, Hq, D]."""
+    """Causal attention of the step's queries [T, Hq, D] into `output` [T, Hq, D].
+
+    `varlen` is the variable-length attention kernel for prefill chunks (the signature of
+    vllm_compat.varlen_flash_attention); None takes vLLM's FlashAttention where it runs (CUDA,
+    16-bit), else the chunks are attended one by one in PyTorch.
+    """
     T = plan.num_tokens
     rotated: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    fresh_done = _attend_fresh_batched(plan, query, key, value, output, scale)
+    if varlen is None:
+        varlen = _vllm_varlen(query)
+    fresh_done = _attend_fresh_batched(plan, query, key, value, output, scale, varlen)
+    continued_done = codec.batched_prefill and _attend_continued_batched(
+        plan, codec, cache, query, key, value, tiles, output, scale, varlen)
     for group in plan.groups:
         if codec.triton and group.q_tokens.shape[1] == 1:
             _decode_group_triton(group, codec, cache, query, output, scale)
@@ -308,6 +323,8 @@ def attend(
         if group.fresh_first_token >= 0:
             if not fresh_done:
                 _attend_fresh(group.fresh_first_token, group.q_tokens.shape[1], query, key, value, output, scale)
+            continue
+        if continued_done and group.q_tokens.shape[1] > 1:
             continue
         if rotated is None:  # a pure-decode step on the Triton path never needs these
             rotated = (codec.rotate(query[:T].float()), codec.rotate(key[:T].float()), codec.rotate(value[:T].float()))
@@ -347,29 +364,80 @@ def _decode_group_triton(
         output[tokens] = out.to(output.dtype)
 
 
+def _vllm_varlen(query: torch.Tensor) -> Any:
+    """vLLM's variable-length FlashAttention where it can attend `query` (CUDA, 16-bit), else None."""
+    if query.device.type != "cuda" or query.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    from kvarn_cli import vllm_compat
+
+    return vllm_compat.varlen_flash_attention()
+
+
 def _attend_fresh_batched(
     plan: StepPlan, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output: torch.Tensor, scale: float,
-    varlen: Any = None,
+    varlen: Any,
 ) -> bool:
-    """All of the step's sequence-starting prefill chunks in one variable-length
-    FlashAttention call (vLLM's, on CUDA in 16-bit, as vLLM's own backend attends them),
-    instead of a handful of PyTorch ops per chunk and layer. False where that kernel is not
-    available (CPU, float32 models): the caller then attends chunk by chunk. `varlen`
-    replaces vLLM's kernel (tests)."""
-    if plan.fresh_index.numel() == 0 or query.dtype not in (torch.float16, torch.bfloat16):
+    """All of the step's sequence-starting prefill chunks in one variable-length attention
+    call (vLLM's FlashAttention on CUDA in 16-bit, as vLLM's own backend attends them),
+    instead of a handful of PyTorch ops per chunk and layer. False without a kernel (CPU,
+    float32 models): the caller then attends chunk by chunk."""
+    if plan.fresh_index.numel() == 0 or varlen is None:
         return False
-    if varlen is None:
-        if query.device.type != "cuda":
-            return False
-        from kvarn_cli import vllm_compat
-
-        varlen = vllm_compat.varlen_flash_attention()
-        if varlen is None:
-            return False
     idx = plan.fresh_index
-    out = torch.empty((idx.numel(), *output.shape[1:]), dtype=output.dtype, device=output.device)
-    varlen(query[idx], key[idx], value[idx], out, plan.fresh_cu, plan.fresh_max_len, scale)
-    output[idx] = out
+    out = torch.empty((idx.numel(), *output.shape[1:]), dtype=query.dtype, device=output.device)
+    varlen(query[idx], key[idx], value[idx], out, plan.fresh_cu, plan.fresh_cu, plan.fresh_max_len,
+           plan.fresh_max_len, scale)
+    output[idx] = out.to(output.dtype)
+    return True
+
+
+def _attend_continued_batched(
+    plan: StepPlan, codec: Codec, cache: LayerCache, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    tiles: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor, scale: float, varlen: Any,
+) -> bool:
+    """All of the step's prefill chunks that continue a sequence (after a prefix-cache hit,
+    a preemption's recompute, or an earlier chunk) in one variable-length attention call.
+
+    Their keys are packed in the query's dtype, in the rotated domain (records dequantize
+    straight into it; slots and tiles hold it): record blocks (each dequantized once per
+    layer, however many chunks share it), sink slots, flush tiles, staged tail tokens, then
+    the chunks' own tokens (plan.cont_*, staging._pack_continued). The kernel masks causally
+    from the end of each chunk's keys. The PyTorch path instead pads every chunk to whole
+    blocks and attends in float32 with an explicit mask, a few dozen launches per chunk and
+    layer (0.1-0.2 s steps where preempted sequences came back, docs/BENCHMARKS.md run 127).
+    False without a kernel: the caller then attends chunk by chunk.
+    """
+    if plan.cont_index.numel() == 0 or varlen is None:
+        return False
+    heads, G, d = cache.slot_k.shape[1], cache.slot_k.shape[2], cache.slot_k.shape[3]
+    dtype, dev = query.dtype, query.device
+    packed_k = torch.empty(plan.cont_num_keys, heads, d, dtype=dtype, device=dev)
+    packed_v = torch.empty_like(packed_k)
+
+    def put_blocks(dest: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Blocks k, v [n, heads, G, D] at packed rows dest[j] .. dest[j] + G - 1."""
+        rows = (dest[:, None] + torch.arange(G, device=dev)).reshape(-1)
+        packed_k[rows] = k.transpose(1, 2).reshape(-1, heads, d).to(dtype)
+        packed_v[rows] = v.transpose(1, 2).reshape(-1, heads, d).to(dtype)
+
+    if plan.cont_rec_unique.numel():
+        hk, hv = codec.decode(cache.records[plan.cont_rec_unique], rotated=True)
+        put_blocks(plan.cont_rec_dest, hk[plan.cont_rec_src], hv[plan.cont_rec_src])
+    if plan.cont_sink_slot.numel():
+        put_blocks(plan.cont_sink_dest, cache.slot_k[plan.cont_sink_slot], cache.slot_v[plan.cont_sink_slot])
+    if plan.cont_tile_index.numel():
+        put_blocks(plan.cont_tile_dest, tiles[0][plan.cont_tile_index], tiles[1][plan.cont_tile_index])
+    if plan.cont_staged_slot.numel():
+        packed_k[plan.cont_staged_dest] = cache.slot_k[plan.cont_staged_slot, :, plan.cont_staged_offset].to(dtype)
+        packed_v[plan.cont_staged_dest] = cache.slot_v[plan.cont_staged_slot, :, plan.cont_staged_offset].to(dtype)
+    new = plan.cont_new_token
+    packed_k[plan.cont_new_dest] = codec.rotate(key[new].float()).to(dtype)
+    packed_v[plan.cont_new_dest] = codec.rotate(value[new].float()).to(dtype)
+    idx = plan.cont_index
+    q = codec.rotate(query[idx].float()).to(dtype)
+    out = torch.empty_like(q)
+    varlen(q, packed_k, packed_v, out, plan.cont_cu_q, plan.cont_cu_k, plan.cont_max_q, plan.cont_max_k, scale)
+    output[idx] = codec.unrotate(out.float()).to(output.dtype)
     return True
 
 

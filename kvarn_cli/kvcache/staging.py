@@ -158,6 +158,34 @@ class StepPlan:
     fresh_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     fresh_cu: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int32))
     fresh_max_len: int = 0
+    #: prefill chunks that continue a sequence (the other groups with more than one query),
+    #: for one batched attention call over their keys packed in 16-bit: chunk i's queries are
+    #: cont_index[cont_cu_q[i]:cont_cu_q[i+1]] and its keys (positions 0 .. ctx + q_len - 1)
+    #: packed rows cont_cu_k[i]:cont_cu_k[i+1] (see `_pack_continued` for where each comes from)
+    cont_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_cu_q: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int32))
+    cont_cu_k: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int32))
+    cont_max_q: int = 0
+    cont_max_k: int = 0
+    #: packed key rows in all (= cont_cu_k[-1], kept on the host)
+    cont_num_keys: int = 0
+    #: record blocks to dequantize (each once, however many chunks share it); copy j puts
+    #: block cont_rec_unique[cont_rec_src[j]] at packed rows cont_rec_dest[j] .. + G - 1
+    cont_rec_unique: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_rec_src: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_rec_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    #: whole blocks from 16-bit sink slots, and from this step's flush tiles: source, first packed row
+    cont_sink_slot: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_sink_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_tile_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_tile_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    #: single tokens staged in a tail slot before this step: slot, offset, packed row
+    cont_staged_slot: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_staged_offset: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_staged_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    #: the chunks' own tokens: step token index, packed row
+    cont_new_token: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_new_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
     def __post_init__(self) -> None:
         if self.slot_token is not None:
@@ -202,6 +230,58 @@ class StepPlan:
         values = [{n: next(moved) for n in ns} for ns in names]
         groups = [replace(g, **v) for g, v in zip(self.groups, values[1:])]
         return replace(self, groups=groups, **values[0])
+
+
+def _pack_continued(plan: StepPlan, groups: list[AttentionGroup], G: int) -> None:
+    """Fill plan.cont_*: where each key of the continued prefill chunks `groups` (one row
+    each, host tensors) comes from, as packed rows of one [keys, heads, D] array.
+
+    A chunk of q tokens after ctx cached ones has keys 0 .. ctx + q - 1: the blocks full before
+    the step from their records (block 0 from its sink slot while that is resident), the
+    blocks this step fills from their flush tiles, the tokens staged before the step in the
+    partial block after it from its tail slot, and the chunk's own tokens last (they overlay
+    the tiles' and the tail's copies of themselves). The same sources `_group` lists for the
+    PyTorch path, at the positions it assembles them.
+    """
+    q_lens = np.array([g.q_tokens.shape[1] for g in groups], dtype=np.int64)
+    ctx = np.array([int(g.ctx[0]) for g in groups], dtype=np.int64)
+    k_lens = ctx + q_lens
+    base = np.concatenate([[0], np.cumsum(k_lens)])
+    rec_block, rec_dest, sink_slot, sink_dest, tile_index, tile_dest = [], [], [], [], [], []
+    staged_slot, staged_offset, staged_dest, new_token, new_dest = [], [], [], [], []
+    for i, g in enumerate(groups):
+        b = int(base[i])
+        rec_block.append(g.hist_block.numpy())
+        rec_dest.append(b + g.hist_pos.numpy() * G)
+        sink_slot.append(g.sink_slot.numpy())
+        sink_dest.append(np.full(g.sink_slot.shape[0], b, dtype=np.int64))
+        tile_index.append(g.tile_index.numpy())
+        tile_dest.append(b + g.tile_pos.numpy() * G)
+        if g.tail_slot.numel():
+            start = int(g.tail_pos[0]) * G
+            old = np.arange(start, int(ctx[i]), dtype=np.int64)  # staged before the step
+            staged_slot.append(np.full(old.shape[0], int(g.tail_slot[0]), dtype=np.int64))
+            staged_offset.append(old - start)
+            staged_dest.append(b + old)
+        new_token.append(g.new_token.numpy())
+        new_dest.append(b + g.new_pos.numpy())
+
+    def cat(parts: list[np.ndarray]) -> torch.Tensor:
+        return _long(np.concatenate(parts) if parts else np.empty(0, dtype=np.int64))
+
+    blocks = np.concatenate(rec_block)
+    unique, inverse = np.unique(blocks, return_inverse=True)
+    plan.cont_index = torch.cat([g.q_tokens[0] for g in groups])
+    plan.cont_cu_q = torch.from_numpy(np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32))
+    plan.cont_cu_k = torch.from_numpy(base.astype(np.int32))
+    plan.cont_max_q, plan.cont_max_k, plan.cont_num_keys = int(q_lens.max()), int(k_lens.max()), int(base[-1])
+    plan.cont_rec_unique, plan.cont_rec_src = _long(unique), _long(inverse.reshape(-1))
+    plan.cont_rec_dest = cat(rec_dest)
+    plan.cont_sink_slot, plan.cont_sink_dest = cat(sink_slot), cat(sink_dest)
+    plan.cont_tile_index, plan.cont_tile_dest = cat(tile_index), cat(tile_dest)
+    plan.cont_staged_slot, plan.cont_staged_offset = cat(staged_slot), cat(staged_offset)
+    plan.cont_staged_dest = cat(staged_dest)
+    plan.cont_new_token, plan.cont_new_dest = cat(new_token), cat(new_dest)
 
 
 #: bytes each packed tensor starts on. Triton compiles a kernel again for each pointer argument
@@ -519,6 +599,9 @@ class StagingPool:
             plan.fresh_index = torch.from_numpy(np.concatenate([np.arange(a, a + n) for a, n in fresh]))
             plan.fresh_cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
             plan.fresh_max_len = int(lens.max())
+        continued = [g for g in plan.groups if g.q_tokens.shape[1] > 1 and g.fresh_first_token < 0]
+        if continued:
+            _pack_continued(plan, continued, G)
 
         for slot in release_after:
             self._release(slot)
