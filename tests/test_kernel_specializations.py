@@ -23,7 +23,7 @@ pytest.importorskip("triton")
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from kvcache_sim import Request, SimEngine  # noqa: E402
+from kvcache_sim import Request, SimEngine, reference_varlen  # noqa: E402
 from test_kvcache_triton import SHAPE, mixed_schedule, tokens  # noqa: E402
 from triton_launches import aligned, differing, recording  # noqa: E402
 
@@ -61,7 +61,7 @@ def _engine(fixed_padding: int | None = None) -> SimEngine:
         pytest.skip("the simulated engine runs the kernels on CPU tensors: needs TRITON_INTERPRET=1")
     qz = make_quantizer("k2v2", head_dim=SHAPE.head_dim, block_size=SHAPE.block_size)
     return SimEngine(SHAPE, num_blocks=24, num_slots=8, quantizer=qz, triton=True, reference=False,
-                     fixed_padding=fixed_padding, move_plans=True)
+                     fixed_padding=fixed_padding, move_plans=True, varlen=reference_varlen)
 
 
 def _warm_keys(eng: SimEngine) -> dict[str, set[tuple]]:
@@ -73,7 +73,7 @@ def _warm_keys(eng: SimEngine) -> dict[str, set[tuple]]:
         slot_v=torch.zeros(WARM_SLOTS, *c.slot_v.shape[1:], dtype=c.slot_v.dtype),
     )
     with recording() as warm:
-        warm_eager_steps(eng.codec, scratch, SHAPE.q_heads, c.slot_k.dtype)
+        warm_eager_steps(eng.codec, scratch, SHAPE.q_heads, c.slot_k.dtype, varlen=reference_varlen)
     return warm
 
 
@@ -89,7 +89,7 @@ def _varied_schedule() -> tuple[list[Request], list[list[tuple[Request, int]]]]:
     d, e, f = more
     steps += [[(a, 1), (b, 1), (c, 1), (d, 17)], [(a, 1), (d, 1), (e, 2 * G + 5)], [(d, 1), (e, 1), (f, 16)]]
     steps += [[(a, 1), (b, 1), (c, 1), (d, 1), (e, 1), (f, 1)] for _ in range(3)]
-    steps += [[(f, 1)], [(f, 3 * G)], [(e, 1), (f, 1)]]
+    steps += [[(f, 1)], [(f, 3 * G)], [(e, 1), (f, 1)], [(e, 1), (f, 40)]]  # f's last chunk reads records
     return [a, b, c, *more], steps
 
 
@@ -98,13 +98,14 @@ def test_a_varied_job_launches_only_what_the_engine_start_warmed() -> None:
     with the specializations warm_eager_steps launched at start: no compile mid-job."""
     eng = _engine()
     warm = _warm_keys(eng)
-    assert {"_flush_kernel", "_stage_kernel", "_reduce_kernel"} <= set(warm), sorted(warm)
+    assert {"_flush_kernel", "_stage_kernel", "_reduce_kernel", "_dequant_rows_kernel"} <= set(warm), sorted(warm)
     assert any(name.startswith("_split_kernel") for name in warm), sorted(warm)
     _, steps = _varied_schedule()
     with recording() as job:
         for step in steps:
             eng.step(step)
     assert eng.shadow_err < 1e-2, eng.shadow_err
+    assert "_dequant_rows_kernel" in job  # continued chunks over records ran
     for name, keys in job.items():
         new = keys - warm.get(name, set())
         assert not new, (name, differing(keys | warm.get(name, set())))

@@ -449,6 +449,8 @@ def test_continued_chunks_read_each_shared_record_once() -> None:
     # block 0 from the sink a left behind; blocks 1 and 2 from records, dequantized once for both
     assert plan.cont_sink_dest.tolist() == [0, 3 * G + 3]
     assert plan.cont_rec_unique.tolist() == sorted(cached[1:]) and plan.cont_rec_src.numel() == 4
+    assert plan.cont_rec_block.tolist() == cached[1:] * 2
+    assert plan.cont_rec_unique[plan.cont_rec_src].tolist() == plan.cont_rec_block.tolist()
     assert plan.cont_rec_dest.tolist() == [G, 2 * G, 4 * G + 3, 5 * G + 3]
     assert plan.cont_new_dest.tolist() == [3 * G + i for i in range(3)] + [6 * G + 3 + i for i in range(5)]
     assert plan.cont_staged_slot.numel() == 0  # the hits end on a block boundary

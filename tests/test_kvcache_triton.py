@@ -247,7 +247,7 @@ def test_vllm_varlen_attention_matches_chunk_by_chunk_sdpa_on_cuda() -> None:
     T = int(qsl[-1])
     q, k, v = (torch.randn(T, h, 64, device="cuda", generator=gen).to(torch.bfloat16) for h in (9, 3, 3))
     batched = torch.zeros(T, 9, 64, device="cuda", dtype=torch.bfloat16)
-    assert compute._attend_fresh_batched(plan, q, k, v, batched, 0.125)
+    assert compute._attend_fresh_batched(plan, q, k, v, batched, 0.125, varlen)
     single = torch.zeros_like(batched)
     for a, n in zip(qsl[:-1].tolist(), lens):
         compute._attend_fresh(a, n, q, k, v, single, 0.125)
@@ -257,21 +257,29 @@ def test_vllm_varlen_attention_matches_chunk_by_chunk_sdpa_on_cuda() -> None:
     torch.testing.assert_close(batched[fresh.cuda()].float(), single[fresh.cuda()].float(), rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM's FlashAttention needs CUDA")
-def test_continued_chunks_in_vllm_flash_attention_match_the_float32_path_on_cuda() -> None:
+def test_continued_chunks_in_one_varlen_call_match_the_float32_path_on_the_triton_path() -> None:
     """Prefill chunks after a chunk, after a prefix-cache hit (sink slot + shared record) and
-    inside a partly staged block, next to a decode row, attended in one FlashAttention call
-    over keys packed in bf16, agree with the float32 chunk-by-chunk path on the same cache."""
+    inside a partly staged block, next to a decode row, attended in one variable-length call
+    over keys packed in bf16 (records laid down by kernels.triton_dequant), agree with the
+    float32 chunk-by-chunk path on the same cache. On CUDA the call is vLLM's FlashAttention;
+    without CUDA, the kernels run in Triton's interpreter and tests/kvcache_sim.reference_varlen
+    stands in for FlashAttention."""
+    from kvcache_sim import reference_varlen
+
     from kvarn_cli import vllm_compat
     from kvarn_cli.kvcache.compute import LayerCache, attend, update_cache
     from kvarn_cli.kvcache.staging import StagingPool
 
-    varlen = vllm_compat.varlen_flash_attention()
-    assert varlen is not None, vllm_compat.varlen_flash_attention_missing()
-    dev, G, H, Hq, D = torch.device("cuda"), 64, 3, 9, 64
+    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        dev, varlen = torch.device("cuda"), vllm_compat.varlen_flash_attention()
+        assert varlen is not None, vllm_compat.varlen_flash_attention_missing()
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        dev, varlen = torch.device("cpu"), reference_varlen
+    else:
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    G, H, Hq, D = 64, 3, 9, 64
     qz = make_quantizer("k2v2", head_dim=D, block_size=G)
-    codec = Codec(qz, dev)
-    assert codec.triton
+    codec = Codec(qz, dev, triton=True)
     cache = LayerCache(
         records=torch.zeros(40, H, qz.record_bytes, dtype=torch.uint8, device=dev),
         slot_k=torch.zeros(16, H, G, D, dtype=torch.bfloat16, device=dev),
@@ -291,7 +299,7 @@ def test_continued_chunks_in_vllm_flash_attention_match_the_float32_path_on_cuda
         for batched in ([True, False] if kernel is None else [kernel]):
             codec.batched_prefill = batched
             out = torch.zeros(T, Hq, D, dtype=torch.bfloat16, device=dev)
-            attend(plan, codec, cache, q, k, v, tiles, out, 0.125)
+            attend(plan, codec, cache, q, k, v, tiles, out, 0.125, varlen=varlen)
             outs.append(out)
         return plan, outs
 

@@ -399,9 +399,10 @@ def _attend_continued_batched(
     a preemption's recompute, or an earlier chunk) in one variable-length attention call.
 
     Their keys are packed in the query's dtype, in the rotated domain (records dequantize
-    straight into it; slots and tiles hold it): record blocks (each dequantized once per
-    layer, however many chunks share it), sink slots, flush tiles, staged tail tokens, then
-    the chunks' own tokens (plan.cont_*, staging._pack_continued). The kernel masks causally
+    straight into it; slots and tiles hold it): record blocks (on the Triton path one launch
+    of kernels.triton_dequant for all of them; in PyTorch each block once, however many chunks
+    share it), sink slots, flush tiles, staged tail tokens, then the chunks' own tokens
+    (plan.cont_*, staging._pack_continued). The kernel masks causally
     from the end of each chunk's keys. The PyTorch path instead pads every chunk to whole
     blocks and attends in float32 with an explicit mask, a few dozen launches per chunk and
     layer (0.1-0.2 s steps where preempted sequences came back, docs/BENCHMARKS.md run 127).
@@ -420,7 +421,11 @@ def _attend_continued_batched(
         packed_k[rows] = k.transpose(1, 2).reshape(-1, heads, d).to(dtype)
         packed_v[rows] = v.transpose(1, 2).reshape(-1, heads, d).to(dtype)
 
-    if plan.cont_rec_unique.numel():
+    if plan.cont_rec_block.numel() and codec.triton:
+        from kvarn_cli.kernels.triton_dequant import dequantize_rows
+
+        dequantize_rows(codec.q, cache.records, plan.cont_rec_block, plan.cont_rec_dest, packed_k, packed_v)
+    elif plan.cont_rec_block.numel():
         hk, hv = codec.decode(cache.records[plan.cont_rec_unique], rotated=True)
         put_blocks(plan.cont_rec_dest, hk[plan.cont_rec_src], hv[plan.cont_rec_src])
     if plan.cont_sink_slot.numel():

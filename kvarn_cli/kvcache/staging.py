@@ -169,8 +169,10 @@ class StepPlan:
     cont_max_k: int = 0
     #: packed key rows in all (= cont_cu_k[-1], kept on the host)
     cont_num_keys: int = 0
-    #: record blocks to dequantize (each once, however many chunks share it); copy j puts
-    #: block cont_rec_unique[cont_rec_src[j]] at packed rows cont_rec_dest[j] .. + G - 1
+    #: record blocks: copy j puts block cont_rec_block[j] at packed rows cont_rec_dest[j] .. + G - 1;
+    #: the PyTorch dequantization takes each block once (cont_rec_unique[cont_rec_src[j]]
+    #: is cont_rec_block[j]), the Triton kernel reads every copy's record itself
+    cont_rec_block: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     cont_rec_unique: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     cont_rec_src: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     cont_rec_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
@@ -275,6 +277,7 @@ def _pack_continued(plan: StepPlan, groups: list[AttentionGroup], G: int) -> Non
     plan.cont_cu_q = torch.from_numpy(np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32))
     plan.cont_cu_k = torch.from_numpy(base.astype(np.int32))
     plan.cont_max_q, plan.cont_max_k, plan.cont_num_keys = int(q_lens.max()), int(k_lens.max()), int(base[-1])
+    plan.cont_rec_block = _long(blocks)
     plan.cont_rec_unique, plan.cont_rec_src = _long(unique), _long(inverse.reshape(-1))
     plan.cont_rec_dest = cat(rec_dest)
     plan.cont_sink_slot, plan.cont_sink_dest = cat(sink_slot), cat(sink_dest)

@@ -22,6 +22,8 @@ warm-up did not.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -33,7 +35,7 @@ WARM_BLOCKS = 5
 WARM_SLOTS = 4
 
 
-def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch.dtype) -> None:
+def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch.dtype, varlen: Any = None) -> None:
     """Run two eager steps of the Triton path on `cache` (scratch: WARM_BLOCKS records and
     WARM_SLOTS slots, laid out as a layer's, which it overwrites), as the builder and a layer
     run them, plans moved to the device and all:
@@ -42,6 +44,9 @@ def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch
        sink copies and the staging of their partial tiles;
     2. one decode token each: decode attention over a record and the 16-bit slots, and the
        slot flush of the block the second one fills;
+    2b. two more tokens each, as continued prefill chunks: their history records laid down
+       for the variable-length attention (kernels.triton_dequant; `varlen` as compute.attend
+       takes it, None = vLLM's FlashAttention where it runs);
     3. that flush again as the builder runs it after a CUDA-graph decode step: one launch for
        every layer (compute.flush_decode_fills over triton_flush.LayerSlots; here two layers,
        the scratch twice), int32 (slot, block) pairs as graph.DecodeBuffers hands them out.
@@ -57,7 +62,8 @@ def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch
     pool = StagingPool(WARM_SLOTS, G, attention_budget_rows=UNSPLIT_DECODES, kernel_decodes=True)
     table = np.array([[0, 1, 2], [3, 4, -1]], dtype=np.int32)
     gen = torch.Generator(device=device).manual_seed(0)
-    for query_lens, seq_lens in (([2 * G + 1, 2 * G - 1], [2 * G + 1, 2 * G - 1]), ([1, 1], [2 * G + 2, 2 * G])):
+    steps = (([2 * G + 1, 2 * G - 1], [2 * G + 1, 2 * G - 1]), ([1, 1], [2 * G + 2, 2 * G]), ([2, 2], [2 * G + 4, 2 * G + 2]))
+    for query_lens, seq_lens in steps:
         qsl = np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32)
         tokens = int(qsl[-1])
         plan = pool.plan(qsl, np.array(seq_lens, dtype=np.int32), table, tokens).to(device)
@@ -67,7 +73,7 @@ def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch
         if plan.needs_maintenance:
             maintain(plan, codec, cache)
         tiles = update_cache(plan, codec, cache, k, v)
-        attend(plan, codec, cache, q, k, v, tiles, torch.empty_like(q), scale=d**-0.5)
+        attend(plan, codec, cache, q, k, v, tiles, torch.empty_like(q), scale=d**-0.5, varlen=varlen)
     from kvarn_cli.kernels.triton_flush import LayerSlots
 
     layers = LayerSlots([(cache.slot_k, cache.slot_v, cache.records)] * 2)
