@@ -172,6 +172,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     kwargs = engine_kwargs(preset, args)
     if args.load_format:
         kwargs["load_format"] = args.load_format
+    if args.max_cudagraph_capture_size:
+        kwargs["compilation_config"] = {"max_cudagraph_capture_size": args.max_cudagraph_capture_size}
     t0 = time.perf_counter()
     llm = LLM(model=args.model, dtype="bfloat16", seed=0, disable_log_stats=False,
               max_model_len=longest_request(args) + args.max_prompt_tokens, enforce_eager=args.enforce_eager, **kwargs)
@@ -399,7 +401,9 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
     (vllm_compat.prefer_v1_model_runner), where vLLM 0.26 would pick its V2 runner;
     "k2v2-g64:v2" runs a kvarn preset on the V2 runner; "k2v2:torch-prefill" attends prefill
     chunks that continue a sequence (prefix-cache hits, recomputes) chunk by chunk in PyTorch,
-    as kvarn did before it packed them for vLLM's FlashAttention (KVARN_BATCHED_PREFILL=0)."""
+    as kvarn did before it packed them for vLLM's FlashAttention (KVARN_BATCHED_PREFILL=0);
+    "k2v2:cap512" has vLLM capture CUDA graphs for steps of up to 512 tokens (its default is
+    twice max_num_seqs, so steps that mix a prefill into a full decode batch run eagerly)."""
     preset, _, variant = label.partition(":")
     if variant == "eager-decode":
         return preset, {"KVARN_DECODE_GRAPHS": "0"}, []
@@ -407,6 +411,8 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
         return preset, {}, ["--kv-budget-mib", variant[3:]]
     if variant in ("v1", "v2"):
         return preset, {"VLLM_USE_V2_MODEL_RUNNER": "0" if variant == "v1" else "1"}, []
+    if variant.startswith("cap") and variant[3:].isdigit():
+        return preset, {}, ["--max-cudagraph-capture-size", variant[3:]]
     if variant == "torch-prefill":
         return preset, {"KVARN_BATCHED_PREFILL": "0"}, []
     if variant.startswith("dv-"):
@@ -416,7 +422,7 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
             raise SystemExit(f"{label}: unknown decode variant {variant[3:]!r} (known: {', '.join(VARIANTS)})")
         return preset, {"KVARN_DECODE_VARIANT": variant[3:]}, []
     if variant:
-        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, dv-NAME, v1, v2, torch-prefill)")
+        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, capN, dv-NAME, v1, v2, torch-prefill)")
     return preset, {}, []
 
 
@@ -446,6 +452,8 @@ def main() -> None:
     ap.add_argument("--warmup-tokens", type=int, default=0, help="0 = --max-tokens (meets every split count)")
     ap.add_argument("--sample-every", type=int, default=8, help="read vLLM's gauges every N steps")
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--max-cudagraph-capture-size", type=int, default=0,
+                    help="vLLM's largest CUDA-graph batch in tokens (0: vLLM's default, 2 x max_num_seqs up to 512)")
     ap.add_argument("--load-format", default="",
                     help="vLLM's load_format, e.g. dummy: random weights for a model directory written by "
                          "benchmarks/dummy_model.py (throughput only)")
