@@ -20,20 +20,7 @@ import triton.language as tl
 
 from kvarn_cli.kernels.quantizers import Quantizer
 from kvarn_cli.kernels.triton_common import fp8_bits_to_f32, kernel_layout
-
-
-@triton.jit
-def _unpack_f32(packed, BITS: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
-    """Bytes [R, C * BITS / 8] -> codes [R, C] float32; code c = (8 // BITS) * i + j sits in
-    bits j * BITS of byte i (kernels.packing)."""
-    if BITS == 4:
-        c = tl.join(packed & 15, packed >> 4)
-    else:
-        c = tl.join(
-            tl.join(packed & 3, (packed >> 4) & 3),
-            tl.join((packed >> 2) & 3, (packed >> 6) & 3),
-        )
-    return tl.reshape(c, (R, C)).to(tl.float32)
+from kvarn_cli.kernels.triton_decode import _unpack
 
 
 @triton.jit
@@ -58,14 +45,14 @@ def _dequant_rows_kernel(
     d = tl.arange(0, D)
     # K[t, d] = (code * k_scale[d] * mult + k_zero[d] * mult) * k_token_scale[t] * mult
     kbytes = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + tl.arange(0, D * K_BITS // 8)[None, :])
-    kc = _unpack_f32(kbytes, K_BITS, G, D)
+    kc = _unpack(kbytes, K_BITS, G, D, tl.float32, False)
     ks = fp8_bits_to_f32(tl.load(rec + OFF_K_SCALE + d)) * tl.load(rec_f32 + OFF_K_SCALE_MULT // 4)
     kz = tl.load(rec_f16 + OFF_K_ZERO // 2 + d).to(tl.float32) * tl.load(rec_f32 + OFF_K_ZERO_MULT // 4)
     kts = fp8_bits_to_f32(tl.load(rec + OFF_K_TOKEN_SCALE + t)) * tl.load(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4)
     k = (kc * ks[None, :] + kz[None, :]) * kts[:, None]
     # V codes are stored channel-major [D, G]: V[t, d] = (code * v_scale[t] + v_zero[t]) * v_channel_scale[d]
     vbytes = tl.load(rec + OFF_V_CODES + d[:, None] * (G * V_BITS // 8) + tl.arange(0, G * V_BITS // 8)[None, :])
-    vc = tl.trans(_unpack_f32(vbytes, V_BITS, D, G))
+    vc = tl.trans(_unpack(vbytes, V_BITS, D, G, tl.float32, False))
     vs = fp8_bits_to_f32(tl.load(rec + OFF_V_SCALE + t)) * tl.load(rec_f32 + OFF_V_SCALE_MULT // 4)
     vz = tl.load(rec_f16 + OFF_V_ZERO // 2 + t).to(tl.float32) * tl.load(rec_f32 + OFF_V_ZERO_MULT // 4)
     vcs = fp8_bits_to_f32(tl.load(rec + OFF_V_CHANNEL_SCALE + d)) * tl.load(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4)

@@ -308,7 +308,7 @@ def attend(
     """
     T = plan.num_tokens
     rotated: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    if varlen is None:
+    if varlen is None and (plan.fresh_index.numel() or plan.cont_index.numel()):
         varlen = _vllm_varlen(query)
     fresh_done = _attend_fresh_batched(plan, query, key, value, output, scale, varlen)
     continued_done = codec.batched_prefill and _attend_continued_batched(

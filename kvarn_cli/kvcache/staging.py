@@ -54,6 +54,10 @@ def _long(values: list[int] | np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.int64))
 
 
+def _no_index() -> torch.Tensor:
+    return torch.empty(0, dtype=torch.int64)
+
+
 @dataclass
 class AttentionGroup:
     """Requests attended together: K/V are assembled into [rows, heads, key_len, D]."""
@@ -162,7 +166,7 @@ class StepPlan:
     #: for one batched attention call over their keys packed in 16-bit: chunk i's queries are
     #: cont_index[cont_cu_q[i]:cont_cu_q[i+1]] and its keys (positions 0 .. ctx + q_len - 1)
     #: packed rows cont_cu_k[i]:cont_cu_k[i+1] (see `_pack_continued` for where each comes from)
-    cont_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_index: torch.Tensor = field(default_factory=_no_index)
     cont_cu_q: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int32))
     cont_cu_k: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int32))
     cont_max_q: int = 0
@@ -172,22 +176,22 @@ class StepPlan:
     #: record blocks: copy j puts block cont_rec_block[j] at packed rows cont_rec_dest[j] .. + G - 1;
     #: the PyTorch dequantization takes each block once (cont_rec_unique[cont_rec_src[j]]
     #: is cont_rec_block[j]), the Triton kernel reads every copy's record itself
-    cont_rec_block: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    cont_rec_unique: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    cont_rec_src: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    cont_rec_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_rec_block: torch.Tensor = field(default_factory=_no_index)
+    cont_rec_unique: torch.Tensor = field(default_factory=_no_index)
+    cont_rec_src: torch.Tensor = field(default_factory=_no_index)
+    cont_rec_dest: torch.Tensor = field(default_factory=_no_index)
     #: whole blocks from 16-bit sink slots, and from this step's flush tiles: source, first packed row
-    cont_sink_slot: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    cont_sink_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    cont_tile_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    cont_tile_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_sink_slot: torch.Tensor = field(default_factory=_no_index)
+    cont_sink_dest: torch.Tensor = field(default_factory=_no_index)
+    cont_tile_index: torch.Tensor = field(default_factory=_no_index)
+    cont_tile_dest: torch.Tensor = field(default_factory=_no_index)
     #: single tokens staged in a tail slot before this step: slot, offset, packed row
-    cont_staged_slot: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    cont_staged_offset: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    cont_staged_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_staged_slot: torch.Tensor = field(default_factory=_no_index)
+    cont_staged_offset: torch.Tensor = field(default_factory=_no_index)
+    cont_staged_dest: torch.Tensor = field(default_factory=_no_index)
     #: the chunks' own tokens: step token index, packed row
-    cont_new_token: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    cont_new_dest: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cont_new_token: torch.Tensor = field(default_factory=_no_index)
+    cont_new_dest: torch.Tensor = field(default_factory=_no_index)
 
     def __post_init__(self) -> None:
         if self.slot_token is not None:
@@ -259,12 +263,14 @@ def _pack_continued(plan: StepPlan, groups: list[AttentionGroup], G: int) -> Non
         sink_dest.append(np.full(g.sink_slot.shape[0], b, dtype=np.int64))
         tile_index.append(g.tile_index.numpy())
         tile_dest.append(b + g.tile_pos.numpy() * G)
+        whole = G * (g.hist_block.shape[0] + g.sink_slot.shape[0] + g.tile_index.shape[0])  # keys 0 .. whole - 1
         if g.tail_slot.numel():
-            start = int(g.tail_pos[0]) * G
-            old = np.arange(start, int(ctx[i]), dtype=np.int64)  # staged before the step
+            old = np.arange(whole, int(ctx[i]), dtype=np.int64)  # staged before the step
             staged_slot.append(np.full(old.shape[0], int(g.tail_slot[0]), dtype=np.int64))
-            staged_offset.append(old - start)
+            staged_offset.append(old - whole)
             staged_dest.append(b + old)
+        elif whole < ctx[i]:
+            raise AssertionError(f"keys {whole}..{int(ctx[i]) - 1} of a continued chunk have no source")
         new_token.append(g.new_token.numpy())
         new_dest.append(b + g.new_pos.numpy())
 
