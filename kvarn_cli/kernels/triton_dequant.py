@@ -20,7 +20,7 @@ import triton.language as tl
 
 from kvarn_cli.kernels.quantizers import Quantizer
 from kvarn_cli.kernels.triton_common import fp8_bits_to_f32, kernel_layout
-from kvarn_cli.kernels.triton_decode import _unpack
+from kvarn_cli.kernels.triton_decode import _fetch_scales, _unpack
 
 
 @triton.jit
@@ -39,23 +39,24 @@ def _dequant_rows_kernel(
     blk = tl.load(blocks + j).to(tl.int64)
     row0 = tl.load(dest + j).to(tl.int64)
     rec = rec_ptr + blk * stride_rb + h * stride_rh
-    rec_f32 = rec.to(tl.pointer_type(tl.float32))
-    rec_f16 = rec.to(tl.pointer_type(tl.float16))
     t = tl.arange(0, G)
     d = tl.arange(0, D)
-    # K[t, d] = (code * k_scale[d] * mult + k_zero[d] * mult) * k_token_scale[t] * mult
+    ks8, kz16, kts8, vs8, vz16, vcs8, m = _fetch_scales(
+        rec, 0, t, (d, d), OFF_K_ZERO, OFF_V_ZERO, OFF_K_SCALE, OFF_K_TOKEN_SCALE, OFF_V_SCALE, OFF_V_CHANNEL_SCALE,
+        OFF_K_SCALE_MULT, G, 1, 1)  # one step covering the whole block; multipliers as six scalars
+    # K[t, d] = (code * k_scale[d] + k_zero[d]) * k_token_scale[t], each scale times its multiplier
     kbytes = tl.load(rec + OFF_K_CODES + t[:, None] * (D * K_BITS // 8) + tl.arange(0, D * K_BITS // 8)[None, :])
     kc = _unpack(kbytes, K_BITS, G, D, tl.float32, False)
-    ks = fp8_bits_to_f32(tl.load(rec + OFF_K_SCALE + d)) * tl.load(rec_f32 + OFF_K_SCALE_MULT // 4)
-    kz = tl.load(rec_f16 + OFF_K_ZERO // 2 + d).to(tl.float32) * tl.load(rec_f32 + OFF_K_ZERO_MULT // 4)
-    kts = fp8_bits_to_f32(tl.load(rec + OFF_K_TOKEN_SCALE + t)) * tl.load(rec_f32 + OFF_K_TOKEN_SCALE_MULT // 4)
+    ks = fp8_bits_to_f32(ks8) * m[0]
+    kz = kz16.to(tl.float32) * m[1]
+    kts = fp8_bits_to_f32(kts8) * m[2]
     k = (kc * ks[None, :] + kz[None, :]) * kts[:, None]
     # V codes are stored channel-major [D, G]: V[t, d] = (code * v_scale[t] + v_zero[t]) * v_channel_scale[d]
     vbytes = tl.load(rec + OFF_V_CODES + d[:, None] * (G * V_BITS // 8) + tl.arange(0, G * V_BITS // 8)[None, :])
     vc = tl.trans(_unpack(vbytes, V_BITS, D, G, tl.float32, False))
-    vs = fp8_bits_to_f32(tl.load(rec + OFF_V_SCALE + t)) * tl.load(rec_f32 + OFF_V_SCALE_MULT // 4)
-    vz = tl.load(rec_f16 + OFF_V_ZERO // 2 + t).to(tl.float32) * tl.load(rec_f32 + OFF_V_ZERO_MULT // 4)
-    vcs = fp8_bits_to_f32(tl.load(rec + OFF_V_CHANNEL_SCALE + d)) * tl.load(rec_f32 + OFF_V_CHANNEL_SCALE_MULT // 4)
+    vs = fp8_bits_to_f32(vs8) * m[3]
+    vz = vz16.to(tl.float32) * m[4]
+    vcs = fp8_bits_to_f32(vcs8) * m[5]
     v = (vc * vs[:, None] + vz[:, None]) * vcs[None, :]
     out = (row0 + t)[:, None] * stride_or + h * stride_oh + d[None, :]
     tl.store(k_out + out, k.to(k_out.dtype.element_ty))
