@@ -33,7 +33,9 @@ SHAPES = (("smollm2", 3, 9, 64), ("qwen3-4b", 8, 32, 128))
 
 
 def time_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    """Median of `repeats` timed calls after two warm-ups (CUDA events)."""
+    """Median of `repeats` timed calls after two warm-ups (CUDA events around eager calls).
+    Not do_bench_cudagraph as the decode benchmarks use: both paths here are bound by their
+    host-side launches, which a graph replay would hide."""
     for _ in range(2):
         fn()
     times = []
