@@ -166,8 +166,9 @@ def best_max_num_seqs(preset: str, budget: int, shape: dict[str, int], args: arg
     return best if best < 8 else best - best % 8
 
 
-def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
-    from vllm import LLM, SamplingParams
+def start_engine(preset: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any], float]:
+    """(vllm.LLM for `preset`, the keyword arguments it got, seconds its start took)."""
+    from vllm import LLM
 
     kwargs = engine_kwargs(preset, args)
     if args.load_format:
@@ -179,21 +180,23 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
               max_model_len=longest_request(args) + args.max_prompt_tokens, enforce_eager=args.enforce_eager, **kwargs)
     start_s = time.perf_counter() - t0
     phase(f"engine started in {start_s:.1f} s")
-    cc = llm.llm_engine.vllm_config.cache_config
+    return llm, kwargs, start_s
+
+
+def chat_prompts(llm: Any, args: argparse.Namespace, count: int) -> list[list[int]]:
+    """The first `count` questions of --data as chat-formatted token ids (with --few-shot's examples)."""
     tok = llm.get_tokenizer()
-    n, passes = args.num_prompts, max(1, args.passes)
-    texts = load_prompts(args.data, n * passes + args.warmup_prompts, args.few_shot)
+    texts = load_prompts(args.data, count, args.few_shot)
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
                for p in texts]
-    prompts = [p["input_ids"] if hasattr(p, "keys") else p for p in prompts]
-    # each timed pass has its own prompts, and the warm-up prompts come after all of them:
-    # no timed request hits the prefix cache, so every pass prefills every prompt it times
-    # (with --few-shot, all but the question: the shared examples are cached by the warm-up)
-    warm_prompts = prompts[n * passes:]
-    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
-              for m in request_lengths(n, args.max_tokens, args.length_spread)]
-    engine = llm.llm_engine
+    return [p["input_ids"] if hasattr(p, "keys") else p for p in prompts]
 
+
+def warm_up(llm: Any, warm_prompts: list[list[int]], args: argparse.Namespace) -> dict[str, Any]:
+    """Run the warm-up before any timed pass; returns the first-fill record (below)."""
+    from vllm import SamplingParams
+
+    engine = llm.llm_engine
     # first, alone and timed: one prompt that fills whole blocks in its prefill. Its flush
     # compiled in the first such prefill of a process and held run 57's first timed pass for
     # ~10 s (docs/BENCHMARKS.md); kvarn's backend now compiles it at engine start
@@ -219,6 +222,23 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     while engine.has_unfinished_requests():
         engine.step()
     phase(f"warm-up done ({len(warm_prompts)} prompts)")
+    return first_fill
+
+
+def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
+    from vllm import SamplingParams
+
+    llm, kwargs, start_s = start_engine(preset, args)
+    cc = llm.llm_engine.vllm_config.cache_config
+    n, passes = args.num_prompts, max(1, args.passes)
+    prompts = chat_prompts(llm, args, n * passes + args.warmup_prompts)
+    # each timed pass has its own prompts, and the warm-up prompts come after all of them:
+    # no timed request hits the prefix cache, so every pass prefills every prompt it times
+    # (with --few-shot, all but the question: the shared examples are cached by the warm-up)
+    warm_prompts = prompts[n * passes:]
+    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
+              for m in request_lengths(n, args.max_tokens, args.length_spread)]
+    first_fill = warm_up(llm, warm_prompts, args)
 
     watch_s = args.stall_stacks or args.core_stall_dump
     watch = StallWatch(watch_s) if watch_s > 0 else None
@@ -402,6 +422,8 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
     "k2v2-g64:v2" runs a kvarn preset on the V2 runner; "k2v2:torch-prefill" attends prefill
     chunks that continue a sequence (prefix-cache hits, recomputes) chunk by chunk in PyTorch,
     as kvarn did before it packed them for vLLM's FlashAttention (KVARN_BATCHED_PREFILL=0);
+    "k2v2:torch-pack" packs them for it with PyTorch ops instead of kernels.triton_pack
+    (KVARN_PACK_KERNELS=0);
     "k2v2:cap512" has vLLM capture CUDA graphs for steps of up to 512 tokens (its default is
     twice max_num_seqs, so steps that mix a prefill into a full decode batch run eagerly)."""
     preset, _, variant = label.partition(":")
@@ -415,6 +437,8 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
         return preset, {}, ["--max-cudagraph-capture-size", variant[3:]]
     if variant == "torch-prefill":
         return preset, {"KVARN_BATCHED_PREFILL": "0"}, []
+    if variant == "torch-pack":
+        return preset, {"KVARN_PACK_KERNELS": "0"}, []
     if variant.startswith("dv-"):
         from kvarn_cli.kernels.triton_decode import VARIANTS
 
@@ -422,12 +446,13 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
             raise SystemExit(f"{label}: unknown decode variant {variant[3:]!r} (known: {', '.join(VARIANTS)})")
         return preset, {"KVARN_DECODE_VARIANT": variant[3:]}, []
     if variant:
-        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, capN, dv-NAME, v1, v2, torch-prefill)")
+        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, capN, dv-NAME, v1, v2, torch-prefill, torch-pack)")
     return preset, {}, []
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The options every end-to-end script here shares (benchmarks/profile_admission.py too)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True, help="JSONL with a question/problem/prompt field (e.g. GSM8K test)")
     ap.add_argument("--presets", default=",".join(PRESETS))
@@ -471,6 +496,11 @@ def main() -> None:
                          "Python stack of it when a step runs longer than this many seconds (KVARN_STALL_DUMP_S; "
                          "idle gaps dump too); the front end's stacks of long steps come with them")
     ap.add_argument("--out", default="e2e_gpu.json")
+    return ap
+
+
+def main() -> None:
+    ap = build_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
 

@@ -1,0 +1,275 @@
+"""Where the steps that admit a request go, against plain decode steps, for one preset.
+
+Why: on an 8-shot GSM8K job (docs/BENCHMARKS.md runs 146-147) k2v2's steps that admit a
+request (a ~70-token prefill continuing after the cached examples, beside 63 decodes) took
+40-130 ms against a 3-5 ms median step, and nothing said where the time went. This runs
+e2e_gpu.py's job (same options, same prompts, same warm-up) in one process with vLLM's engine
+core in-process, in three passes on fresh prompts:
+
+1. timed, nothing profiled: every step's wall time, sorted into admission steps (a request's
+   first output appears: its prefill ran; with vLLM's async scheduling the step's own model
+   run may be the next batch's) and the rest; their medians, their share of the pass's wall
+   time and what their tail beyond the median costs; the garbage collector's time; the
+   slowest steps;
+2. torch.profiler around up to --steps predicted admission steps (the step after one where a
+   request finished while others waited) and as many decode steps: per step, GPU kernel time
+   and the ops with the most self CUDA and self CPU time;
+3. cProfile around every step, each on its own: of the --steps slowest, kvarn's and vLLM's
+   Python functions by own and cumulative time (what a slow step does that others do not).
+
+Steps of pass 2 are sorted by what they turned out to be, not by the prediction.
+
+Run (GPU machine):
+    python benchmarks/profile_admission.py --model /tmp/models/smollm2-135m \\
+        --data .gpuwork/gsm8k_test.jsonl --preset k2v2 --few-shot 8 --max-prompt-tokens 1536 \\
+        --kv-budget-mib 1024 --num-prompts 128 --max-tokens 512 --length-spread 0.5 --max-num-seqs 64
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import heapq
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e_gpu  # noqa: E402  (benchmarks/ is not a package)
+
+#: the first steps admit the whole first wave at once: not the admissions of interest
+FIRST_WAVE_STEPS = 3
+
+
+class Job:
+    """One pass's requests, stepped one engine step at a time, with what each step was."""
+
+    def __init__(self, llm: Any, prompts: list[list[int]], params: list[Any], tag: str, max_num_seqs: int) -> None:
+        self.engine = llm.llm_engine
+        self.seen: set[str] = set()
+        self.finished = 0
+        self.max_num_seqs = max_num_seqs
+        self.total = len(prompts)
+        self.steps = 0
+        self.last_finished = 0
+        for i, p in enumerate(prompts):
+            self.engine.add_request(f"{tag}{i}", {"prompt_token_ids": p}, params[i])
+
+    def busy(self) -> bool:
+        return bool(self.engine.has_unfinished_requests())
+
+    def admission_expected(self) -> bool:
+        """A request finished in the last step while others wait: the next step admits one."""
+        waiting = self.total - len(self.seen)
+        return self.steps >= FIRST_WAVE_STEPS and self.last_finished > 0 and waiting > 0
+
+    def step(self) -> tuple[float, int]:
+        """(wall seconds, requests whose first output came in this step)."""
+        t0 = time.perf_counter()
+        outs = self.engine.step()
+        wall = time.perf_counter() - t0
+        new = sum(1 for o in outs if o.request_id not in self.seen)
+        self.seen.update(o.request_id for o in outs)
+        self.last_finished = sum(1 for o in outs if o.finished)
+        self.finished += self.last_finished
+        self.steps += 1
+        return wall, new
+
+    def kind(self, new: int) -> str | None:
+        """'admit' or 'decode' for the step just run; None for the first wave's steps."""
+        if self.steps <= FIRST_WAVE_STEPS:
+            return None
+        return "admit" if new else "decode"
+
+
+class GcClock:
+    """Time the garbage collector runs, per generation, while installed (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.by_gen: dict[int, list[float]] = defaultdict(list)
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            dt = time.perf_counter() - self._t0
+            self.total += dt
+            self.by_gen[info["generation"]].append(dt)
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
+def timed_pass(job: Job) -> dict[str, Any]:
+    times: dict[str, list[float]] = defaultdict(list)
+    new_per_admit: list[int] = []
+    slow: list[tuple[float, int, str, float]] = []  # (wall, step, kind, gc seconds inside it)
+    t0 = time.perf_counter()
+    with GcClock() as clock:
+        while job.busy():
+            gc_before = clock.total
+            wall, new = job.step()
+            kind = job.kind(new)
+            if kind:
+                times[kind].append(wall)
+                slow.append((wall, job.steps - 1, kind, clock.total - gc_before))
+            if kind == "admit":
+                new_per_admit.append(new)
+    total = time.perf_counter() - t0
+    out: dict[str, Any] = {"wall_s": round(total, 2), "steps": job.steps}
+    for kind, ts in times.items():
+        med = statistics.median(ts)
+        out[kind] = {"steps": len(ts), "median_ms": round(1e3 * med, 2), "mean_ms": round(1e3 * statistics.mean(ts), 2),
+                     "p90_ms": round(1e3 * sorted(ts)[9 * len(ts) // 10], 2), "max_ms": round(1e3 * max(ts), 1),
+                     "share_of_wall": round(sum(ts) / total, 3),
+                     # the time these steps take beyond their median: what their tail costs the pass
+                     "excess_over_median_share": round(sum(t - med for t in ts if t > med) / total, 3),
+                     "steps_over_2x_median": sum(t > 2 * med for t in ts),
+                     "time_over_2x_median_share": round(sum(t for t in ts if t > 2 * med) / total, 3)}
+    out["new_requests_per_admission"] = {n: new_per_admit.count(n) for n in sorted(set(new_per_admit))}
+    out["gc"] = {"s": round(clock.total, 3), "collections": {g: len(v) for g, v in sorted(clock.by_gen.items())},
+                 "max_ms": round(1e3 * max((max(v) for v in clock.by_gen.values()), default=0.0), 1)}
+    out["slowest_steps"] = [[i, kind, round(1e3 * w, 1), round(1e3 * g, 1)] for w, i, kind, g in sorted(slow)[::-1][:12]]
+    return out
+
+
+def profiled_pass(job: Job, limit: int, wrap: Any) -> dict[str, list[Any]]:
+    """Up to `limit` steps of each kind run under `wrap(step) -> result`; results by kind."""
+    got: dict[str, list[Any]] = {"admit": [], "decode": []}
+    while job.busy():
+        predicted = job.admission_expected()
+        sample_decode = job.steps >= FIRST_WAVE_STEPS and job.steps % 7 == 0 and len(got["decode"]) < limit
+        if (predicted and len(got["admit"]) < limit) or sample_decode:
+            result, new = wrap(job)
+            kind = job.kind(new)
+            if kind and len(got[kind]) < limit:
+                got[kind].append(result)
+        else:
+            job.step()
+    return got
+
+
+def slowest_steps(job: Job, keep: int) -> list[tuple[float, int, cProfile.Profile, str]]:
+    """Every step under its own cProfile; the `keep` slowest (wall, step, profile, kind)."""
+    heap: list[tuple[float, int, cProfile.Profile, str]] = []
+    while job.busy():
+        prof = cProfile.Profile()
+        prof.enable()
+        wall, new = job.step()
+        prof.disable()
+        kind = job.kind(new)
+        if kind:
+            item = (wall, job.steps - 1, prof, kind)
+            (heapq.heappush if len(heap) < keep else heapq.heappushpop)(heap, item)
+    return heap
+
+
+def torch_profile(job: Job) -> tuple[dict[str, Any], int]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall, new = job.step()
+    rows = {}
+    for e in prof.key_averages():
+        rows[e.key] = (e.count, e.self_cpu_time_total, getattr(e, "self_device_time_total", 0))
+    return {"wall": wall, "rows": rows}, new
+
+
+def cprofile(job: Job) -> tuple[tuple[cProfile.Profile, float], int]:
+    prof = cProfile.Profile()
+    prof.enable()
+    wall, new = job.step()
+    prof.disable()
+    return (prof, wall), new
+
+
+def report_torch(kind: str, results: list[dict[str, Any]], top: int) -> None:
+    if not results:
+        print(f"torch.profiler, {kind}: no steps")
+        return
+    n = len(results)
+    calls: dict[str, float] = defaultdict(float)
+    cpu: dict[str, float] = defaultdict(float)
+    gpu: dict[str, float] = defaultdict(float)
+    for r in results:
+        for key, (count, c, g) in r["rows"].items():
+            calls[key] += count / n
+            cpu[key] += c / n
+            gpu[key] += g / n
+    walls = sorted(r["wall"] for r in results)
+    print(f"\ntorch.profiler, {kind}: {n} steps, wall median {1e3 * walls[n // 2]:.1f} ms (profiler overhead "
+          f"included), GPU kernel time {sum(gpu.values()) / 1e3:.2f} ms/step, {sum(calls.values()):.0f} ops/step")
+    for title, table in (("self CUDA", gpu), ("self CPU", cpu)):
+        print(f"  by {title} time, per step:  ms  calls  name")
+        for key in sorted(table, key=table.get, reverse=True)[:top]:  # type: ignore[arg-type]
+            print(f"    {table[key] / 1e3:8.3f} {calls[key]:6.1f}  {key[:90]}")
+
+
+def report_cprofile(kind: str, results: list[tuple[cProfile.Profile, float]], top: int) -> None:
+    if not results:
+        print(f"cProfile, {kind}: no steps")
+        return
+    stats = pstats.Stats(results[0][0])
+    for prof, _ in results[1:]:
+        stats.add(prof)
+    walls = sorted(w for _, w in results)
+    print(f"\ncProfile, {kind}: {len(results)} steps (totals over all of them), wall median {1e3 * walls[len(walls) // 2]:.1f} ms")
+    for key in ("cumulative", "tottime"):
+        buf = io.StringIO()
+        stats.stream = buf  # type: ignore[attr-defined]
+        stats.sort_stats(key).print_stats(top)
+        text = buf.getvalue()
+        print(text[text.find("   ncalls"):][:9000])
+
+
+def main() -> None:
+    ap = e2e_gpu.build_parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="k2v2", help="one e2e_gpu.py preset label (k2v2, fp8, k2v2:torch-prefill, ...)")
+    ap.add_argument("--steps", type=int, default=12, help="steps of each kind under each profiler")
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    preset, env_extra, extra = e2e_gpu.preset_setup(args.preset)
+    if extra:
+        args = ap.parse_args(sys.argv[1:] + extra)
+    os.environ.update(env_extra)
+    os.environ.setdefault("KVARN_DECODE_GRAPHS", "1")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the profilers see the engine core's work
+    if preset in ("bf16", "fp8") and args.max_num_seqs > 0:  # the same concurrency as the kvarn preset
+        args.baseline_max_num_seqs = args.max_num_seqs
+
+    from vllm import SamplingParams
+
+    llm, kwargs, start_s = e2e_gpu.start_engine(preset, args)
+    n = args.num_prompts
+    prompts = e2e_gpu.chat_prompts(llm, args, 3 * n + args.warmup_prompts)
+    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
+              for m in e2e_gpu.request_lengths(n, args.max_tokens, args.length_spread)]
+    e2e_gpu.warm_up(llm, prompts[3 * n:], args)
+    seqs = int(kwargs["max_num_seqs"])
+    print(f"preset {args.preset}, max_num_seqs {seqs}, engine start {start_s:.0f} s, "
+          f"mean prompt {sum(map(len, prompts[:n])) / n:.0f} tokens", flush=True)
+
+    timed = timed_pass(Job(llm, prompts[:n], params, "t", seqs))
+    print(f"timed pass: {timed}", flush=True)
+    got = profiled_pass(Job(llm, prompts[n:2 * n], params, "g", seqs), args.steps, torch_profile)
+    for kind in ("admit", "decode"):
+        report_torch(kind, got[kind], args.top)
+    slowest = slowest_steps(Job(llm, prompts[2 * n:3 * n], params, "c", seqs), args.steps)
+    report_cprofile("the slowest steps", [(prof, wall) for wall, _, prof, _ in slowest], args.top)
+    print("  those steps (index, kind, ms):", [(i, kind, round(1e3 * w, 1)) for w, i, _, kind in sorted(slowest)[::-1]])
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    main()
