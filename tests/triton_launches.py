@@ -52,10 +52,10 @@ def launch_key(kernel: Any, args: tuple, kwargs: dict) -> tuple:
 
 def kernels() -> dict[str, Any]:
     """kvarn's launched Triton kernels by name."""
-    from kvarn_cli.kernels import triton_decode, triton_dequant, triton_flush, triton_stage
+    from kvarn_cli.kernels import triton_decode, triton_dequant, triton_flush, triton_pack, triton_stage
 
     found = {}
-    for module in (triton_decode, triton_dequant, triton_flush, triton_stage):
+    for module in (triton_decode, triton_dequant, triton_flush, triton_pack, triton_stage):
         for name, obj in vars(module).items():
             if name.endswith("_kernel") or name.startswith("_split_kernel"):
                 if hasattr(obj, "fn") and hasattr(obj, "run"):

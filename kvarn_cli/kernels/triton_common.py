@@ -167,3 +167,17 @@ def zero_multiplier_of(zmax):
     """Power of two m with zmax / m in [2^14, 2^15) (1 where zmax == 0); see kernels.rtn."""
     e = f32_exponent(tl.maximum(zmax, 1e-30)) + 1
     return tl.where(zmax > 0, pow2_f32(e - 15), 1.0)
+
+
+@triton.jit
+def to_dtype_rtne(x, ty: tl.constexpr):
+    """float32 `x` as `ty`, rounded to nearest even also for bfloat16 under TRITON_INTERPRET,
+    whose plain float32 -> bfloat16 cast truncates (the GPU's and PyTorch's round to nearest
+    even): kernels whose bf16 output tests compare with PyTorch's then agree on CPU too.
+    No NaN or infinity handling (inputs here are finite)."""
+    if ty == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(ty)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from kvarn_cli.kernels.quantizers import Quantizer
-from kvarn_cli.kernels.triton_common import fp8_bits_to_f32, kernel_layout
+from kvarn_cli.kernels.triton_common import fp8_bits_to_f32, kernel_layout, to_dtype_rtne
 from kvarn_cli.kernels.triton_decode import _fetch_scales, _unpack
 
 
@@ -59,8 +59,8 @@ def _dequant_rows_kernel(
     vcs = fp8_bits_to_f32(vcs8) * m[5]
     v = (vc * vs[:, None] + vz[:, None]) * vcs[None, :]
     out = (row0 + t)[:, None] * stride_or + h * stride_oh + d[None, :]
-    tl.store(k_out + out, k.to(k_out.dtype.element_ty))
-    tl.store(v_out + out, v.to(v_out.dtype.element_ty))
+    tl.store(k_out + out, to_dtype_rtne(k, k_out.dtype.element_ty))
+    tl.store(v_out + out, to_dtype_rtne(v, v_out.dtype.element_ty))
 
 
 def dequantize_rows(

@@ -46,6 +46,9 @@ ENV_DETERMINISTIC_DECODE = "KVARN_DETERMINISTIC_DECODE"
 #: 0: prefill chunks that continue a sequence attend chunk by chunk in PyTorch even where
 #: vLLM's FlashAttention could take them all at once (to compare the two inside one engine).
 ENV_BATCHED_PREFILL = "KVARN_BATCHED_PREFILL"
+#: "0": on the Triton path, lay continued chunks' keys down with PyTorch indexing and matmuls
+#: (about forty launches per layer) instead of kernels.triton_pack's four to five, for comparisons
+ENV_PACK_KERNELS = "KVARN_PACK_KERNELS"
 
 #: Longer prefill chunks are attended in slices of this many queries (bounds the score memory).
 QUERY_CHUNK = 1024
@@ -105,6 +108,8 @@ class Codec:
         self.record_bytes = int(quantizer.record_bytes)
         rot = getattr(quantizer, "rotation", None)
         self.rotation: torch.Tensor | None = None if rot is None else rot.to(device=device, dtype=torch.float32)
+        #: its transpose, contiguous, for kernels that take the matrix as it is applied
+        self.rotation_t: torch.Tensor | None = None if self.rotation is None else self.rotation.T.contiguous()
         if triton is None:
             triton = use_triton(device, quantizer)
         elif triton and not triton_kernels_apply(quantizer):
@@ -126,6 +131,7 @@ class Codec:
         if os.environ.get(ENV_DETERMINISTIC_DECODE, "0") not in ("", "0"):
             self.decode_kernel_args["deterministic"] = True
         self.batched_prefill = os.environ.get(ENV_BATCHED_PREFILL, "1") != "0"
+        self.pack_kernels = os.environ.get(ENV_PACK_KERNELS, "1") != "0"
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.rotation is None else x @ self.rotation
@@ -402,7 +408,10 @@ def _attend_continued_batched(
     straight into it; slots and tiles hold it): record blocks (on the Triton path one launch
     of kernels.triton_dequant for all of them; in PyTorch each block once, however many chunks
     share it), sink slots, flush tiles, staged tail tokens, then the chunks' own tokens
-    (plan.cont_*, staging._pack_continued). The kernel masks causally
+    (plan.cont_*, staging._pack_continued). On the Triton path kernels.triton_pack copies the
+    slot and tile rows and rotates the chunks' K, V and queries and the output back, one
+    launch each; the PyTorch ops it replaces were ~40 launches per layer, host-bound (80-120 ms
+    admission steps on an 8-shot job, docs/BENCHMARKS.md run 152). The kernel masks causally
     from the end of each chunk's keys. The PyTorch path instead pads every chunk to whole
     blocks and attends in float32 with an explicit mask, a few dozen launches per chunk and
     layer (0.1-0.2 s steps where preempted sequences came back, docs/BENCHMARKS.md run 127).
@@ -415,17 +424,33 @@ def _attend_continued_batched(
     packed_k = torch.empty(plan.cont_num_keys, heads, d, dtype=dtype, device=dev)
     packed_v = torch.empty_like(packed_k)
 
+    if codec.triton and plan.cont_rec_block.numel():
+        from kvarn_cli.kernels.triton_dequant import dequantize_rows
+
+        dequantize_rows(codec.q, cache.records, plan.cont_rec_block, plan.cont_rec_dest, packed_k, packed_v)
+    if codec.triton and codec.pack_kernels and codec.rotation is not None and codec.rotation_t is not None:
+        from kvarn_cli.kernels.triton_pack import copy_rows, rotate_rows
+
+        copy_rows(cache.slot_k, cache.slot_v, plan.cont_slot_row_slot, plan.cont_slot_row_offset,
+                  plan.cont_slot_row_dest, packed_k, packed_v)
+        if plan.cont_tile_row_index.numel():
+            copy_rows(tiles[0], tiles[1], plan.cont_tile_row_index, plan.cont_tile_row_offset, plan.cont_tile_row_dest,
+                      packed_k, packed_v)
+        rotate_rows(key, plan.cont_new_token, codec.rotation, packed_k, plan.cont_new_dest)
+        rotate_rows(value, plan.cont_new_token, codec.rotation, packed_v, plan.cont_new_dest)
+        q = rotate_rows(query, plan.cont_index, codec.rotation)
+        out = torch.empty_like(q)
+        varlen(q, packed_k, packed_v, out, plan.cont_cu_q, plan.cont_cu_k, plan.cont_max_q, plan.cont_max_k, scale)
+        rotate_rows(out, None, codec.rotation_t, output, plan.cont_index)
+        return True
+
     def put_blocks(dest: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Blocks k, v [n, heads, G, D] at packed rows dest[j] .. dest[j] + G - 1."""
         rows = (dest[:, None] + torch.arange(G, device=dev)).reshape(-1)
         packed_k[rows] = k.transpose(1, 2).reshape(-1, heads, d).to(dtype)
         packed_v[rows] = v.transpose(1, 2).reshape(-1, heads, d).to(dtype)
 
-    if plan.cont_rec_block.numel() and codec.triton:
-        from kvarn_cli.kernels.triton_dequant import dequantize_rows
-
-        dequantize_rows(codec.q, cache.records, plan.cont_rec_block, plan.cont_rec_dest, packed_k, packed_v)
-    elif plan.cont_rec_block.numel():
+    if plan.cont_rec_block.numel() and not codec.triton:
         hk, hv = codec.decode(cache.records[plan.cont_rec_unique], rotated=True)
         put_blocks(plan.cont_rec_dest, hk[plan.cont_rec_src], hv[plan.cont_rec_src])
     if plan.cont_sink_slot.numel():

@@ -192,6 +192,15 @@ class StepPlan:
     #: the chunks' own tokens: step token index, packed row
     cont_new_token: torch.Tensor = field(default_factory=_no_index)
     cont_new_dest: torch.Tensor = field(default_factory=_no_index)
+    #: the sink and staged keys again one row each, as kernels.triton_pack.copy_rows takes
+    #: them (the sink blocks' G rows, then the staged tokens): slot, offset, packed row
+    cont_slot_row_slot: torch.Tensor = field(default_factory=_no_index)
+    cont_slot_row_offset: torch.Tensor = field(default_factory=_no_index)
+    cont_slot_row_dest: torch.Tensor = field(default_factory=_no_index)
+    #: the tile keys one row each: tile, offset, packed row
+    cont_tile_row_index: torch.Tensor = field(default_factory=_no_index)
+    cont_tile_row_offset: torch.Tensor = field(default_factory=_no_index)
+    cont_tile_row_dest: torch.Tensor = field(default_factory=_no_index)
 
     def __post_init__(self) -> None:
         if self.slot_token is not None:
@@ -291,6 +300,19 @@ def _pack_continued(plan: StepPlan, groups: list[AttentionGroup], G: int) -> Non
     plan.cont_staged_slot, plan.cont_staged_offset = cat(staged_slot), cat(staged_offset)
     plan.cont_staged_dest = cat(staged_dest)
     plan.cont_new_token, plan.cont_new_dest = cat(new_token), cat(new_dest)
+    # per row: block sources expanded to their G rows
+    offsets = np.arange(G, dtype=np.int64)
+
+    def rows(index: torch.Tensor, first: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        i, f = index.numpy(), first.numpy()
+        return np.repeat(i, G), np.tile(offsets, i.shape[0]), (f[:, None] + offsets).reshape(-1)
+
+    sink = rows(plan.cont_sink_slot, plan.cont_sink_dest)
+    staged = (plan.cont_staged_slot.numpy(), plan.cont_staged_offset.numpy(), plan.cont_staged_dest.numpy())
+    plan.cont_slot_row_slot, plan.cont_slot_row_offset, plan.cont_slot_row_dest = (
+        _long(np.concatenate([a, b])) for a, b in zip(sink, staged))
+    plan.cont_tile_row_index, plan.cont_tile_row_offset, plan.cont_tile_row_dest = (
+        _long(a) for a in rows(plan.cont_tile_index, plan.cont_tile_dest))
 
 
 #: bytes each packed tensor starts on. Triton compiles a kernel again for each pointer argument

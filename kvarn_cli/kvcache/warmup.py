@@ -44,9 +44,12 @@ def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch
        sink copies and the staging of their partial tiles;
     2. one decode token each: decode attention over a record and the 16-bit slots, and the
        slot flush of the block the second one fills;
-    2b. two more tokens each, as continued prefill chunks: their history records laid down
-       for the variable-length attention (kernels.triton_dequant; `varlen` as compute.attend
-       takes it, None = vLLM's FlashAttention where it runs);
+    2b. two more tokens each, as continued prefill chunks: their history records, sink slots
+       and staged tokens laid down for the variable-length attention (kernels.triton_dequant,
+       kernels.triton_pack; `varlen` as compute.attend takes it, None = vLLM's FlashAttention
+       where it runs);
+    2c. continued chunks again, the first one filling its block: its flush tile's rows too
+       (float32, another specialization of triton_pack's row copy);
     3. that flush again as the builder runs it after a CUDA-graph decode step: one launch for
        every layer (compute.flush_decode_fills over triton_flush.LayerSlots; here two layers,
        the scratch twice), int32 (slot, block) pairs as graph.DecodeBuffers hands them out.
@@ -62,7 +65,8 @@ def warm_eager_steps(codec: Codec, cache: LayerCache, q_heads: int, dtype: torch
     pool = StagingPool(WARM_SLOTS, G, attention_budget_rows=UNSPLIT_DECODES, kernel_decodes=True)
     table = np.array([[0, 1, 2], [3, 4, -1]], dtype=np.int32)
     gen = torch.Generator(device=device).manual_seed(0)
-    steps = (([2 * G + 1, 2 * G - 1], [2 * G + 1, 2 * G - 1]), ([1, 1], [2 * G + 2, 2 * G]), ([2, 2], [2 * G + 4, 2 * G + 2]))
+    steps = (([2 * G + 1, 2 * G - 1], [2 * G + 1, 2 * G - 1]), ([1, 1], [2 * G + 2, 2 * G]), ([2, 2], [2 * G + 4, 2 * G + 2]),
+             ([G - 4, 2], [3 * G, 2 * G + 4]))
     for query_lens, seq_lens in steps:
         qsl = np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32)
         tokens = int(qsl[-1])
