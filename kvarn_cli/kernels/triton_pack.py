@@ -29,6 +29,8 @@ from kvarn_cli.kernels.triton_common import to_dtype_rtne
 
 #: rows per program; tl.dot needs at least 16
 ROWS = 16
+#: output columns per tl.dot of rotate_rows
+COLS = 32
 
 
 @triton.jit(do_not_specialize=["n"])
@@ -56,7 +58,7 @@ def _copy_rows_kernel(
 @triton.jit(do_not_specialize=["n"])
 def _rotate_rows_kernel(
     src, stride_sr, stride_sh, src_rows, dst, stride_dr, stride_dh, dst_rows, n, matrix,
-    D: tl.constexpr, BLOCK: tl.constexpr, GATHER: tl.constexpr, SCATTER: tl.constexpr,
+    D: tl.constexpr, BLOCK: tl.constexpr, COLS: tl.constexpr, GATHER: tl.constexpr, SCATTER: tl.constexpr,
 ):
     h = tl.program_id(1)
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -72,9 +74,14 @@ def _rotate_rows_kernel(
     d = tl.arange(0, D)
     m = live[:, None]
     x = tl.load(src + (sr * stride_sr + h * stride_sh)[:, None] + d[None, :], mask=m, other=0.0).to(tl.float32)
-    mat = tl.load(matrix + d[:, None] * D + d[None, :])
-    y = tl.dot(x, mat, input_precision="ieee")
-    tl.store(dst + (dr * stride_dr + h * stride_dh)[:, None] + d[None, :], to_dtype_rtne(y, dst.dtype.element_ty), mask=m)
+    out = dst + (dr * stride_dr + h * stride_dh)[:, None]
+    # COLS output columns at a time: the whole [D, D] float32 matrix in registers spilled at
+    # D = 128 and made the kernel 5-10x slower than the PyTorch ops it replaces (run 153)
+    for c0 in tl.static_range(0, D, COLS):
+        c = c0 + tl.arange(0, COLS)
+        mat = tl.load(matrix + d[:, None] * D + c[None, :])
+        y = tl.dot(x, mat, input_precision="ieee")
+        tl.store(out + c[None, :], to_dtype_rtne(y, dst.dtype.element_ty), mask=m)
 
 
 def _check_rows(name: str, t: torch.Tensor, heads: int, d: int) -> None:
@@ -134,6 +141,6 @@ def rotate_rows(
     _rotate_rows_kernel[(triton.cdiv(n, ROWS), heads)](
         src, src.stride(0), src.stride(1), src_rows if src_rows is not None else src,
         dst, dst.stride(0), dst.stride(1), dst_rows if dst_rows is not None else dst, n, matrix,
-        D=d, BLOCK=ROWS, GATHER=src_rows is not None, SCATTER=dst_rows is not None,
+        D=d, BLOCK=ROWS, COLS=min(COLS, d), GATHER=src_rows is not None, SCATTER=dst_rows is not None,
     )
     return dst
