@@ -257,7 +257,8 @@ def test_vllm_varlen_attention_matches_chunk_by_chunk_sdpa_on_cuda() -> None:
     torch.testing.assert_close(batched[fresh.cuda()].float(), single[fresh.cuda()].float(), rtol=2e-2, atol=2e-2)
 
 
-def test_continued_chunks_in_one_varlen_call_match_the_float32_path_on_the_triton_path() -> None:
+@pytest.mark.parametrize("D", [64, 128])  # 128: kernels.triton_pack copies rows, PyTorch rotates
+def test_continued_chunks_in_one_varlen_call_match_the_float32_path_on_the_triton_path(D: int) -> None:
     """Prefill chunks after a chunk, after a prefix-cache hit (sink slot + shared record) and
     inside a partly staged block, next to a decode row, attended in one variable-length call
     over keys packed in bf16 (records laid down by kernels.triton_dequant), agree with the
@@ -277,7 +278,7 @@ def test_continued_chunks_in_one_varlen_call_match_the_float32_path_on_the_trito
         dev, varlen = torch.device("cpu"), reference_varlen
     else:
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
-    G, H, Hq, D = 64, 3, 9, 64
+    G, H, Hq = 64, 3, 9
     qz = make_quantizer("k2v2", head_dim=D, block_size=G)
     codec = Codec(qz, dev, triton=True)
     cache = LayerCache(

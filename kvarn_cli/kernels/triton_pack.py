@@ -31,6 +31,11 @@ from kvarn_cli.kernels.triton_common import to_dtype_rtne
 ROWS = 16
 #: output columns per tl.dot of rotate_rows
 COLS = 32
+#: the largest head_dim at which kvarn rotates with `rotate_rows`: at 128 its float32 FMA
+#: products were 2.5-6x slower than PyTorch's matmuls once 16-64 chunks of 80 queries came
+#: together (Qwen3-4B shape, benchmarks/prefill_continued.py, run 155); at 64 it was 1.8-2.6x
+#: faster
+ROTATE_MAX_HEAD_DIM = 64
 
 
 @triton.jit(do_not_specialize=["n"])

@@ -409,8 +409,8 @@ def _attend_continued_batched(
     of kernels.triton_dequant for all of them; in PyTorch each block once, however many chunks
     share it), sink slots, flush tiles, staged tail tokens, then the chunks' own tokens
     (plan.cont_*, staging._pack_continued). On the Triton path kernels.triton_pack copies the
-    slot and tile rows and rotates the chunks' K, V and queries and the output back, one
-    launch each; the PyTorch ops it replaces were ~40 launches per layer, host-bound (80-120 ms
+    slot and tile rows and, up to triton_pack.ROTATE_MAX_HEAD_DIM, rotates the chunks' K, V
+    and queries and the output back, one launch each; the PyTorch ops it replaces were ~40 launches per layer, host-bound (80-120 ms
     admission steps on an 8-shot job, docs/BENCHMARKS.md run 152). The kernel masks causally
     from the end of each chunk's keys. The PyTorch path instead pads every chunk to whole
     blocks and attends in float32 with an explicit mask, a few dozen launches per chunk and
@@ -428,21 +428,23 @@ def _attend_continued_batched(
         from kvarn_cli.kernels.triton_dequant import dequantize_rows
 
         dequantize_rows(codec.q, cache.records, plan.cont_rec_block, plan.cont_rec_dest, packed_k, packed_v)
-    if codec.triton and codec.pack_kernels and codec.rotation is not None and codec.rotation_t is not None:
-        from kvarn_cli.kernels.triton_pack import copy_rows, rotate_rows
+    pack = codec.triton and codec.pack_kernels and codec.rotation is not None and codec.rotation_t is not None
+    if pack:
+        from kvarn_cli.kernels.triton_pack import ROTATE_MAX_HEAD_DIM, copy_rows, rotate_rows
 
         copy_rows(cache.slot_k, cache.slot_v, plan.cont_slot_row_slot, plan.cont_slot_row_offset,
                   plan.cont_slot_row_dest, packed_k, packed_v)
         if plan.cont_tile_row_index.numel():
             copy_rows(tiles[0], tiles[1], plan.cont_tile_row_index, plan.cont_tile_row_offset, plan.cont_tile_row_dest,
                       packed_k, packed_v)
-        rotate_rows(key, plan.cont_new_token, codec.rotation, packed_k, plan.cont_new_dest)
-        rotate_rows(value, plan.cont_new_token, codec.rotation, packed_v, plan.cont_new_dest)
-        q = rotate_rows(query, plan.cont_index, codec.rotation)
-        out = torch.empty_like(q)
-        varlen(q, packed_k, packed_v, out, plan.cont_cu_q, plan.cont_cu_k, plan.cont_max_q, plan.cont_max_k, scale)
-        rotate_rows(out, None, codec.rotation_t, output, plan.cont_index)
-        return True
+        if d <= ROTATE_MAX_HEAD_DIM and codec.rotation is not None and codec.rotation_t is not None:
+            rotate_rows(key, plan.cont_new_token, codec.rotation, packed_k, plan.cont_new_dest)
+            rotate_rows(value, plan.cont_new_token, codec.rotation, packed_v, plan.cont_new_dest)
+            q = rotate_rows(query, plan.cont_index, codec.rotation)
+            out = torch.empty_like(q)
+            varlen(q, packed_k, packed_v, out, plan.cont_cu_q, plan.cont_cu_k, plan.cont_max_q, plan.cont_max_k, scale)
+            rotate_rows(out, None, codec.rotation_t, output, plan.cont_index)
+            return True
 
     def put_blocks(dest: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Blocks k, v [n, heads, G, D] at packed rows dest[j] .. dest[j] + G - 1."""
@@ -453,11 +455,11 @@ def _attend_continued_batched(
     if plan.cont_rec_block.numel() and not codec.triton:
         hk, hv = codec.decode(cache.records[plan.cont_rec_unique], rotated=True)
         put_blocks(plan.cont_rec_dest, hk[plan.cont_rec_src], hv[plan.cont_rec_src])
-    if plan.cont_sink_slot.numel():
+    if plan.cont_sink_slot.numel() and not pack:
         put_blocks(plan.cont_sink_dest, cache.slot_k[plan.cont_sink_slot], cache.slot_v[plan.cont_sink_slot])
-    if plan.cont_tile_index.numel():
+    if plan.cont_tile_index.numel() and not pack:
         put_blocks(plan.cont_tile_dest, tiles[0][plan.cont_tile_index], tiles[1][plan.cont_tile_index])
-    if plan.cont_staged_slot.numel():
+    if plan.cont_staged_slot.numel() and not pack:
         packed_k[plan.cont_staged_dest] = cache.slot_k[plan.cont_staged_slot, :, plan.cont_staged_offset].to(dtype)
         packed_v[plan.cont_staged_dest] = cache.slot_v[plan.cont_staged_slot, :, plan.cont_staged_offset].to(dtype)
     new = plan.cont_new_token
