@@ -17,7 +17,11 @@ core in-process, in three passes on fresh prompts:
 3. cProfile around every step, each on its own: of the --steps slowest, kvarn's and vLLM's
    Python functions by own and cumulative time (what a slow step does that others do not).
 
-Steps of pass 2 are sorted by what they turned out to be, not by the prediction.
+Steps of pass 2 are sorted by what they turned out to be, not by the prediction. With
+--phases-only, passes 2 and 3 give way to one pass with kvarn's phases timed by wall-clock
+wrappers (PhaseClock: metadata build, layer forward, update_cache, attend, continued chunks,
+fresh chunks, eagerly run decodes), as means over the slow steps (over 2x the median) and the
+others: real host time, which cProfile inflates unevenly.
 
 Run (GPU machine):
     python benchmarks/profile_admission.py --model /tmp/models/smollm2-135m \\
@@ -110,6 +114,73 @@ class GcClock:
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self)
+
+
+class PhaseClock:
+    """Host time inside kvarn's per-step work, by phase, without a profiler: wall-clock
+    wrappers around the functions below (about a microsecond each), summed per engine step.
+    kvarn presets only; the phases nest (a layer holds update_cache and attend, attend holds
+    the rest), and "step" is the whole engine step."""
+
+    PHASES = (
+        ("build", "kvarn_cli.kvcache.backend", "KVarNMetadataBuilder.build"),
+        ("layer", "kvarn_cli.kvcache.backend", "KVarNAttentionImpl.forward"),
+        ("update_cache", "kvarn_cli.kvcache.backend", "update_cache"),
+        ("attend", "kvarn_cli.kvcache.backend", "attend"),
+        ("continued", "kvarn_cli.kvcache.compute", "_attend_continued_batched"),
+        ("fresh", "kvarn_cli.kvcache.compute", "_attend_fresh_batched"),
+        ("decode_eager", "kvarn_cli.kvcache.compute", "_decode_group_triton"),
+    )
+
+    def __init__(self) -> None:
+        self.now: dict[str, float] = defaultdict(float)
+
+    def install(self) -> None:
+        import importlib
+
+        for name, module_name, attr in self.PHASES:
+            owner: Any = importlib.import_module(module_name)
+            *path, leaf = attr.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            setattr(owner, leaf, self._wrap(name, getattr(owner, leaf)))
+
+    def _wrap(self, name: str, fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.now[name] += time.perf_counter() - t0
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        out, self.now = dict(self.now), defaultdict(float)
+        return out
+
+
+def phase_pass(job: Job, clock: PhaseClock) -> dict[str, Any]:
+    """Every step's phase times; the mean per phase over steps over 2x the median step and
+    over the others (ms), and how many of each."""
+    rows: list[tuple[float, dict[str, float]]] = []
+    clock.take()
+    while job.busy():
+        wall, new = job.step()
+        phases = clock.take()
+        if job.kind(new):
+            rows.append((wall, phases))
+    med = statistics.median(w for w, _ in rows)
+    out: dict[str, Any] = {"median_step_ms": round(1e3 * med, 2)}
+    for label, pick in (("slow", lambda w: w > 2 * med), ("other", lambda w: w <= 2 * med)):
+        chosen = [(w, ph) for w, ph in rows if pick(w)]
+        if not chosen:
+            continue
+        names = sorted({k for _, ph in chosen for k in ph})
+        mean = {k: round(1e3 * sum(ph.get(k, 0.0) for _, ph in chosen) / len(chosen), 2) for k in names}
+        mean["step"] = round(1e3 * sum(w for w, _ in chosen) / len(chosen), 2)
+        out[label] = {"steps": len(chosen), "mean_ms": mean}
+    return out
 
 
 def timed_pass(job: Job) -> dict[str, Any]:
@@ -239,6 +310,8 @@ def main() -> None:
     ap.add_argument("--preset", default="k2v2", help="one e2e_gpu.py preset label (k2v2, fp8, k2v2:torch-prefill, ...)")
     ap.add_argument("--steps", type=int, default=12, help="steps of each kind under each profiler")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--phases-only", action="store_true",
+                    help="after the timed pass, one pass with kvarn's phases timed (PhaseClock), no profilers")
     args = ap.parse_args()
     preset, env_extra, extra = e2e_gpu.preset_setup(args.preset)
     if extra:
@@ -263,6 +336,13 @@ def main() -> None:
 
     timed = timed_pass(Job(llm, prompts[:n], params, "t", seqs))
     print(f"timed pass: {timed}", flush=True)
+    if args.phases_only:
+        if preset in ("bf16", "fp8"):
+            raise SystemExit("--phases-only times kvarn's phases: give a kvarn preset")
+        clock = PhaseClock()
+        clock.install()
+        print(f"phase pass: {phase_pass(Job(llm, prompts[n:2 * n], params, 'p', seqs), clock)}", flush=True)
+        return
     got = profiled_pass(Job(llm, prompts[n:2 * n], params, "g", seqs), args.steps, torch_profile)
     for kind in ("admit", "decode"):
         report_torch(kind, got[kind], args.top)
