@@ -410,8 +410,8 @@ def _attend_continued_batched(
     share it), sink slots, flush tiles, staged tail tokens, then the chunks' own tokens
     (plan.cont_*, staging._pack_continued). On the Triton path kernels.triton_pack copies the
     slot and tile rows and, up to triton_pack.ROTATE_MAX_HEAD_DIM, rotates the chunks' K, V
-    and queries and the output back, one launch each; the PyTorch ops it replaces were ~40 launches per layer, host-bound (80-120 ms
-    admission steps on an 8-shot job, docs/BENCHMARKS.md run 152). The kernel masks causally
+    and queries and the output back, one launch each; the PyTorch ops it replaces were ~40
+    host-bound launches per layer (docs/BENCHMARKS.md runs 152-156). The kernel masks causally
     from the end of each chunk's keys. The PyTorch path instead pads every chunk to whole
     blocks and attends in float32 with an explicit mask, a few dozen launches per chunk and
     layer (0.1-0.2 s steps where preempted sequences came back, docs/BENCHMARKS.md run 127).
