@@ -21,7 +21,10 @@ Steps of pass 2 are sorted by what they turned out to be, not by the prediction.
 --phases-only, passes 2 and 3 give way to one pass with kvarn's phases timed by wall-clock
 wrappers (PhaseClock: metadata build, layer forward, update_cache, attend, continued chunks,
 fresh chunks, eagerly run decodes), as means over the slow steps (over 2x the median) and the
-others: real host time, which cProfile inflates unevenly.
+others: real host time, which cProfile inflates unevenly. With --decode-cprofile, pass 2 runs
+cProfile (not torch.profiler) around sampled decode and admission steps and pass 3 is skipped,
+or is the phase pass with --phases-only too: any preset, so that fp8's and kvarn's host work per
+step, on either vLLM model runner (`:v1`, `:v2`), can be read side by side.
 
 Run (GPU machine):
     python benchmarks/profile_admission.py --model /tmp/models/smollm2-135m \\
@@ -312,6 +315,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--phases-only", action="store_true",
                     help="after the timed pass, one pass with kvarn's phases timed (PhaseClock), no profilers")
+    ap.add_argument("--decode-cprofile", action="store_true",
+                    help="after the timed pass, cProfile totals over --steps sampled decode steps (and as many "
+                         "admission steps), no torch.profiler; any preset, for side-by-side host profiles. "
+                         "With --phases-only as well, the phase pass follows (kvarn presets)")
     args = ap.parse_args()
     preset, env_extra, extra = e2e_gpu.preset_setup(args.preset)
     if extra:
@@ -336,12 +343,18 @@ def main() -> None:
 
     timed = timed_pass(Job(llm, prompts[:n], params, "t", seqs))
     print(f"timed pass: {timed}", flush=True)
+    if args.decode_cprofile:
+        got = profiled_pass(Job(llm, prompts[n:2 * n], params, "d", seqs), args.steps, cprofile)
+        for kind in ("decode", "admit"):
+            report_cprofile(kind, got[kind], args.top)
+        if not args.phases_only or preset in ("bf16", "fp8"):
+            return
     if args.phases_only:
         if preset in ("bf16", "fp8"):
             raise SystemExit("--phases-only times kvarn's phases: give a kvarn preset")
         clock = PhaseClock()
         clock.install()
-        print(f"phase pass: {phase_pass(Job(llm, prompts[n:2 * n], params, 'p', seqs), clock)}", flush=True)
+        print(f"phase pass: {phase_pass(Job(llm, prompts[2 * n:3 * n], params, 'p', seqs), clock)}", flush=True)
         return
     got = profiled_pass(Job(llm, prompts[n:2 * n], params, "g", seqs), args.steps, torch_profile)
     for kind in ("admit", "decode"):
