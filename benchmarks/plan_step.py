@@ -4,40 +4,51 @@ With decode steps replayed as CUDA graphs, the metadata builder's planning is th
 KVarN step that still runs in Python every step, so it has to stay well under vLLM's own
 per-step overhead (~3-5 ms on the H100 host at ~100 sequences).
 
-    python benchmarks/plan_step.py --rows 107 --steps 300
+    python benchmarks/plan_step.py --rows 128 --steps 300
+
+With --baseline FILE (another version of kvarn_cli/kvcache/staging.py, e.g. from
+`git show REV:kvarn_cli/kvcache/staging.py > /tmp/staging_rev.py`), the plan alone is timed
+for both versions in turn, --rounds times each on a fresh pool, and the medians and their
+ratio are printed: one process, so host noise falls on both alike.
+
+    python benchmarks/plan_step.py --rows 128 --width 30 --prompt 1358 --baseline /tmp/staging_rev.py
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import statistics
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kvarn_cli.kvcache import staging  # noqa: E402
 from kvarn_cli.kvcache.graph import DecodeBuffers  # noqa: E402
-from kvarn_cli.kvcache.staging import UNSPLIT_DECODES, StagingPool  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=107, help="sequences decoding together")
-    ap.add_argument("--block-size", type=int, default=128)
-    ap.add_argument("--width", type=int, default=12, help="blocks per sequence in the table")
-    ap.add_argument("--prompt", type=int, default=91, help="tokens per sequence before decoding")
-    ap.add_argument("--steps", type=int, default=300)
-    args = ap.parse_args()
+def decode_rows(R: int, G: int, prompt: int) -> np.ndarray:
+    """Sequence lengths spread over a block's positions, so about R / G rows start or fill a
+    block in every step, as in a long-running batch."""
+    return np.full(R, prompt, dtype=np.int64) + np.arange(R) * 37 % G
+
+
+def time_plans(module: ModuleType, args: argparse.Namespace, buffers: DecodeBuffers | None) -> tuple[float, float]:
+    """(plan, buffer load) milliseconds per decode step, on a pool of `module` after one prefill."""
     R, G, W = args.rows, args.block_size, args.width
-    pool = StagingPool(2 * R, G, attention_budget_rows=UNSPLIT_DECODES, kernel_decodes=True)  # as the CUDA backend's
+    pool = module.StagingPool(2 * R, G, attention_budget_rows=module.UNSPLIT_DECODES, kernel_decodes=True)
     table = np.arange(1, R * W + 1, dtype=np.int32).reshape(R, W)
-    seq = np.full(R, args.prompt, dtype=np.int64) + np.arange(R) % 7
+    seq = decode_rows(R, G, args.prompt)
+    if int(seq.max()) + args.steps > W * G:
+        raise SystemExit(f"--width {W} holds {W * G} tokens; the last step reaches {int(seq.max()) + args.steps}")
     prefill_qsl = np.concatenate([[0], np.cumsum(seq)])
     pool.plan(prefill_qsl, seq, table, int(prefill_qsl[-1]))
-    buffers = DecodeBuffers(R, W, torch.device("cpu"))
     qsl = np.arange(R + 1)
     plan_s = load_s = 0.0
     for _ in range(args.steps):
@@ -45,14 +56,50 @@ def main() -> None:
         t0 = time.perf_counter()
         plan = pool.plan(qsl, seq, table, R)
         t1 = time.perf_counter()
-        if not buffers.fits(plan, R):
-            raise SystemExit("a decode-only step did not fit the graph buffers")
-        buffers.load(plan, R)
-        buffers.take_fills()  # the builder hands these to the flush before the next load
-        load_s += time.perf_counter() - t1
         plan_s += t1 - t0
-    print(f"{R} rows, {args.steps} decode steps: plan {1e3 * plan_s / args.steps:.3f} ms/step, "
-          f"buffer load {1e3 * load_s / args.steps:.3f} ms/step, {pool.spills} spills")
+        if buffers is not None:
+            if not buffers.fits(plan, R):
+                raise SystemExit("a decode-only step did not fit the graph buffers")
+            buffers.load(plan, R)
+            buffers.take_fills()  # the builder hands these to the flush before the next load
+            load_s += time.perf_counter() - t1
+    return 1e3 * plan_s / args.steps, 1e3 * load_s / args.steps
+
+
+def load_module(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("kvarn_staging_baseline", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=128, help="sequences decoding together")
+    ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--width", type=int, default=30, help="blocks per sequence in the table")
+    ap.add_argument("--prompt", type=int, default=1358, help="tokens per sequence before decoding (+ 0..G-1)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--baseline", help="another staging.py to time the plan against, in turn")
+    ap.add_argument("--rounds", type=int, default=7, help="with --baseline: timed rounds of each version")
+    args = ap.parse_args()
+    if args.baseline is None:
+        buffers = DecodeBuffers(args.rows, args.width, torch.device("cpu"))
+        plan_ms, load_ms = time_plans(staging, args, buffers)
+        print(f"{args.rows} rows, {args.steps} decode steps: plan {plan_ms:.3f} ms/step, buffer load {load_ms:.3f} ms/step")
+        return
+    baseline = load_module(args.baseline)
+    times: dict[str, list[float]] = {"this tree": [], "baseline": []}
+    for _ in range(args.rounds):
+        times["this tree"].append(time_plans(staging, args, None)[0])
+        times["baseline"].append(time_plans(baseline, args, None)[0])
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, ts in times.items():
+        print(f"{name}: plan median {med[name]:.3f} ms/step (min {min(ts):.3f}, {len(ts)} rounds of {args.steps} steps)")
+    print(f"{args.rows} rows: this tree / baseline = {med['this tree'] / med['baseline']:.2f}")
 
 
 if __name__ == "__main__":

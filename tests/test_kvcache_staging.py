@@ -547,3 +547,33 @@ def test_decode_buffers_hand_out_each_steps_fills_once() -> None:
     plan = pool.plan(np.array([0, 1, 2]), np.array([6, 9]), bt, 2)  # nothing fills
     buffers.load(plan, 3)
     assert buffers.take_fills() is None
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_block_ids_past_the_slot_lookup_array_grow_it_and_it_agrees_with_the_dict(seed: int) -> None:
+    """The pool answers "which slot holds block b" for every row of a step at once from an
+    array indexed by block id (StagingPool._slots_of), kept beside the block_slot dict. With
+    block ids handed out from the top of a 2,100-block cache (past the array's first 1,024
+    entries) a random schedule must still match the reference, and after every step the array
+    must say what the dict says, nothing more."""
+    eng = make_engine(num_blocks=2100, num_slots=8)
+    eng.free = list(range(eng.num_blocks - 1, 0, -1))  # the highest ids first
+    pool = eng.pool
+    planned = pool.plan
+    steps = 0
+
+    def plan_and_check(*args: object) -> StepPlan:
+        nonlocal steps
+        plan = planned(*args)  # type: ignore[arg-type]
+        table = pool._slot_of_block
+        bound = np.nonzero(table >= 0)[0]
+        assert {int(b): int(table[b]) for b in bound} == {b: s for b, s in pool.block_slot.items() if b >= 0}
+        steps += 1
+        return plan
+
+    pool.plan = plan_and_check  # type: ignore[method-assign]
+    assert _random_schedule(eng, seed) == 30
+    assert steps > 50 and pool._slot_of_block.shape[0] >= 2048 and pool.spills > 0
+    assert eng.max_err < TOL
+    # ids past the array and negative ones read as "no slot" unless the dict has them
+    assert pool._slots_of(np.array([10**6, -7])).tolist() == [-1, -1]

@@ -261,7 +261,7 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
             self._maintain(moved)
         if fixed:
             assert self.buffers is not None
-            plan = replace(plan, fixed=self.buffers.load(plan, cam.num_reqs))
+            plan.fixed = self.buffers.load(plan, cam.num_reqs)
         else:
             plan = moved
         return KVarNMetadata(num_actual_tokens=num_tokens, plan=plan)

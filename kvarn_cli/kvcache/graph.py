@@ -33,7 +33,7 @@ from kvarn_cli.kvcache.staging import StepPlan
 _ROW_FIELDS = ("nblk", "tokens", "stage_slot", "stage_offset", "fill_slot", "fill_block")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodeArrays:
     """The device views one decode step reads; `rows` is the (padded) batch size."""
 
@@ -79,6 +79,9 @@ class DecodeBuffers:
         )
         self._host_rows[_ROW_FIELDS.index("tokens")] = np.arange(R, dtype=np.int32)
         self._blank()
+        #: the device views of each batch size seen: they never change, and making them is ten
+        #: tensor slices, host time on every decode step otherwise
+        self._arrays: dict[int, DecodeArrays] = {}
 
     def _blank(self) -> None:
         """Every row reads and writes nothing."""
@@ -169,9 +172,12 @@ class DecodeBuffers:
         return self.arrays(rows)
 
     def arrays(self, rows: int) -> DecodeArrays:
+        made = self._arrays.get(rows)
+        if made is not None:
+            return made
         dr = self._dev_rows
         idx = _ROW_FIELDS.index
-        return DecodeArrays(
+        self._arrays[rows] = made = DecodeArrays(
             rows=rows,
             table=self._dev_table[:rows],
             nblk=dr[idx("nblk"), :rows],
@@ -183,6 +189,7 @@ class DecodeBuffers:
             fill_slot=dr[idx("fill_slot"), :rows],
             fill_block=dr[idx("fill_block"), :rows],
         )
+        return made
 
 
 def real_requests(seq_lens: np.ndarray, first_blocks: np.ndarray, num_reqs: int, null_block: int) -> int:

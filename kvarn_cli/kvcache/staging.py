@@ -50,12 +50,23 @@ class StagingPoolExhausted(RuntimeError):
     """More sequences in one batch than the pool has tail slots for (a sizing bug)."""
 
 
+#: the one empty index list every plan shares: a plan has a few dozen index fields, most of them
+#: empty on a decode step, and making each anew cost about as much as the rest of the plan's
+#: tensors. Nothing writes into a plan's tensors (layers only read them).
+_EMPTY_INDEX = torch.empty(0, dtype=torch.int64, device="cpu")  # (vLLM may import this under a CUDA default device)
+
+
 def _long(values: list[int] | np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values, dtype=np.int64))
+    # from_numpy shares the array as as_tensor would, at a fraction of its per-call cost (a
+    # plan makes a few dozen of these every step); a read-only array is copied instead
+    array = np.asarray(values, dtype=np.int64)
+    if array.size == 0 and array.ndim == 1:
+        return _EMPTY_INDEX
+    return torch.from_numpy(array) if array.flags.writeable else torch.as_tensor(array)
 
 
 def _no_index() -> torch.Tensor:
-    return torch.empty(0, dtype=torch.int64)
+    return _EMPTY_INDEX
 
 
 @dataclass
@@ -134,8 +145,8 @@ class StepPlan:
     restore_slot: torch.Tensor
     restore_block: torch.Tensor
     # slot flushes, applied after the step's tokens are staged: full slot -> record of block
-    fill_slot: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    fill_block: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    fill_slot: torch.Tensor = field(default_factory=_no_index)
+    fill_block: torch.Tensor = field(default_factory=_no_index)
     groups: list[AttentionGroup] = field(default_factory=list)
     #: decode-only steps on the Triton path: the step as fixed-address device arrays
     #: (kvarn_cli.kvcache.graph.DecodeArrays); the layers then read nothing else of the plan
@@ -159,7 +170,7 @@ class StepPlan:
     #: prefill chunks that start their sequence (groups with fresh_first_token >= 0), for one
     #: batched attention call: their query-token indices, concatenated, and the int32
     #: cumulative chunk lengths [chunks + 1]; fresh_max_len is the longest chunk
-    fresh_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    fresh_index: torch.Tensor = field(default_factory=_no_index)
     fresh_cu: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int32))
     fresh_max_len: int = 0
     #: prefill chunks that continue a sequence (the other groups with more than one query),
@@ -373,6 +384,9 @@ class StagingPool:
         self.slot_fill = np.zeros(num_slots, dtype=np.int64)
         self.slot_stamp = np.full(num_slots, -1, dtype=np.int64)
         self.block_slot: dict[int, int] = {}
+        #: block_slot as an array indexed by block id (-1: no slot), grown on demand: the plan
+        #: looks up every row's tail and sink blocks each step, which array indexing does at once
+        self._slot_of_block = np.full(1024, -1, dtype=np.int64)
         self.free: list[int] = list(range(num_slots - 1, -1, -1))
         self.step = 0
         self._victims: list[int] | None = None
@@ -382,10 +396,34 @@ class StagingPool:
         self.sink_fallbacks = 0
 
     # -- slot primitives ------------------------------------------------------------------
+    def _bind(self, block: int, slot: int) -> None:
+        """Slot `slot` now holds block `block` (the slot's own fields are the caller's)."""
+        self.block_slot[block] = slot
+        self.slot_block[slot] = block
+        if block < 0:  # not a block id vLLM hands out (the warm-up's scratch table has one): dict only
+            return
+        table = self._slot_of_block
+        if block >= table.shape[0]:
+            grown = np.full(max(2 * table.shape[0], block + 1), -1, dtype=np.int64)
+            grown[: table.shape[0]] = table
+            self._slot_of_block = table = grown
+        table[block] = slot
+
+    def _slots_of(self, blocks: np.ndarray) -> np.ndarray:
+        """The slot holding each of `blocks` (an int array of block ids), -1 where none does:
+        block_slot's answers, by array indexing where every id is inside the array."""
+        table = self._slot_of_block
+        if blocks.size and (int(blocks.max()) >= table.shape[0] or int(blocks.min()) < 0):
+            get = self.block_slot.get
+            return np.array([get(b, -1) for b in blocks.tolist()], dtype=np.int64)
+        return table[blocks]
+
     def _release(self, slot: int) -> None:
         block = int(self.slot_block[slot])
         if block >= 0 and self.block_slot.get(block) == slot:
             del self.block_slot[block]
+            if block < self._slot_of_block.shape[0]:
+                self._slot_of_block[block] = -1
         self.slot_block[slot] = -1
         self.slot_fill[slot] = 0
         self.free.append(slot)
@@ -460,18 +498,21 @@ class StagingPool:
         staged_after = seq % G
         bt = block_table
         active = qlen > 0
-        used = min(int(bt.shape[1]), int(full_after.max(initial=0)) + 1)  # table columns any row reaches
+        # the table columns any row reaches, which steps 1-4 index (as rows of Python lists
+        # where they loop); the attention groups take the whole table
+        used = min(int(bt.shape[1]), int(full_after.max(initial=0)) + 1)
+        bt_used = bt[:num_reqs, :used]
         # Python loops run only over the rows with work beyond a lookup (a block that starts
         # or fills, a slot to allocate or restore): a decode batch has a few such rows per
-        # step, and the common per-row work is done with list lookups and array writes. The
-        # loops read Python lists: numpy scalar indexing costs several times more.
-        bt_l = bt[:num_reqs, :used].tolist()
+        # step, and the slot lookups of every row are array indexing (_slots_of). The loops
+        # read Python lists (one table row at a time): numpy scalar indexing costs several
+        # times more.
         qlen_l = qlen.tolist()
         fb_l, sb_l = full_before.tolist(), staged_before.tolist()
         fa_l, sa_l = full_after.tolist(), staged_after.tolist()
-        block_slot = self.block_slot
-        get = block_slot.get
+        get = self.block_slot.get
         slot_kind = self.slot_kind
+        slots_of = self._slots_of
 
         spills: list[tuple[int, int, int]] = []
 
@@ -480,18 +521,18 @@ class StagingPool:
         first_fresh = full_before + (staged_before > 0)
         lb_l, ff_l = last_block.tolist(), first_fresh.tolist()
         for r in np.nonzero(active & (last_block >= first_fresh))[0].tolist():
-            for j in range(ff_l[r], lb_l[r] + 1):
-                slot = get(bt_l[r][j])
+            for block in bt_used[r, ff_l[r] : lb_l[r] + 1].tolist():
+                slot = get(block)
                 if slot is not None:
                     self._release(slot)
 
         # 2. slots the batch reads: continuing tails and sinks of context blocks
-        continuing_rows = np.nonzero(active & (staged_before > 0))[0].tolist()
-        touched = [get(bt_l[r][fb_l[r]]) for r in continuing_rows]
-        kinds = slot_kind.tolist()
-        touched += [slot for r in np.nonzero(full_before >= 1)[0].tolist()
-                    if (slot := get(bt_l[r][0])) is not None and kinds[slot] == _SINK]
-        self.slot_stamp[[slot for slot in touched if slot is not None]] = self.step
+        continuing_rows = np.nonzero(active & (staged_before > 0))[0]
+        tails_read = slots_of(bt_used[continuing_rows, full_before[continuing_rows]])
+        firsts = slots_of(bt_used[np.nonzero(full_before >= 1)[0], 0])
+        firsts = firsts[firsts >= 0]
+        self.slot_stamp[tails_read[tails_read >= 0]] = self.step
+        self.slot_stamp[firsts[slot_kind[firsts] == _SINK]] = self.step
 
         # 3. flushes: blocks [full_before, full_after) of each request fill up this step
         flush_block: list[int] = []
@@ -508,8 +549,9 @@ class StagingPool:
         need_sink: list[int] = []  # flush indices of first blocks without a slot yet
         for r in np.nonzero(full_after > full_before)[0].tolist():
             tiles_before = len(flush_block)
+            row = bt_used[r].tolist()
             for j in range(fb_l[r], fa_l[r]):
-                block = bt_l[r][j]
+                block = row[j]
                 prefix = sb_l[r] if j == fb_l[r] else 0
                 slot = get(block) if prefix > 0 else None
                 if prefix > 0 and slot is None:  # the prefix was spilled: back into a slot first
@@ -548,13 +590,12 @@ class StagingPool:
         tail_slot = np.full(num_reqs, -1, dtype=np.int64)
         partial = staged_after > 0
         for r in np.nonzero(partial & ~active)[0].tolist():  # in the batch without new tokens: read only
-            slot = get(bt_l[r][fa_l[r]])
+            slot = get(int(bt_used[r, fa_l[r]]))
             tail_slot[r] = -1 if slot is None else slot
         growing = partial & active
-        continuing = np.nonzero(growing & (full_after == full_before) & (staged_before > 0))[0].tolist()
-        resident = [get(bt_l[r][fa_l[r]]) for r in continuing]
-        kept_rows = np.array([r for r, slot in zip(continuing, resident) if slot is not None], dtype=np.int64)
-        kept = np.array([slot for slot in resident if slot is not None], dtype=np.int64)
+        continuing = np.nonzero(growing & (full_after == full_before) & (staged_before > 0))[0]
+        resident = slots_of(bt_used[continuing, full_after[continuing]])
+        kept_rows, kept = continuing[resident >= 0], resident[resident >= 0]
         slot_kind[kept] = _TAIL
         self.slot_fill[kept] = staged_after[kept_rows]
         self.slot_stamp[kept] = self.step
@@ -562,14 +603,13 @@ class StagingPool:
         placed = np.zeros(num_reqs, dtype=bool)
         placed[kept_rows] = True
         for r in np.nonzero(growing & ~placed)[0].tolist():
-            block = bt_l[r][fa_l[r]]
+            block = int(bt_used[r, fa_l[r]])
             if fa_l[r] == fb_l[r] and sb_l[r] > 0:  # its prefix was spilled: bring it back from the record
                 slot = self._restore_into_slot(block, sb_l[r], spills, restore_slot, restore_block)
             else:
                 slot = self._allocate(spills, optional=False)
                 assert slot is not None
-                block_slot[block] = slot
-                self.slot_block[slot] = block
+                self._bind(block, slot)
             slot_kind[slot] = _TAIL
             self.slot_fill[slot] = sa_l[r]
             self._touch(slot)
@@ -581,9 +621,7 @@ class StagingPool:
             if slot is None:
                 self.sink_fallbacks += 1
                 continue
-            block = flush_block[f]
-            self.block_slot[block] = slot
-            self.slot_block[slot] = block
+            self._bind(flush_block[f], slot)
             self.slot_kind[slot] = _SINK
             self.slot_fill[slot] = G
             flush_keep_slot[f] = slot
@@ -597,6 +635,12 @@ class StagingPool:
         flushing = (token_blk < full_after[token_req]) & (by_slot < 0)
         token_tile = np.where(flushing, tile_base[token_req] + token_blk - full_before[token_req], -1)
         token_slot = np.where(flushing, -1, np.where(by_slot >= 0, by_slot, tail_slot[token_req]))
+        # the masks resolved here in numpy, where StepPlan.__post_init__ would take a few torch
+        # calls each (a decode step's plan is host work on every engine step)
+        to_slot, to_tile = np.flatnonzero(token_slot >= 0), np.flatnonzero(token_tile >= 0)
+        prefix_slots = np.asarray(flush_prefix_slot, dtype=np.int64)
+        keep_slots = np.asarray(flush_keep_slot, dtype=np.int64)
+        from_slot, keep = np.flatnonzero(prefix_slots >= 0), np.flatnonzero(keep_slots >= 0)
 
         plan = StepPlan(
             num_tokens=num_tokens,
@@ -607,13 +651,23 @@ class StagingPool:
             spill_block=_long([s[1] for s in spills]),
             spill_fill=_long([s[2] for s in spills]),
             flush_block=_long(flush_block),
-            flush_prefix_slot=_long(flush_prefix_slot),
+            flush_prefix_slot=_long(prefix_slots),
             flush_prefix_len=_long(flush_prefix_len),
-            flush_keep_slot=_long(flush_keep_slot),
+            flush_keep_slot=_long(keep_slots),
             restore_slot=_long(restore_slot),
             restore_block=_long(restore_block),
             fill_slot=_long(fill_slot),
             fill_block=_long(fill_block),
+            slot_token=_long(to_slot),
+            slot_id=_long(token_slot[to_slot]),
+            slot_offset=_long(token_off[to_slot]),
+            tile_token=_long(to_tile),
+            tile_id=_long(token_tile[to_tile]),
+            tile_offset=_long(token_off[to_tile]),
+            prefix_slot_tile=_long(from_slot),
+            prefix_slot=_long(prefix_slots[from_slot]),
+            keep_tile=_long(keep),
+            keep_slot=_long(keep_slots[keep]),
         )
 
         # 7. attention groups: decodes (one query) batched, each longer query on its own
@@ -647,8 +701,7 @@ class StagingPool:
         restore_slot.append(slot)
         restore_block.append(block)
         self.restores += 1
-        self.block_slot[block] = slot
-        self.slot_block[slot] = block
+        self._bind(block, slot)
         self.slot_kind[slot] = _TAIL
         self.slot_fill[slot] = fill
         return slot
@@ -692,10 +745,8 @@ class StagingPool:
         n = rows.size
         nb = full_before[rows]
         # the first block comes from its 16-bit sink copy while one is resident
-        get, kinds = self.block_slot.get, self.slot_kind.tolist()
-        sinks = [-1 if (slot := get(block)) is None or kinds[slot] != _SINK else slot
-                 for block in bt[rows, 0].tolist()]
-        sink_of = np.where(nb >= 1, np.asarray(sinks, dtype=np.int64), -1)
+        firsts = self._slots_of(bt[rows, 0])
+        sink_of = np.where((nb >= 1) & (firsts >= 0) & (self.slot_kind[np.maximum(firsts, 0)] == _SINK), firsts, -1)
         has_sink = sink_of >= 0
         first = has_sink.astype(np.int64)
         count = nb - first  # record blocks first .. nb-1 of each row
@@ -709,7 +760,6 @@ class StagingPool:
         is_filled = filled >= 0
         tail = np.where(is_filled, filled, np.where(staged_after[rows] > 0, tail_slot[rows], -1))
         tail_len = np.where(is_filled, G, staged_after[rows])
-        tail_pos = np.where(is_filled, nb, full_after[rows])
         has_tail = tail >= 0
         side_slot = np.stack([sink_of, tail], axis=1).astype(np.int32)
         side_len = np.stack([np.where(has_sink, G, 0), np.where(has_tail, tail_len, 0)], axis=1).astype(np.int32)
@@ -722,6 +772,7 @@ class StagingPool:
             hist_row, hist_col = np.nonzero(valid)
             sink_rows = np.nonzero(has_sink)[0]
             tail_rows = np.nonzero(has_tail)[0]
+            tail_pos = np.where(is_filled, nb, full_after[rows])
             lists.update(
                 hist_row=_long(hist_row),
                 hist_pos=_long(first[hist_row] + hist_col),
