@@ -19,9 +19,9 @@ core in-process, in three passes on fresh prompts:
 
 Steps of pass 2 are sorted by what they turned out to be, not by the prediction. With
 --phases-only, passes 2 and 3 give way to one pass with kvarn's phases timed by wall-clock
-wrappers (PhaseClock: metadata build, layer forward, update_cache, attend, continued chunks,
-fresh chunks, eagerly run decodes), as means over the slow steps (over 2x the median) and the
-others: real host time, which cProfile inflates unevenly. With --decode-cprofile, pass 2 runs
+wrappers (PhaseClock: metadata build and its parts, layer forward, update_cache, attend,
+continued chunks, fresh chunks, eagerly run decodes), as means over the slow steps (over 2x
+the median) and the others: real host time, which cProfile inflates unevenly. With --decode-cprofile, pass 2 runs
 cProfile (not torch.profiler) around sampled decode and admission steps and pass 3 is skipped,
 or is the phase pass with --phases-only too: any preset, so that fp8's and kvarn's host work per
 step, on either vLLM model runner (`:v1`, `:v2`), can be read side by side.
@@ -122,11 +122,18 @@ class GcClock:
 class PhaseClock:
     """Host time inside kvarn's per-step work, by phase, without a profiler: wall-clock
     wrappers around the functions below (about a microsecond each), summed per engine step.
-    kvarn presets only; the phases nest (a layer holds update_cache and attend, attend holds
-    the rest), and "step" is the whole engine step."""
+    kvarn presets only; the phases nest (the build holds flush_last, host_table, plan and load;
+    a layer holds update_cache and attend, attend holds the rest), and "step" is the whole
+    engine step."""
 
     PHASES = (
         ("build", "kvarn_cli.kvcache.backend", "KVarNMetadataBuilder.build"),
+        # parts of the build: the flush of the slots the last graph step filled, the host copy
+        # of the block table, the plan, the load of a decode step into the graph buffers
+        ("flush_last", "kvarn_cli.kvcache.backend", "KVarNMetadataBuilder._flush_last_decode"),
+        ("host_table", "kvarn_cli.vllm_compat", "host_block_table"),
+        ("plan", "kvarn_cli.kvcache.staging", "StagingPool.plan"),
+        ("load", "kvarn_cli.kvcache.graph", "DecodeBuffers.load"),
         ("layer", "kvarn_cli.kvcache.backend", "KVarNAttentionImpl.forward"),
         ("update_cache", "kvarn_cli.kvcache.backend", "update_cache"),
         ("attend", "kvarn_cli.kvcache.backend", "attend"),
