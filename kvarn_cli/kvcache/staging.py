@@ -218,14 +218,16 @@ class StepPlan:
             return
         if self.token_slot.device.type != "cpu":
             raise ValueError("make a StepPlan from host tensors, then move it with .to(device)")
-        to_slot = torch.nonzero(self.token_slot >= 0).flatten()
-        self.slot_token, self.slot_id, self.slot_offset = to_slot, self.token_slot[to_slot], self.token_offset[to_slot]
-        to_tile = torch.nonzero(self.token_tile >= 0).flatten()
-        self.tile_token, self.tile_id, self.tile_offset = to_tile, self.token_tile[to_tile], self.token_offset[to_tile]
-        from_slot = torch.nonzero(self.flush_prefix_slot >= 0).flatten()
-        self.prefix_slot_tile, self.prefix_slot = from_slot, self.flush_prefix_slot[from_slot]
-        keep = torch.nonzero(self.flush_keep_slot >= 0).flatten()
-        self.keep_tile, self.keep_slot = keep, self.flush_keep_slot[keep]
+        # in numpy: a torch call per mask costs several times more, and a plan is made on the
+        # host every engine step
+        slot, tile, offset = self.token_slot.numpy(), self.token_tile.numpy(), self.token_offset.numpy()
+        to_slot, to_tile = np.flatnonzero(slot >= 0), np.flatnonzero(tile >= 0)
+        self.slot_token, self.slot_id, self.slot_offset = _long(to_slot), _long(slot[to_slot]), _long(offset[to_slot])
+        self.tile_token, self.tile_id, self.tile_offset = _long(to_tile), _long(tile[to_tile]), _long(offset[to_tile])
+        prefix, keep_slots = self.flush_prefix_slot.numpy(), self.flush_keep_slot.numpy()
+        from_slot, keep = np.flatnonzero(prefix >= 0), np.flatnonzero(keep_slots >= 0)
+        self.prefix_slot_tile, self.prefix_slot = _long(from_slot), _long(prefix[from_slot])
+        self.keep_tile, self.keep_slot = _long(keep), _long(keep_slots[keep])
 
     @property
     def num_flush(self) -> int:
@@ -422,8 +424,7 @@ class StagingPool:
         block = int(self.slot_block[slot])
         if block >= 0 and self.block_slot.get(block) == slot:
             del self.block_slot[block]
-            if block < self._slot_of_block.shape[0]:
-                self._slot_of_block[block] = -1
+            self._slot_of_block[block] = -1  # bound by _bind, which grew the array to cover it
         self.slot_block[slot] = -1
         self.slot_fill[slot] = 0
         self.free.append(slot)
@@ -635,12 +636,6 @@ class StagingPool:
         flushing = (token_blk < full_after[token_req]) & (by_slot < 0)
         token_tile = np.where(flushing, tile_base[token_req] + token_blk - full_before[token_req], -1)
         token_slot = np.where(flushing, -1, np.where(by_slot >= 0, by_slot, tail_slot[token_req]))
-        # the masks resolved here in numpy, where StepPlan.__post_init__ would take a few torch
-        # calls each (a decode step's plan is host work on every engine step)
-        to_slot, to_tile = np.flatnonzero(token_slot >= 0), np.flatnonzero(token_tile >= 0)
-        prefix_slots = np.asarray(flush_prefix_slot, dtype=np.int64)
-        keep_slots = np.asarray(flush_keep_slot, dtype=np.int64)
-        from_slot, keep = np.flatnonzero(prefix_slots >= 0), np.flatnonzero(keep_slots >= 0)
 
         plan = StepPlan(
             num_tokens=num_tokens,
@@ -651,23 +646,13 @@ class StagingPool:
             spill_block=_long([s[1] for s in spills]),
             spill_fill=_long([s[2] for s in spills]),
             flush_block=_long(flush_block),
-            flush_prefix_slot=_long(prefix_slots),
+            flush_prefix_slot=_long(flush_prefix_slot),
             flush_prefix_len=_long(flush_prefix_len),
-            flush_keep_slot=_long(keep_slots),
+            flush_keep_slot=_long(flush_keep_slot),
             restore_slot=_long(restore_slot),
             restore_block=_long(restore_block),
             fill_slot=_long(fill_slot),
             fill_block=_long(fill_block),
-            slot_token=_long(to_slot),
-            slot_id=_long(token_slot[to_slot]),
-            slot_offset=_long(token_off[to_slot]),
-            tile_token=_long(to_tile),
-            tile_id=_long(token_tile[to_tile]),
-            tile_offset=_long(token_off[to_tile]),
-            prefix_slot_tile=_long(from_slot),
-            prefix_slot=_long(prefix_slots[from_slot]),
-            keep_tile=_long(keep),
-            keep_slot=_long(keep_slots[keep]),
         )
 
         # 7. attention groups: decodes (one query) batched, each longer query on its own
