@@ -1,10 +1,12 @@
-"""Host cost of planning one decode step: StagingPool.plan + loading the CUDA-graph buffers.
+"""Host cost of planning one decode step into the CUDA-graph buffers: StagingPool.plan_decodes +
+DecodeBuffers.load_decodes (what the metadata builder does) against StagingPool.plan +
+DecodeBuffers.load (what it did before), in alternating rounds of one process.
 
 With decode steps replayed as CUDA graphs, the metadata builder's planning is the part of a
 KVarN step that still runs in Python every step, so it has to stay well under vLLM's own
 per-step overhead (~3-5 ms on the H100 host at ~100 sequences).
 
-    python benchmarks/plan_step.py --rows 128 --steps 300
+    python benchmarks/plan_step.py --rows 128 --steps 300 --rounds 7
 
 With --baseline FILE (another version of kvarn_cli/kvcache/staging.py, e.g. from
 `git show REV:kvarn_cli/kvcache/staging.py > /tmp/staging_rev.py`), the plan alone is timed
@@ -39,8 +41,10 @@ def decode_rows(R: int, G: int, prompt: int) -> np.ndarray:
     return np.full(R, prompt, dtype=np.int64) + np.arange(R) * 37 % G
 
 
-def time_plans(module: ModuleType, args: argparse.Namespace, buffers: DecodeBuffers | None) -> tuple[float, float]:
-    """(plan, buffer load) milliseconds per decode step, on a pool of `module` after one prefill."""
+def time_plans(module: ModuleType, args: argparse.Namespace, buffers: DecodeBuffers | None, direct: bool = False) -> tuple[float, float]:
+    """(plan, buffer load) milliseconds per decode step, on a pool of `module` after one
+    prefill; `direct`: planned with plan_decodes + load_decodes, as the builder plans a
+    decode-only step, instead of plan + load."""
     R, G, W = args.rows, args.block_size, args.width
     pool = module.StagingPool(2 * R, G, attention_budget_rows=module.UNSPLIT_DECODES, kernel_decodes=True)
     table = np.arange(1, R * W + 1, dtype=np.int32).reshape(R, W)
@@ -54,13 +58,19 @@ def time_plans(module: ModuleType, args: argparse.Namespace, buffers: DecodeBuff
     for _ in range(args.steps):
         seq = seq + 1
         t0 = time.perf_counter()
-        plan = pool.plan(qsl, seq, table, R)
+        if direct:
+            step = pool.plan_decodes(seq, table)
+        else:
+            plan = pool.plan(qsl, seq, table, R)
         t1 = time.perf_counter()
         plan_s += t1 - t0
         if buffers is not None:
-            if not buffers.fits(plan, R):
-                raise SystemExit("a decode-only step did not fit the graph buffers")
-            buffers.load(plan, R)
+            if direct:
+                buffers.load_decodes(step, R)
+            else:
+                if not buffers.fits(plan, R):
+                    raise SystemExit("a decode-only step did not fit the graph buffers")
+                buffers.load(plan, R)
             buffers.take_fills()  # the builder hands these to the flush before the next load
             load_s += time.perf_counter() - t1
     return 1e3 * plan_s / args.steps, 1e3 * load_s / args.steps
@@ -84,12 +94,23 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=1358, help="tokens per sequence before decoding (+ 0..G-1)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--baseline", help="another staging.py to time the plan against, in turn")
-    ap.add_argument("--rounds", type=int, default=7, help="with --baseline: timed rounds of each version")
+    ap.add_argument("--rounds", type=int, default=7, help="timed rounds of each way (or version)")
     args = ap.parse_args()
     if args.baseline is None:
         buffers = DecodeBuffers(args.rows, args.width, torch.device("cpu"))
-        plan_ms, load_ms = time_plans(staging, args, buffers)
-        print(f"{args.rows} rows, {args.steps} decode steps: plan {plan_ms:.3f} ms/step, buffer load {load_ms:.3f} ms/step")
+        ways = {"plan + load": False, "plan_decodes + load_decodes": True}
+        totals: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+        for _ in range(args.rounds):
+            for name, direct in ways.items():
+                totals[name].append(time_plans(staging, args, buffers, direct))
+        med = {}
+        for name, ts in totals.items():
+            med[name] = statistics.median(p + ld for p, ld in ts)
+            plan_ms, load_ms = statistics.median(p for p, _ in ts), statistics.median(ld for _, ld in ts)
+            print(f"{name}: {med[name]:.3f} ms/step (plan {plan_ms:.3f}, load {load_ms:.3f}; medians of "
+                  f"{args.rounds} rounds of {args.steps} steps)")
+        print(f"{args.rows} rows: plan_decodes + load_decodes / plan + load = "
+              f"{med['plan_decodes + load_decodes'] / med['plan + load']:.2f}")
         return
     baseline = load_module(args.baseline)
     times: dict[str, list[float]] = {"this tree": [], "baseline": []}

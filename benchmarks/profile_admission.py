@@ -122,9 +122,9 @@ class GcClock:
 class PhaseClock:
     """Host time inside kvarn's per-step work, by phase, without a profiler: wall-clock
     wrappers around the functions below (about a microsecond each), summed per engine step.
-    kvarn presets only; the phases nest (the build holds flush_last, host_table, plan and load;
-    a layer holds update_cache and attend, attend holds the rest), and "step" is the whole
-    engine step."""
+    kvarn presets only; the phases nest (the build holds flush_last, host_table, and plan and
+    load or plan_decodes and load_decodes; a layer holds update_cache and attend, attend holds
+    the rest), and "step" is the whole engine step."""
 
     PHASES = (
         ("build", "kvarn_cli.kvcache.backend", "KVarNMetadataBuilder.build"),
@@ -134,6 +134,9 @@ class PhaseClock:
         ("host_table", "kvarn_cli.vllm_compat", "host_block_table"),
         ("plan", "kvarn_cli.kvcache.staging", "StagingPool.plan"),
         ("load", "kvarn_cli.kvcache.graph", "DecodeBuffers.load"),
+        # decode-only steps planned straight into the graph buffers instead of plan + load
+        ("plan_decodes", "kvarn_cli.kvcache.staging", "StagingPool.plan_decodes"),
+        ("load_decodes", "kvarn_cli.kvcache.graph", "DecodeBuffers.load_decodes"),
         ("layer", "kvarn_cli.kvcache.backend", "KVarNAttentionImpl.forward"),
         ("update_cache", "kvarn_cli.kvcache.backend", "update_cache"),
         ("attend", "kvarn_cli.kvcache.backend", "attend"),

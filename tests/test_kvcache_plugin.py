@@ -346,6 +346,64 @@ def test_builder_without_the_row_filter_would_leak_slots(monkeypatch: pytest.Mon
     assert len(held) >= 4
 
 
+def test_builder_plans_decode_only_steps_straight_into_the_graph_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the Triton path a decode-only step (one token per real row, padding rows after)
+    skips the StepPlan: the builder plans it with StagingPool.plan_decodes into the CUDA-graph
+    buffers. Those must hold what plan() + DecodeBuffers.load put there on a twin pool, step
+    after step as rows complete blocks; a step with a prefill chunk still gets a full plan."""
+    pytest.importorskip("triton")
+    import numpy as np
+    import torch
+
+    from kvarn_cli.kvcache.graph import DecodeBuffers
+    from kvarn_cli.kvcache.staging import UNSPLIT_DECODES, StagingPool
+
+    G = 64
+    interpreted = not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    builder = _builder(monkeypatch, 4, G, triton=True, device="cpu" if interpreted else "cuda")
+    assert builder.buffers is not None
+    # the fills' flush needs vLLM's layers, which this builder has none of: take them only
+    flushed: list[int] = []
+
+    def take_fills() -> None:
+        fills = builder.buffers.take_fills()
+        if fills is not None:
+            flushed.extend(fills[1].tolist())
+
+    monkeypatch.setattr(builder, "_flush_last_decode", take_fills)
+    twin = StagingPool(builder.pool.num_slots, G, attention_budget_rows=UNSPLIT_DECODES, kernel_decodes=True)
+    twin_buffers = DecodeBuffers(4, builder.buffers.width, torch.device("cpu"))
+    null = vllm_compat_null_block()
+    table = [[1, 2, 7], [3, 4, 8], [5, 6, 9]]
+
+    def step(query_lens: list[int], seq_lens: list[int], padding: int) -> object:
+        lens = seq_lens + [0] * padding
+        md = builder.build(0, _batch(query_lens + [1] * padding, lens, table + [[null] * 3] * padding))
+        qsl = np.concatenate([[0], np.cumsum(query_lens)])
+        plan = twin.plan(qsl, np.array(seq_lens), np.array(table), int(qsl[-1]))
+        if md.plan.fixed is not None:
+            twin_buffers.load(plan, len(lens))
+            twin_buffers.take_fills()
+            assert np.array_equal(builder.buffers._host, twin_buffers._host)
+        assert builder.pool.block_slot == twin.block_slot and np.array_equal(builder.pool.slot_fill, twin.slot_fill)
+        return md.plan
+
+    seq = [100, 60, 5]
+    assert step(seq, seq, 0).fixed is None  # prompts
+    for i in range(70):  # the rows complete blocks on the way (at 64 and 128 tokens)
+        seq = [n + 1 for n in seq]
+        plan = step([1, 1, 1], seq, i % 2)
+        assert plan.fixed is not None and plan.fixed.rows == 3 + i % 2 and not plan.groups
+        if i == 30:  # a decode step with a prefill chunk of another request is planned in full
+            table.append([10, 11, 12])
+            mixed = step([1, 1, 1, 20], seq + [20], 0)
+            assert mixed.fixed is None and len(mixed.groups) == 2
+            table.pop()  # (its request then pauses)
+    step([1, 1, 1], [n + 1 for n in seq], 0)  # (its build takes the last step's fills)
+    # blocks completed by decodes: row 0's second, row 1's first two, row 2's first
+    assert sorted(flushed) == [2, 3, 4, 5]
+
+
 def vllm_compat_null_block() -> int:
     from kvarn_cli import vllm_compat
 

@@ -577,3 +577,94 @@ def test_block_ids_past_the_slot_lookup_array_grow_it_and_it_agrees_with_the_dic
     assert eng.max_err < TOL
     # ids past the array and negative ones read as "no slot" unless the dict has them
     assert pool._slots_of(np.array([10**6, -7])).tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_decode_steps_planned_straight_into_the_graph_buffers_match_plan_and_load(seed: int) -> None:
+    """On CUDA the builder plans a decode-only step with StagingPool.plan_decodes and writes
+    it into the CUDA-graph buffers with DecodeBuffers.load_decodes: no StepPlan, no decode
+    group. Fed the same batches as plan() + DecodeBuffers.load on a twin pool, it must leave
+    the pool in the same state, fill the buffers with the same values (padding rows
+    included), and hand the builder the same spills and restores, through random
+    admissions, preemptions, prefix hits and a pool small enough to spill."""
+    from kvarn_cli.kvcache.graph import DecodeBuffers, decode_only
+    from kvarn_cli.kvcache.staging import UNSPLIT_DECODES
+
+    eng = make_engine(num_blocks=240, num_slots=8)
+    G = eng.G
+    planned, direct = (StagingPool(8, G, attention_budget_rows=UNSPLIT_DECODES, kernel_decodes=True) for _ in range(2))
+    old_buffers, new_buffers = (DecodeBuffers(8, 24, torch.device("cpu")) for _ in range(2))
+    rng = np.random.default_rng(seed)
+    general_plan = eng.pool.plan
+    counts = {"decode steps": 0, "fills": 0, "spills": 0, "restores": 0, "restored fills": 0, "other steps": 0}
+
+    def plan_all(qsl: np.ndarray, seq: np.ndarray, bt: np.ndarray, num_tokens: int) -> StepPlan:
+        plan = general_plan(qsl, seq, bt, num_tokens)
+        n = seq.shape[0]
+        if not decode_only(qsl, n):
+            planned.plan(qsl, seq, bt, num_tokens)
+            direct.plan(qsl, seq, bt, num_tokens)
+            counts["other steps"] += 1
+        else:
+            rows = n + int(rng.integers(0, 3))  # padded as vLLM pads a graph batch
+            old = planned.plan(qsl, seq, bt, num_tokens)
+            assert old_buffers.fits(old, rows)
+            old_buffers.load(old, rows)
+            step = direct.plan_decodes(seq, bt)
+            new_buffers.load_decodes(step, rows)
+            assert np.array_equal(new_buffers._host, old_buffers._host)
+            for buffers in (old_buffers, new_buffers):
+                fills = buffers.take_fills()
+            assert (fills is None) == (old.fill_slot.numel() == 0)
+            if step.maintenance is None:
+                assert not old.needs_maintenance
+            else:
+                for name in ("spill_slot", "spill_block", "spill_fill", "restore_slot", "restore_block"):
+                    assert torch.equal(getattr(step.maintenance, name), getattr(old, name)), name
+            counts["decode steps"] += 1
+            counts["fills"] += old.fill_slot.numel()
+            counts["spills"] += old.spill_slot.numel()
+            counts["restores"] += old.restore_slot.numel()
+            # a decode completing a block whose staged prefix was spilled
+            counts["restored fills"] += len(set(old.restore_block.tolist()) & set(old.fill_block.tolist()))
+        for name in ("block_slot", "free", "step", "spills", "restores", "sink_fallbacks"):
+            assert getattr(direct, name) == getattr(planned, name), name
+        for name in ("slot_block", "slot_kind", "slot_fill", "slot_stamp", "_slot_of_block"):
+            assert np.array_equal(getattr(direct, name), getattr(planned, name)), name
+        return plan
+
+    eng.pool.plan = plan_all  # type: ignore[method-assign]
+    assert _random_schedule(eng, seed) == 30
+    assert _rotating_schedule(eng, seed) == 12
+    assert counts["decode steps"] > 150 and counts["other steps"] > 20 and counts["fills"] > 50, counts
+    assert counts["spills"] > 0 and counts["restores"] > counts["restored fills"] > 0, counts
+
+    assert eng.max_err < TOL
+
+
+def _rotating_schedule(eng: SimEngine, seed: int) -> int:
+    """Eight requests running, at most four scheduled in a step (as under a token budget): the
+    others' tails are spilled to make room and restored when they decode again, mostly in
+    decode-only steps. Returns how many finished."""
+    rng = np.random.default_rng(seed)
+    waiting = [Request(100 + i, tokens(200 + i, int(rng.integers(40, 90)))) for i in range(12)]
+    running: list[Request] = []
+    finished = 0
+    while waiting or running:
+        while waiting and len(running) < 8:
+            running.append(waiting.pop(0))
+        chosen = rng.permutation(len(running))[: int(rng.integers(1, 5))]
+        eng.step([(running[i], 1 if running[i].num_computed >= 8 else 8) for i in sorted(chosen.tolist())])
+        for r in list(running):
+            if r.num_computed >= len(r.tokens):
+                eng.release(r)
+                running.remove(r)
+                finished += 1
+    return finished
+
+
+def test_plan_decodes_refuses_one_token_blocks() -> None:
+    """With 1-token blocks a decode's block is full at once and must be flushed from a tile,
+    which the graph buffers have no room for: plan() does that step."""
+    with pytest.raises(ValueError, match="1-token block"):
+        StagingPool(4, 1).plan_decodes(np.array([3]), np.array([[1, 2, 3]]))

@@ -34,6 +34,7 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from kvarn_cli import vllm_compat
@@ -42,7 +43,7 @@ from kvarn_cli.kvcache import ENV_BLOCK_SIZE, ENV_QUANTIZER
 from kvarn_cli.kvcache.compute import (
     Codec, LayerCache, attend, decode_fixed, flush_decode_fills, maintain, records_view, update_cache, use_triton,
 )
-from kvarn_cli.kvcache.graph import DecodeBuffers, real_requests, table_width
+from kvarn_cli.kvcache.graph import DecodeBuffers, decode_only, real_requests, table_width
 from kvarn_cli.kvcache.layout import staging_slots, token_bytes
 from kvarn_cli.kvcache.records import quantizer_for
 from kvarn_cli.kvcache.staging import UNSPLIT_DECODES, StagingPool, StepPlan
@@ -180,6 +181,8 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         #: each layer's pages once and each impl makes its slots once, so they never move
         self._layer_slots: tuple[Codec, Any] | None = None
         self._stall_dump_s = stall_dump_after()
+        #: the plan object of each (tokens, rows) of decode-only steps (_decode_step)
+        self._decode_plans: dict[tuple[int, int], StepPlan] = {}
         _POOLS.add(self.pool)
 
     @staticmethod
@@ -254,6 +257,8 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         # warm-up batches, must not touch the staging pool (their kernel rows read and write nothing)
         reqs = real_requests(seq, table[: cam.num_reqs, 0], cam.num_reqs, _api.null_block_id)
         num_tokens = int(qsl[reqs])
+        if self.buffers is not None and cam.num_reqs <= self.buffers.max_rows and decode_only(qsl, reqs):
+            return KVarNMetadata(num_actual_tokens=num_tokens, plan=self._decode_step(seq[:reqs], table[:reqs], cam.num_reqs))
         plan = self.pool.plan(qsl[: reqs + 1], seq[:reqs], table[:reqs], num_tokens)
         fixed = self.buffers is not None and self.buffers.fits(plan, cam.num_reqs)
         moved = plan.to(self.device) if self.device.type != "cpu" and (plan.needs_maintenance or not fixed) else plan
@@ -265,6 +270,21 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         else:
             plan = moved
         return KVarNMetadata(num_actual_tokens=num_tokens, plan=plan)
+
+    def _decode_step(self, seq_lens: np.ndarray, table: np.ndarray, rows: int) -> StepPlan:
+        """A decode-only step straight into the CUDA-graph buffers (StagingPool.plan_decodes),
+        padded to `rows`: most steps of a job, and host time vLLM waits for on each."""
+        assert self.buffers is not None
+        step = self.pool.plan_decodes(seq_lens, table)
+        if step.maintenance is not None:
+            self._maintain(step.maintenance.to(self.device) if self.device.type != "cpu" else step.maintenance)
+        fixed = self.buffers.load_decodes(step, rows)
+        key = (int(seq_lens.shape[0]), rows)
+        plan = self._decode_plans.get(key)
+        if plan is None or plan.fixed is not fixed:
+            # the layers read only `fixed` (the same device views for every step of `rows`)
+            self._decode_plans[key] = plan = replace(StepPlan.empty(key[0]), fixed=fixed)
+        return plan
 
     def build_for_cudagraph_capture(self, common_attn_metadata: Any) -> KVarNMetadata:
         """A decode step in which every row is padding: the graph is captured from the

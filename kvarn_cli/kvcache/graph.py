@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kvarn_cli.kvcache.staging import StepPlan
+from kvarn_cli.kvcache.staging import DecodeStep, StepPlan
 
 #: int32 arrays of one value per row, in buffer order after the table [R, W] and the side
 #: slots and lengths [R, 2] each (the decode kernel wants those two row-major)
@@ -138,25 +138,51 @@ class DecodeBuffers:
 
     def load(self, plan: StepPlan, rows: int) -> DecodeArrays:
         """Write a decode-only step (host plan, `fits`) into the buffer; its device views."""
+        assert plan.slot_token is not None and plan.slot_id is not None and plan.slot_offset is not None
+        g = plan.groups[0] if plan.groups else None
+        return self._load(
+            rows,
+            None if g is None else (g.dec_table.numpy(), g.dec_nblk.numpy(), g.dec_side_slot.numpy(), g.dec_side_len.numpy()),
+            (plan.slot_token.numpy(), plan.slot_id.numpy(), plan.slot_offset.numpy()),
+            (plan.fill_slot.numpy(), plan.fill_block.numpy()),
+        )
+
+    def load_decodes(self, step: DecodeStep, rows: int) -> DecodeArrays:
+        """Write a step planned by StagingPool.plan_decodes (row i = token i) into the buffer,
+        padded to `rows`; its device views."""
+        n, w = step.table.shape
+        if rows > self.max_rows or n > rows or w > self.width:
+            raise ValueError(f"a decode step of {n} rows (padded to {rows}) and {w} blocks does not fit buffers "
+                             f"of {self.max_rows} rows and {self.width} blocks")
+        return self._load(rows, (step.table, step.nblk, step.side_slot, step.side_len),
+                          (slice(0, n), step.stage_slot, step.stage_offset), (step.fill_slot, step.fill_block))
+
+    def _load(
+        self, rows: int, kernel: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
+        staged: tuple[np.ndarray | slice, np.ndarray, np.ndarray], fills: tuple[np.ndarray, np.ndarray],
+    ) -> DecodeArrays:
+        """Write one step: the decode kernel's (table, nblk, side_slot, side_len) of its first
+        rows (None: no decode rows), the staging kernel's (tokens, slot, offset), the slot
+        flushes (slot, block). Every other row reads and writes nothing."""
         self._check_no_fills()
         self._wait_for_last_copy()
         self._blank()
         hr = self._host_rows
         idx = _ROW_FIELDS.index
-        if plan.groups:
-            g = plan.groups[0]
-            n, w = g.dec_table.shape
-            self._host_table[:n, :w] = g.dec_table.numpy()
-            hr[idx("nblk"), :n] = g.dec_nblk.numpy()
-            self._host_side_slot[:n] = g.dec_side_slot.numpy()
-            self._host_side_len[:n] = g.dec_side_len.numpy()
-        assert plan.slot_token is not None and plan.slot_id is not None and plan.slot_offset is not None
-        tok = plan.slot_token.numpy()
-        hr[idx("stage_slot"), tok] = plan.slot_id.numpy()
-        hr[idx("stage_offset"), tok] = plan.slot_offset.numpy()
-        nf = plan.fill_slot.numel()
-        hr[idx("fill_slot"), :nf] = plan.fill_slot.numpy()
-        hr[idx("fill_block"), :nf] = plan.fill_block.numpy()
+        if kernel is not None:
+            table, nblk, side_slot, side_len = kernel
+            n, w = table.shape
+            self._host_table[:n, :w] = table
+            hr[idx("nblk"), :n] = nblk
+            self._host_side_slot[:n] = side_slot
+            self._host_side_len[:n] = side_len
+        tokens, slot, offset = staged
+        hr[idx("stage_slot"), tokens] = slot
+        hr[idx("stage_offset"), tokens] = offset
+        fill_slot, fill_block = fills
+        nf = fill_slot.shape[0]
+        hr[idx("fill_slot"), :nf] = fill_slot
+        hr[idx("fill_block"), :nf] = fill_block
         self._fills = nf
         self._write()
         return self.arrays(rows)
@@ -212,6 +238,12 @@ def real_requests(seq_lens: np.ndarray, first_blocks: np.ndarray, num_reqs: int,
     if real and not bool(real_rows[:real].all()):
         raise ValueError("a padding or dummy row before a real request: not vLLM's batch layout")
     return real
+
+
+def decode_only(query_start_loc: np.ndarray, num_reqs: int) -> bool:
+    """Whether the step's first `num_reqs` rows each have one query token, token i in row i
+    (StagingPool.plan_decodes' batches)."""
+    return int(query_start_loc[num_reqs]) == num_reqs and bool((np.diff(query_start_loc[: num_reqs + 1]) == 1).all())
 
 
 def table_width(max_model_len: int, block_size: int) -> int:

@@ -328,6 +328,42 @@ def _pack_continued(plan: StepPlan, groups: list[AttentionGroup], G: int) -> Non
         _long(a) for a in rows(plan.cont_tile_index, plan.cont_tile_dest))
 
 
+@dataclass(frozen=True)
+class DecodeStep:
+    """A decode-only step for the decode kernel (StagingPool.plan_decodes), row i being token
+    i: what graph.DecodeBuffers holds for it, as host arrays."""
+
+    #: [rows, width] int32 record blocks of each row, 0-padded, and [rows] how many are valid
+    table: np.ndarray
+    nblk: np.ndarray
+    #: [rows, 2] int32 16-bit (sink, tail) slots, -1 = none, and how many of their tokens count
+    side_slot: np.ndarray
+    side_len: np.ndarray
+    #: [rows] int32 the slot and offset each row's token is staged at
+    stage_slot: np.ndarray
+    stage_offset: np.ndarray
+    #: [fills] int32 slots that the step's tokens complete, quantized into these blocks after it
+    fill_slot: np.ndarray
+    fill_block: np.ndarray
+    #: spills and restores to apply to every layer before the step (StepPlan's fields), or None
+    maintenance: StepPlan | None
+
+
+@dataclass(frozen=True)
+class _DecodeRows:
+    """The decode kernel's inputs for a decode group (StagingPool._decode_arrays), with the
+    intermediates the PyTorch path's row lists are made from."""
+
+    table: np.ndarray  # [rows, width] int32
+    count: np.ndarray  # [rows] record blocks per row
+    first: np.ndarray  # [rows] position of the first record block (1 when the sink is read from its slot)
+    valid: np.ndarray  # [rows, width] bool
+    sink_of: np.ndarray  # [rows] sink slot, -1 = none
+    tail: np.ndarray  # [rows] tail slot, -1 = none
+    side_slot: np.ndarray
+    side_len: np.ndarray
+
+
 #: bytes each packed tensor starts on. Triton compiles a kernel again for each pointer argument
 #: that is or is not 16-byte aligned, so views at arbitrary offsets of one buffer made the
 #: kernels compile mid-job as the plans' sizes changed (docs/BENCHMARKS.md runs 60-69).
@@ -512,8 +548,6 @@ class StagingPool:
         fb_l, sb_l = full_before.tolist(), staged_before.tolist()
         fa_l, sa_l = full_after.tolist(), staged_after.tolist()
         get = self.block_slot.get
-        slot_kind = self.slot_kind
-        slots_of = self._slots_of
 
         spills: list[tuple[int, int, int]] = []
 
@@ -529,11 +563,7 @@ class StagingPool:
 
         # 2. slots the batch reads: continuing tails and sinks of context blocks
         continuing_rows = np.nonzero(active & (staged_before > 0))[0]
-        tails_read = slots_of(bt_used[continuing_rows, full_before[continuing_rows]])
-        firsts = slots_of(bt_used[np.nonzero(full_before >= 1)[0], 0])
-        firsts = firsts[firsts >= 0]
-        self.slot_stamp[tails_read[tails_read >= 0]] = self.step
-        self.slot_stamp[firsts[slot_kind[firsts] == _SINK]] = self.step
+        self._stamp_reads(bt_used[continuing_rows, full_before[continuing_rows]], bt_used[np.nonzero(full_before >= 1)[0], 0])
 
         # 3. flushes: blocks [full_before, full_after) of each request fill up this step
         flush_block: list[int] = []
@@ -593,28 +623,10 @@ class StagingPool:
         for r in np.nonzero(partial & ~active)[0].tolist():  # in the batch without new tokens: read only
             slot = get(int(bt_used[r, fa_l[r]]))
             tail_slot[r] = -1 if slot is None else slot
-        growing = partial & active
-        continuing = np.nonzero(growing & (full_after == full_before) & (staged_before > 0))[0]
-        resident = slots_of(bt_used[continuing, full_after[continuing]])
-        kept_rows, kept = continuing[resident >= 0], resident[resident >= 0]
-        slot_kind[kept] = _TAIL
-        self.slot_fill[kept] = staged_after[kept_rows]
-        self.slot_stamp[kept] = self.step
-        tail_slot[kept_rows] = kept
-        placed = np.zeros(num_reqs, dtype=bool)
-        placed[kept_rows] = True
-        for r in np.nonzero(growing & ~placed)[0].tolist():
-            block = int(bt_used[r, fa_l[r]])
-            if fa_l[r] == fb_l[r] and sb_l[r] > 0:  # its prefix was spilled: bring it back from the record
-                slot = self._restore_into_slot(block, sb_l[r], spills, restore_slot, restore_block)
-            else:
-                slot = self._allocate(spills, optional=False)
-                assert slot is not None
-                self._bind(block, slot)
-            slot_kind[slot] = _TAIL
-            self.slot_fill[slot] = sa_l[r]
-            self._touch(slot)
-            tail_slot[r] = slot
+        growing = np.nonzero(partial & active)[0]
+        prefix = np.where(full_after == full_before, staged_before, 0)[growing]
+        tail_slot[growing] = self._place_tails(bt_used[growing, full_after[growing]], prefix, staged_after[growing],
+                                               spills, restore_slot, restore_block)
 
         # 5. sinks for first blocks flushed straight from the step's tokens (optional)
         for f in need_sink:
@@ -677,6 +689,149 @@ class StagingPool:
             self._release(slot)
         return plan
 
+    def _stamp_reads(self, tail_blocks: np.ndarray, first_blocks: np.ndarray) -> None:
+        """Mark the slots this step reads as used now, so no allocation of the step reclaims
+        them: the staged tails of `tail_blocks`, and the 16-bit sinks of `first_blocks`."""
+        tails = self._slots_of(tail_blocks)
+        firsts = self._slots_of(first_blocks)
+        firsts = firsts[firsts >= 0]
+        self.slot_stamp[tails[tails >= 0]] = self.step
+        self.slot_stamp[firsts[self.slot_kind[firsts] == _SINK]] = self.step
+
+    def _place_tails(
+        self, blocks: np.ndarray, prefix: np.ndarray, fill: np.ndarray,
+        spills: list[tuple[int, int, int]], restore_slot: list[int], restore_block: list[int],
+    ) -> np.ndarray:
+        """The tail slot of each partial block `blocks[i]` that gets new tokens this step and
+        then holds `fill[i]` of them, `prefix[i]` staged before the step (0: the block starts
+        now). A resident slot (most rows of a decode batch) only updates its count, at once;
+        the other rows (a new block, a spilled prefix) take slots in row order."""
+        tail_slot = np.full(blocks.shape[0], -1, dtype=np.int64)
+        continuing = np.flatnonzero(prefix > 0)
+        resident = self._slots_of(blocks[continuing])
+        kept_rows, kept = continuing[resident >= 0], resident[resident >= 0]
+        self.slot_kind[kept] = _TAIL
+        self.slot_fill[kept] = fill[kept_rows]
+        self.slot_stamp[kept] = self.step
+        tail_slot[kept_rows] = kept
+        for i in np.flatnonzero(tail_slot < 0).tolist():
+            block, staged = int(blocks[i]), int(prefix[i])
+            if staged > 0:  # its prefix was spilled: bring it back from the record
+                slot = self._restore_into_slot(block, staged, spills, restore_slot, restore_block)
+            else:
+                slot = self._allocate(spills, optional=False)
+                assert slot is not None
+                self._bind(block, slot)
+            self.slot_kind[slot] = _TAIL
+            self.slot_fill[slot] = int(fill[i])
+            self._touch(slot)
+            tail_slot[i] = slot
+        return tail_slot
+
+    def plan_decodes(self, seq_lens: np.ndarray, block_table: np.ndarray) -> DecodeStep:
+        """plan() for a step in which row i decodes one token, token i (query_start_loc
+        0, 1, .., R), on the decode kernel's path: the same slot decisions, returned as the
+        arrays the CUDA-graph buffers take (kvarn_cli.kvcache.graph) without a StepPlan.
+
+        Decode steps are most steps of a job, and with their kernels replayed from a CUDA
+        graph the plan is what kvarn adds to vLLM's host time per step. Here each row is one
+        token in one block, so the plan is a few array operations plus loops over the rows that
+        open or complete a block; tests/test_kvcache_staging.py runs this and plan() side by
+        side on random schedules."""
+        G = self.block_size
+        if G < 2:
+            raise ValueError("a decode that completes a 1-token block needs a flush tile: plan() it")
+        self.step += 1
+        self._victims = None
+        seq = seq_lens.astype(np.int64)
+        n = int(seq.shape[0])
+        bt = block_table
+        ctx = seq - 1
+        blk, off = ctx // G, ctx % G  # where the row's token lands
+        here = bt[np.arange(n), blk] if n else np.empty(0, dtype=np.int64)  # the block it lands in
+        get = self.block_slot.get
+        spills: list[tuple[int, int, int]] = []
+        restore_slot: list[int] = []
+        restore_block: list[int] = []
+
+        # 1. a token at offset 0 opens a block vLLM handed out afresh: drop any stale slot of it
+        for block in here[off == 0].tolist():
+            slot = get(block)
+            if slot is not None:
+                self._release(slot)
+        # 2. slots the batch reads
+        self._stamp_reads(here[off > 0], bt[blk >= 1, 0])
+        # 3. a token at offset G-1 completes its block: staged into the block's slot, which is
+        # then quantized whole (the first block's slot stays as its 16-bit sink)
+        filled_by = np.full(n, -1, dtype=np.int64)
+        fill_slot: list[int] = []
+        fill_block: list[int] = []
+        release_after: list[int] = []
+        completing = np.flatnonzero(off == G - 1)
+        for r, block, first in zip(completing.tolist(), here[completing].tolist(), (blk[completing] == 0).tolist()):
+            slot = get(block)
+            if slot is None:  # the prefix was spilled: back into a slot first
+                slot = self._restore_into_slot(block, G - 1, spills, restore_slot, restore_block)
+            fill_slot.append(slot)
+            fill_block.append(block)
+            filled_by[r] = slot
+            if first:
+                self.slot_kind[slot] = _SINK
+                self.slot_fill[slot] = G
+                self._touch(slot)
+            else:
+                release_after.append(slot)
+        # 4. the other rows' tails
+        tail_slot = np.full(n, -1, dtype=np.int64)
+        growing = np.flatnonzero(off < G - 1)
+        tail_slot[growing] = self._place_tails(here[growing], off[growing], off[growing] + 1,
+                                               spills, restore_slot, restore_block)
+        # 5. the kernel's arrays, read before the filled slots are released
+        arrays = self._decode_arrays(bt, blk, filled_by, tail_slot, (off + 1) % G)
+        for slot in release_after:
+            self._release(slot)
+        maintenance = None
+        if spills or restore_slot:
+            maintenance = replace(
+                StepPlan.empty(n),
+                spill_slot=_long([s[0] for s in spills]), spill_block=_long([s[1] for s in spills]),
+                spill_fill=_long([s[2] for s in spills]),
+                restore_slot=_long(restore_slot), restore_block=_long(restore_block),
+            )
+        return DecodeStep(
+            table=arrays.table, nblk=arrays.count.astype(np.int32), side_slot=arrays.side_slot, side_len=arrays.side_len,
+            stage_slot=np.where(filled_by >= 0, filled_by, tail_slot).astype(np.int32), stage_offset=off.astype(np.int32),
+            fill_slot=np.array(fill_slot, dtype=np.int32), fill_block=np.array(fill_block, dtype=np.int32),
+            maintenance=maintenance,
+        )
+
+    def _decode_arrays(
+        self, bt: np.ndarray, full_before: np.ndarray, filled: np.ndarray, tail_slot: np.ndarray, staged_after: np.ndarray,
+    ) -> _DecodeRows:
+        """The decode kernel's inputs for decode rows with block-table rows `bt`: records
+        from the first block not read from a resident 16-bit sink up to `full_before`, the
+        sink, and the tail: the slot `filled` by this step's token (read whole), else the
+        partial block's `tail_slot` with its `staged_after` tokens."""
+        G = self.block_size
+        nb = full_before
+        firsts = self._slots_of(bt[:, 0])
+        sink_of = np.where((nb >= 1) & (firsts >= 0) & (self.slot_kind[np.maximum(firsts, 0)] == _SINK), firsts, -1)
+        has_sink = sink_of >= 0
+        first = has_sink.astype(np.int64)
+        count = nb - first  # record blocks first .. nb-1 of each row
+        width = max(1, int(count.max(initial=0)))
+        col = np.arange(width)
+        valid = col[None, :] < count[:, None]
+        src = np.minimum(first[:, None] + col[None, :], bt.shape[1] - 1)
+        table = np.where(valid, np.take_along_axis(bt, src, axis=1), 0).astype(np.int32)
+        is_filled = filled >= 0
+        tail = np.where(is_filled, filled, np.where(staged_after > 0, tail_slot, -1))
+        has_tail = tail >= 0
+        side_slot = np.stack([sink_of, tail], axis=1).astype(np.int32)
+        tail_len = np.where(is_filled, G, staged_after)
+        side_len = np.stack([np.where(has_sink, G, 0), np.where(has_tail, tail_len, 0)], axis=1).astype(np.int32)
+        return _DecodeRows(table, count, first, valid, sink_of, tail, side_slot, side_len)
+
     def _restore_into_slot(
         self, block: int, fill: int, spills: list[tuple[int, int, int]], restore_slot: list[int], restore_block: list[int]
     ) -> int:
@@ -729,44 +884,26 @@ class StagingPool:
         G = self.block_size
         n = rows.size
         nb = full_before[rows]
-        # the first block comes from its 16-bit sink copy while one is resident
-        firsts = self._slots_of(bt[rows, 0])
-        sink_of = np.where((nb >= 1) & (firsts >= 0) & (self.slot_kind[np.maximum(firsts, 0)] == _SINK), firsts, -1)
-        has_sink = sink_of >= 0
-        first = has_sink.astype(np.int64)
-        count = nb - first  # record blocks first .. nb-1 of each row
-        width = max(1, int(count.max(initial=0)))
-        col = np.arange(width)
-        valid = col[None, :] < count[:, None]
-        src = np.minimum(first[:, None] + col[None, :], bt.shape[1] - 1)
-        table = np.where(valid, bt[rows[:, None], src], 0)
-        # the tail: the slot just filled (and flushed) by this step's token, else the partial block
-        filled = filled_by[rows]
-        is_filled = filled >= 0
-        tail = np.where(is_filled, filled, np.where(staged_after[rows] > 0, tail_slot[rows], -1))
-        tail_len = np.where(is_filled, G, staged_after[rows])
-        has_tail = tail >= 0
-        side_slot = np.stack([sink_of, tail], axis=1).astype(np.int32)
-        side_len = np.stack([np.where(has_sink, G, 0), np.where(has_tail, tail_len, 0)], axis=1).astype(np.int32)
+        dec = self._decode_arrays(bt[rows], nb, filled_by[rows], tail_slot[rows], staged_after[rows])
         starts = qsl[rows]
         first_token = int(starts[0]) if np.array_equal(starts, starts[0] + np.arange(n)) else -1
         key_len = -(-int(seq[rows].max()) // G) * G
         none = _long([])
         lists: dict[str, torch.Tensor] = dict.fromkeys(_ROW_LISTS, none)
         if not self.kernel_decodes:  # the row lists the PyTorch path assembles K/V from
-            hist_row, hist_col = np.nonzero(valid)
-            sink_rows = np.nonzero(has_sink)[0]
-            tail_rows = np.nonzero(has_tail)[0]
-            tail_pos = np.where(is_filled, nb, full_after[rows])
+            hist_row, hist_col = np.nonzero(dec.valid)
+            sink_rows = np.nonzero(dec.sink_of >= 0)[0]
+            tail_rows = np.nonzero(dec.tail >= 0)[0]
+            tail_pos = np.where(filled_by[rows] >= 0, nb, full_after[rows])
             lists.update(
                 hist_row=_long(hist_row),
-                hist_pos=_long(first[hist_row] + hist_col),
-                hist_block=_long(table[hist_row, hist_col]),
+                hist_pos=_long(dec.first[hist_row] + hist_col),
+                hist_block=_long(dec.table[hist_row, hist_col]),
                 sink_row=_long(sink_rows),
-                sink_slot=_long(sink_of[sink_rows]),
+                sink_slot=_long(dec.sink_of[sink_rows]),
                 tail_row=_long(tail_rows),
                 tail_pos=_long(tail_pos[tail_rows]),
-                tail_slot=_long(tail[tail_rows]),
+                tail_slot=_long(dec.tail[tail_rows]),
                 new_row=_long(np.arange(n)),
                 new_pos=_long(ctx[rows]),
                 new_token=_long(starts),
@@ -779,10 +916,10 @@ class StagingPool:
             tile_pos=none,
             tile_index=none,
             **lists,
-            dec_table=torch.from_numpy(table.astype(np.int32)),
-            dec_nblk=torch.from_numpy(count.astype(np.int32)),
-            dec_side_slot=torch.from_numpy(side_slot),
-            dec_side_len=torch.from_numpy(side_len),
+            dec_table=torch.from_numpy(dec.table),
+            dec_nblk=torch.from_numpy(dec.count.astype(np.int32)),
+            dec_side_slot=torch.from_numpy(dec.side_slot),
+            dec_side_len=torch.from_numpy(dec.side_len),
             dec_first_token=first_token,
             kernel_only=self.kernel_decodes,
         )
