@@ -156,6 +156,9 @@ class PhaseClock:
             *path, leaf = attr.split(".")
             for part in path:
                 owner = getattr(owner, part)
+            if not hasattr(owner, leaf):  # an older tree, timed against this one
+                print(f"phase {name}: {module_name}.{attr} is not in this tree, not clocked", flush=True)
+                continue
             setattr(owner, leaf, self._wrap(name, getattr(owner, leaf)))
 
     def _wrap(self, name: str, fn: Any) -> Any:
