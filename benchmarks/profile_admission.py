@@ -199,6 +199,28 @@ def phase_pass(job: Job, clock: PhaseClock) -> dict[str, Any]:
     return out
 
 
+def ab_direct(llm: Any, prompts: list[list[int]], params: list[Any], seqs: int, rounds: int) -> None:
+    """Timed passes of one engine over the same prompts, in ABBA order: decode-only steps
+    planned straight into the graph buffers (KVarNMetadataBuilder.direct_decodes) and through
+    plan() + DecodeBuffers.load. One engine, so host speed, which moves between engines of a
+    lease by more than this difference (runs 170-172), falls on both ways alike."""
+    from kvarn_cli.kvcache.backend import KVarNMetadataBuilder
+
+    walls: dict[bool, list[float]] = {True: [], False: []}
+    medians: dict[bool, list[float]] = {True: [], False: []}
+    for k, direct in enumerate([True, False, False, True] * rounds):
+        KVarNMetadataBuilder.direct_decodes = direct
+        r = timed_pass(Job(llm, prompts, params, f"ab{k}_", seqs))
+        walls[direct].append(r["wall_s"])
+        medians[direct].append(r["decode"]["median_ms"])
+        print(f"ab pass {k}, direct {direct}: wall {r['wall_s']} s, {r['steps']} steps, decode median "
+              f"{r['decode']['median_ms']} ms, mean {r['decode']['mean_ms']} ms", flush=True)
+    KVarNMetadataBuilder.direct_decodes = True
+    on, off = statistics.median(walls[True]), statistics.median(walls[False])
+    print(f"ab summary: wall median direct {on} s, plan + load {off} s, ratio {on / off:.3f}; decode-step median "
+          f"direct {statistics.median(medians[True])} ms, plan + load {statistics.median(medians[False])} ms", flush=True)
+
+
 def timed_pass(job: Job) -> dict[str, Any]:
     times: dict[str, list[float]] = defaultdict(list)
     new_per_admit: list[int] = []
@@ -332,6 +354,9 @@ def main() -> None:
                     help="after the timed pass, cProfile totals over --steps sampled decode steps (and as many "
                          "admission steps), no torch.profiler; any preset, for side-by-side host profiles. "
                          "With --phases-only as well, the phase pass follows (kvarn presets)")
+    ap.add_argument("--ab-direct", type=int, default=0, metavar="ROUNDS",
+                    help="after the timed pass, ROUNDS x 4 timed passes in ABBA order with decode-only steps planned "
+                         "straight into the graph buffers and through plan() + load (kvarn presets, decode graphs)")
     args = ap.parse_args()
     preset, env_extra, extra = e2e_gpu.preset_setup(args.preset)
     if extra:
@@ -356,6 +381,8 @@ def main() -> None:
 
     timed = timed_pass(Job(llm, prompts[:n], params, "t", seqs))
     print(f"timed pass: {timed}", flush=True)
+    if args.ab_direct:
+        ab_direct(llm, prompts[:n], params, seqs, args.ab_direct)
     if args.decode_cprofile:
         got = profiled_pass(Job(llm, prompts[n:2 * n], params, "d", seqs), args.steps, cprofile)
         for kind in ("decode", "admit"):

@@ -163,6 +163,12 @@ class KVarNMetadata:
 
 
 class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,name-defined]
+    #: plan decode-only steps straight into the CUDA-graph buffers (_decode_step); off, they
+    #: take plan() and DecodeBuffers.load like other steps, to the same effect.
+    #: benchmarks/profile_admission.py --ab-direct turns it off and on between passes of one
+    #: engine, to time both ways on the same host state.
+    direct_decodes: ClassVar[bool] = True
+
     def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         max_seqs = vllm_config.scheduler_config.max_num_seqs
@@ -257,7 +263,8 @@ class KVarNMetadataBuilder(_api.AttentionMetadataBuilder):  # type: ignore[misc,
         # warm-up batches, must not touch the staging pool (their kernel rows read and write nothing)
         reqs = real_requests(seq, table[: cam.num_reqs, 0], cam.num_reqs, _api.null_block_id)
         num_tokens = int(qsl[reqs])
-        if self.buffers is not None and cam.num_reqs <= self.buffers.max_rows and decode_only(qsl, reqs):
+        if (self.direct_decodes and self.buffers is not None and cam.num_reqs <= self.buffers.max_rows
+                and decode_only(qsl, reqs)):
             return KVarNMetadata(num_actual_tokens=num_tokens, plan=self._decode_step(seq[:reqs], table[:reqs], cam.num_reqs))
         plan = self.pool.plan(qsl[: reqs + 1], seq[:reqs], table[:reqs], num_tokens)
         fixed = self.buffers is not None and self.buffers.fits(plan, cam.num_reqs)
