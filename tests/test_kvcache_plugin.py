@@ -388,6 +388,11 @@ def test_builder_plans_decode_only_steps_straight_into_the_graph_buffers(monkeyp
         assert builder.pool.block_slot == twin.block_slot and np.array_equal(builder.pool.slot_fill, twin.slot_fill)
         return md.plan
 
+    # vLLM's dummy decode batch before a graph capture: all rows are stand-ins, nothing is planned
+    md = builder.build(0, _batch([1, 1], [1, 1], [[null] * 3] * 2))
+    assert md.plan.fixed is not None and md.plan.fixed.rows == 2 and md.num_actual_tokens == 0
+    assert builder.pool.block_slot == {} and builder.buffers.take_fills() is None
+    twin.plan(np.array([0]), np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64), 0)  # (the same pool step)
     seq = [100, 60, 5]
     assert step(seq, seq, 0).fixed is None  # prompts
     for i in range(70):  # the rows complete blocks on the way (at 64 and 128 tokens)
