@@ -7,6 +7,7 @@ KVarN step that still runs in Python every step, so it has to stay well under vL
 per-step overhead (~3-5 ms on the H100 host at ~100 sequences).
 
     python benchmarks/plan_step.py --rows 128 --steps 300 --rounds 7
+    python benchmarks/plan_step.py --rows 128 --steps 300 --rounds 7 --evict-mb 64   # caches cold, as in the engine
 
 With --baseline FILE (another version of kvarn_cli/kvcache/staging.py, e.g. from
 `git show REV:kvarn_cli/kvcache/staging.py > /tmp/staging_rev.py`), the plan alone is timed
@@ -55,8 +56,11 @@ def time_plans(module: ModuleType, args: argparse.Namespace, buffers: DecodeBuff
     pool.plan(prefill_qsl, seq, table, int(prefill_qsl[-1]))
     qsl = np.arange(R + 1)
     plan_s = load_s = 0.0
+    sweep = np.ones(args.evict_mb * (1 << 20) // 8) if args.evict_mb else None
     for _ in range(args.steps):
         seq = seq + 1
+        if sweep is not None:  # what the engine's own work between two plans does to the caches
+            sweep += 1.0
         t0 = time.perf_counter()
         if direct:
             step = pool.plan_decodes(seq, table)
@@ -93,6 +97,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=30, help="blocks per sequence in the table")
     ap.add_argument("--prompt", type=int, default=1358, help="tokens per sequence before decoding (+ 0..G-1)")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--evict-mb", type=int, default=0,
+                    help="sweep this many MB of memory between steps, so each plan starts with cold caches as in the "
+                         "engine (where plan and load took 2.5-4x their time in this loop, run 170)")
     ap.add_argument("--baseline", help="another staging.py to time the plan against, in turn")
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds of each way (or version)")
     args = ap.parse_args()
