@@ -82,6 +82,8 @@ class DecodeBuffers:
         #: the device views of each batch size seen: they never change, and making them is ten
         #: tensor slices, host time on every decode step otherwise
         self._arrays: dict[int, DecodeArrays] = {}
+        #: take_fills' device views of each number of fills seen
+        self._fill_views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _blank(self) -> None:
         """Every row reads and writes nothing."""
@@ -133,8 +135,11 @@ class DecodeBuffers:
         n, self._fills = self._fills, 0
         if n == 0:
             return None
-        idx = _ROW_FIELDS.index
-        return self._dev_rows[idx("fill_slot"), :n], self._dev_rows[idx("fill_block"), :n]
+        views = self._fill_views.get(n)
+        if views is None:  # (slicing a device tensor costs host time every step otherwise)
+            idx = _ROW_FIELDS.index
+            self._fill_views[n] = views = (self._dev_rows[idx("fill_slot"), :n], self._dev_rows[idx("fill_block"), :n])
+        return views
 
     def load(self, plan: StepPlan, rows: int) -> DecodeArrays:
         """Write a decode-only step (host plan, `fits`) into the buffer; its device views."""

@@ -823,13 +823,14 @@ class StagingPool:
         col = np.arange(width)
         valid = col[None, :] < count[:, None]
         src = np.minimum(first[:, None] + col[None, :], bt.shape[1] - 1)
-        table = np.where(valid, np.take_along_axis(bt, src, axis=1), 0).astype(np.int32)
+        table = np.where(valid, bt[np.arange(bt.shape[0])[:, None], src], 0).astype(np.int32)
         is_filled = filled >= 0
         tail = np.where(is_filled, filled, np.where(staged_after > 0, tail_slot, -1))
-        has_tail = tail >= 0
-        side_slot = np.stack([sink_of, tail], axis=1).astype(np.int32)
-        tail_len = np.where(is_filled, G, staged_after)
-        side_len = np.stack([np.where(has_sink, G, 0), np.where(has_tail, tail_len, 0)], axis=1).astype(np.int32)
+        side_slot = np.empty((bt.shape[0], 2), dtype=np.int32)
+        side_slot[:, 0], side_slot[:, 1] = sink_of, tail
+        side_len = np.empty((bt.shape[0], 2), dtype=np.int32)
+        side_len[:, 0] = has_sink * G
+        side_len[:, 1] = np.where(is_filled, G, np.where(tail >= 0, staged_after, 0))
         return _DecodeRows(table, count, first, valid, sink_of, tail, side_slot, side_len)
 
     def _restore_into_slot(
