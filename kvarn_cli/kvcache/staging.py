@@ -748,7 +748,7 @@ class StagingPool:
         bt = block_table
         ctx = seq - 1
         blk, off = ctx // G, ctx % G  # where the row's token lands
-        here = bt[np.arange(n), blk] if n else np.empty(0, dtype=np.int64)  # the block it lands in
+        here = bt[np.arange(n), blk]  # the block it lands in
         get = self.block_slot.get
         spills: list[tuple[int, int, int]] = []
         restore_slot: list[int] = []
@@ -775,10 +775,9 @@ class StagingPool:
             fill_slot.append(slot)
             fill_block.append(block)
             filled_by[r] = slot
-            if first:
+            if first:  # (the slot is stamped already: read as the row's tail, or just allocated)
                 self.slot_kind[slot] = _SINK
                 self.slot_fill[slot] = G
-                self._touch(slot)
             else:
                 release_after.append(slot)
         # 4. the other rows' tails
