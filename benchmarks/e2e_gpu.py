@@ -424,6 +424,8 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
     as kvarn did before it packed them for vLLM's FlashAttention (KVARN_BATCHED_PREFILL=0);
     "k2v2:torch-pack" packs them for it with PyTorch ops instead of kernels.triton_pack
     (KVARN_PACK_KERNELS=0);
+    "k2v2:torch-launch" launches the CUDA decode kernel through torch's own __call__ of it
+    (KVARN_CUDA_LAUNCH=torch) instead of kvarn's cuda_decode.Launcher;
     "k2v2:cap512" has vLLM capture CUDA graphs for steps of up to 512 tokens (its default is
     twice max_num_seqs, so steps that mix a prefill into a full decode batch run eagerly)."""
     preset, _, variant = label.partition(":")
@@ -439,6 +441,8 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
         return preset, {"KVARN_BATCHED_PREFILL": "0"}, []
     if variant == "torch-pack":
         return preset, {"KVARN_PACK_KERNELS": "0"}, []
+    if variant == "torch-launch":
+        return preset, {"KVARN_CUDA_LAUNCH": "torch"}, []
     if variant.startswith("dv-"):
         from kvarn_cli.kernels.triton_decode import VARIANTS
 
@@ -446,7 +450,7 @@ def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
             raise SystemExit(f"{label}: unknown decode variant {variant[3:]!r} (known: {', '.join(VARIANTS)})")
         return preset, {"KVARN_DECODE_VARIANT": variant[3:]}, []
     if variant:
-        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, capN, dv-NAME, v1, v2, torch-prefill, torch-pack)")
+        raise SystemExit(f"{label}: unknown preset variant {variant!r} (known: eager-decode, mibN, capN, dv-NAME, v1, v2, torch-prefill, torch-pack, torch-launch)")
     return preset, {}, []
 
 

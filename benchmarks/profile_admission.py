@@ -65,6 +65,7 @@ class Job:
         self.total = len(prompts)
         self.steps = 0
         self.last_finished = 0
+        self.last_rows = 0  # requests with an output in the last step: its batch, decode steps
         for i, p in enumerate(prompts):
             self.engine.add_request(f"{tag}{i}", {"prompt_token_ids": p}, params[i])
 
@@ -83,6 +84,7 @@ class Job:
         wall = time.perf_counter() - t0
         new = sum(1 for o in outs if o.request_id not in self.seen)
         self.seen.update(o.request_id for o in outs)
+        self.last_rows = len(outs)
         self.last_finished = sum(1 for o in outs if o.finished)
         self.finished += self.last_finished
         self.steps += 1
@@ -225,6 +227,7 @@ def timed_pass(job: Job) -> dict[str, Any]:
     times: dict[str, list[float]] = defaultdict(list)
     new_per_admit: list[int] = []
     slow: list[tuple[float, int, str, float]] = []  # (wall, step, kind, gc seconds inside it)
+    decode_rows: list[tuple[int, float]] = []  # (rows, wall) of decode steps
     t0 = time.perf_counter()
     with GcClock() as clock:
         while job.busy():
@@ -236,6 +239,8 @@ def timed_pass(job: Job) -> dict[str, Any]:
                 slow.append((wall, job.steps - 1, kind, clock.total - gc_before))
             if kind == "admit":
                 new_per_admit.append(new)
+            elif kind == "decode":
+                decode_rows.append((job.last_rows, wall))
     total = time.perf_counter() - t0
     out: dict[str, Any] = {"wall_s": round(total, 2), "steps": job.steps}
     for kind, ts in times.items():
@@ -247,10 +252,35 @@ def timed_pass(job: Job) -> dict[str, Any]:
                      "excess_over_median_share": round(sum(t - med for t in ts if t > med) / total, 3),
                      "steps_over_2x_median": sum(t > 2 * med for t in ts),
                      "time_over_2x_median_share": round(sum(t for t in ts if t > 2 * med) / total, 3)}
+    if "decode" in out:
+        out["decode"]["by_rows"] = step_cost_by_rows(decode_rows)
     out["new_requests_per_admission"] = {n: new_per_admit.count(n) for n in sorted(set(new_per_admit))}
     out["gc"] = {"s": round(clock.total, 3), "collections": {g: len(v) for g, v in sorted(clock.by_gen.items())},
                  "max_ms": round(1e3 * max((max(v) for v in clock.by_gen.values()), default=0.0), 1)}
     out["slowest_steps"] = [[i, kind, round(1e3 * w, 1), round(1e3 * g, 1)] for w, i, kind, g in sorted(slow)[::-1][:12]]
+    return out
+
+
+def step_cost_by_rows(steps: list[tuple[int, float]], bucket: int = 16) -> dict[str, Any]:
+    """Decode-step wall time against the rows in the batch: the median ms per bucket of
+    `bucket` rows, and a least-squares line ms = per_step + per_row x rows over the steps under
+    twice the median (host-bound steps cost vLLM's per-request work on every row, so whether a
+    preset's extra cost is per step or per row decides what more rows in flight buy)."""
+    if not steps:
+        return {}
+    med = statistics.median(w for _, w in steps)
+    kept = [(r, 1e3 * w) for r, w in steps if w <= 2 * med]
+    groups: dict[int, list[float]] = defaultdict(list)
+    for r, ms in kept:
+        groups[r // bucket * bucket].append(ms)
+    out: dict[str, Any] = {"buckets": {f"{b}-{b + bucket - 1}": [len(v), round(statistics.median(v), 2)]
+                                       for b, v in sorted(groups.items())}}
+    xs = [r for r, _ in kept]
+    if len(set(xs)) > 1:
+        mx, my = statistics.mean(xs), statistics.mean(ms for _, ms in kept)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (ms - my) for x, ms in kept) / sxx
+        out["fit_ms"] = {"per_step": round(my - slope * mx, 3), "per_row": round(slope, 4), "steps": len(kept)}
     return out
 
 

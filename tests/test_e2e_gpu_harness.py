@@ -169,3 +169,20 @@ def test_few_shot_prompts_share_the_examples_and_leave_them_out_of_the_questions
     with pytest.raises(SystemExit, match="answer"):
         load_prompts(str(data), 3, few_shot=2)
     assert preset_setup("k2v2:torch-prefill") == ("k2v2", {"KVARN_BATCHED_PREFILL": "0"}, [])
+    assert preset_setup("k2v2-g64:torch-launch") == ("k2v2-g64", {"KVARN_CUDA_LAUNCH": "torch"}, [])
+
+
+def test_step_cost_by_rows_fits_the_per_row_cost_and_drops_stalls() -> None:
+    """profile_admission's line through decode steps: a per-step and a per-row cost, with
+    steps over twice the median (a stall, a flush wave) left out of the fit."""
+    from profile_admission import step_cost_by_rows
+
+    steps = [(r, (1.0 + 0.025 * r) / 1e3) for r in range(64, 129) for _ in range(3)]
+    steps.append((128, 50e-3))  # a stall
+    got = step_cost_by_rows(steps)
+    assert got["fit_ms"]["per_step"] == pytest.approx(1.0, abs=1e-3)
+    assert got["fit_ms"]["per_row"] == pytest.approx(0.025, abs=1e-4)
+    assert got["fit_ms"]["steps"] == len(steps) - 1
+    assert got["buckets"]["64-79"][0] == 16 * 3 and got["buckets"]["128-143"] == [3, pytest.approx(4.2)]
+    assert "fit_ms" not in step_cost_by_rows([(128, 4e-3)] * 5)  # one batch size: no line
+    assert step_cost_by_rows([]) == {}

@@ -506,6 +506,90 @@ def test_cuda_split_count_asks_the_driver_once(monkeypatch: pytest.MonkeyPatch) 
     assert triton_decode.default_splits("cuda", qz, 3, 1, 3, 40, torch.device("cuda", 0)) == 10
 
 
+class _FakeKernel:
+    """Stands in for a torch.cuda._compile_kernel result: its `func` handle and its own __call__."""
+
+    def __init__(self) -> None:
+        self.func = object()
+        self.calls: list[dict] = []
+
+    def __call__(self, **kw: object) -> None:
+        self.calls.append(kw)
+
+
+def _fake_driver(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """cuLaunchKernel of a fake driver library, recording its arguments; current_stream on CPU."""
+    from types import SimpleNamespace
+
+    from torch.cuda import _utils
+
+    launched: list[tuple] = []
+    lib = SimpleNamespace(cuLaunchKernel=lambda *a: launched.append(a) or 0)
+    monkeypatch.setattr(_utils, "_get_gpu_runtime_library", lambda: lib, raising=False)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: SimpleNamespace(cuda_stream=1234))
+    return launched
+
+
+def test_launcher_cells_hold_pointers_and_c_ints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel-parameter array points at one cell per argument: a tensor's cell reads back
+    as its 64-bit address, an int's as the C int the kernel declares (its low 4 bytes, -1
+    included), and the cells are rewritten by the next call."""
+    import ctypes
+
+    from kvarn_cli.kernels import cuda_decode
+
+    launched = _fake_driver(monkeypatch)
+    kernel = _FakeKernel()
+    a, b = torch.zeros(4), torch.zeros(8, dtype=torch.int32)
+    launcher = cuda_decode.Launcher(kernel, 5)
+    launcher((3, 2, 1), (32, 1, 1), 96, [a, 7, -1, b, 2**31 - 1])
+    (call,) = launched
+    assert call[0] is kernel.func and call[1:7] == (3, 2, 1, 32, 1, 1) and call[7] == 96
+    assert call[8].value == 1234 and call[10] is None
+    params = call[9]
+    assert [ctypes.c_void_p.from_address(params[i]).value for i in (0, 3)] == [a.data_ptr(), b.data_ptr()]
+    assert [ctypes.c_int32.from_address(params[i]).value for i in (1, 2, 4)] == [7, -1, 2**31 - 1]
+    launcher((1, 1, 1), (32, 1, 1), 0, [b, -5, 3, a, 0])
+    assert ctypes.c_void_p.from_address(params[0]).value == b.data_ptr()
+    assert ctypes.c_int32.from_address(params[1]).value == -5
+    with pytest.raises(TypeError):
+        launcher((1, 1, 1), (32, 1, 1), 0, [a, 0.5, 3, b, 0])  # floats go as bits (cuda_decode._float_bits)
+    assert kernel.calls == []  # never through torch's __call__
+
+
+def test_launch_reuses_one_launcher_per_kernel_and_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvarn_cli.kernels import cuda_decode
+
+    launched = _fake_driver(monkeypatch)
+    monkeypatch.setattr(cuda_decode, "_LAUNCHERS", {})
+    k1, k2 = _FakeKernel(), _FakeKernel()
+    t = torch.zeros(2)
+    cuda_decode.launch(k1, (1, 1, 1), (32, 1, 1), 0, [t, 1])
+    first = cuda_decode._LAUNCHERS[id(k1)]
+    cuda_decode.launch(k1, (2, 1, 1), (32, 1, 1), 0, [t, 2])
+    assert cuda_decode._LAUNCHERS[id(k1)] is first and len(launched) == 2
+    cuda_decode.launch(k1, (2, 1, 1), (32, 1, 1), 0, [t, 2, 3])  # another argument count: its own cells
+    assert cuda_decode._LAUNCHERS[id(k1)] is not first and cuda_decode._LAUNCHERS[id(k1)].nargs == 3
+    cuda_decode.launch(k2, (1, 1, 1), (32, 1, 1), 0, [t])
+    assert [c[0] for c in launched] == [k1.func, k1.func, k1.func, k2.func]
+    monkeypatch.setattr(cuda_decode, "LAUNCH_PATH", "torch")
+    cuda_decode.launch(k2, (4, 1, 1), (32, 1, 1), 64, [t])
+    assert len(launched) == 4
+    assert k2.calls == [{"grid": (4, 1, 1), "block": (32, 1, 1), "args": [t], "shared_mem": 64}]
+
+
+def test_kernel_layout_is_made_once_per_layout() -> None:
+    from kvarn_cli.kernels.triton_common import kernel_layout
+
+    q1 = make_quantizer("k2v2", head_dim=64, block_size=G)
+    q2 = make_quantizer("k2v2", head_dim=64, block_size=G)
+    assert kernel_layout(q1.layout) is kernel_layout(q1.layout)
+    assert kernel_layout(q2.layout) == kernel_layout(q1.layout)
+    assert kernel_layout(q2.layout).key == kernel_layout(q1.layout).key
+    q4 = make_quantizer("k4v4", head_dim=64, block_size=G)
+    assert kernel_layout(q4.layout).key != kernel_layout(q1.layout).key
+
+
 def test_rotated_query_for_the_cuda_kernel_matches_torch() -> None:
     from kvarn_cli.kernels.cuda_decode import rotated_query
     from kvarn_cli.kernels.triton_common import dot_in_fp16, signed_hadamard

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,7 @@ def _source_text() -> str:
 
 def _key(lay: KernelLayout, gqa: int, gp: int, device_index: int, side: int = 0, query: int = 2,
          fused: bool = False, tickets: bool = False) -> tuple[Any, ...]:
-    return (tuple(sorted(lay.args().items())), lay.head_dim, lay.k_bits, lay.v_bits, lay.block_size,
-            lay.record_bytes, gqa, gp, device_index, side, query, fused, tickets)
+    return (lay.key, gqa, gp, device_index, side, query, fused, tickets)
 
 
 def kernel_for(lay: KernelLayout, layout: Any, gqa: int, gp: int, device_index: int, side: int = 0,
@@ -331,11 +331,68 @@ def split(
         q_kind = 2
     fused = counters is not None
     kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0, kind, q_kind, fused, fused and not deterministic)
-    kernel(
-        grid=(batch, kv_heads, num_splits),
-        block=(32, 1, 1),
-        args=[*q_args, records, records.stride(0), records.stride(1),
-              block_table, block_table.stride(0), num_blocks, *side_args, ws_acc, ws_ml, *out_args],
-        shared_mem=2 * lay.record_bytes,
-    )
+    launch(kernel, (batch, kv_heads, num_splits), (32, 1, 1), 2 * lay.record_bytes,
+           [*q_args, records, records.stride(0), records.stride(1),
+            block_table, block_table.stride(0), num_blocks, *side_args, ws_acc, ws_ml, *out_args])
     return fused
+
+
+#: "cells" launches through Launcher; "torch" through the compiled kernel's own __call__, as
+#: kvarn did before (KVARN_CUDA_LAUNCH=torch; benchmarks/host_overhead.py times both in one
+#: process, and e2e_gpu.py's ":torch-launch" presets run an engine with it).
+LAUNCH_PATH = os.environ.get("KVARN_CUDA_LAUNCH", "cells")
+if LAUNCH_PATH not in ("cells", "torch"):
+    raise ValueError(f"KVARN_CUDA_LAUNCH={LAUNCH_PATH!r}: expected cells or torch")
+
+
+def launch(kernel: Any, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int, args: list[Any]) -> None:
+    """Launch a kernel from torch.cuda._compile_kernel with `args` (tensors as their device
+    pointers, ints as C ints) on the current stream, through its Launcher (LAUNCH_PATH)."""
+    if LAUNCH_PATH != "cells":
+        kernel(grid=grid, block=block, args=args, shared_mem=shared_mem)
+        return
+    launcher = _LAUNCHERS.get(id(kernel))
+    if launcher is None or launcher.kernel is not kernel or launcher.nargs != len(args):
+        _LAUNCHERS[id(kernel)] = launcher = Launcher(kernel, len(args))
+    launcher(grid, block, shared_mem, args)
+
+
+class Launcher:
+    """cuLaunchKernel for one compiled kernel with a fixed argument count, without the ctypes
+    objects torch's __call__ makes per argument and call (~1 us each: 30-40 us per launch of
+    the split kernel, which eager steps pay in every layer).
+
+    Every argument has its own 8-byte cell, and the kernel-parameter array points at the cells
+    once and for all. A call writes the arguments' values into the cells (one slice
+    assignment) and launches. The driver reads each parameter at its address with the size the
+    kernel declares: a pointer all 8 bytes, an int the low 4 (little-endian; two's complement
+    keeps -1 as -1). It copies them at the launch (and into the node at graph capture), so the
+    cells may be rewritten by the next call."""
+
+    def __init__(self, kernel: Any, nargs: int) -> None:
+        from torch.cuda import _utils
+
+        library = getattr(_utils, "_get_gpu_runtime_library", None) or _utils._get_cuda_library
+        self.kernel = kernel
+        self.nargs = nargs
+        self._launch = library().cuLaunchKernel
+        self._func = kernel.func
+        self._cells = (ctypes.c_int64 * nargs)()
+        base = ctypes.addressof(self._cells)
+        self._params = (ctypes.c_void_p * nargs)(*[base + 8 * i for i in range(nargs)])
+
+    def pack(self, args: list[Any]) -> None:
+        """Write the arguments' values into the cells: tensors as device pointers, ints as
+        they are (ctypes refuses a float or anything else with a TypeError)."""
+        self._cells[:] = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+
+    def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int, args: list[Any]) -> None:
+        self.pack(args)
+        stream = torch.cuda.current_stream()
+        status = self._launch(self._func, grid[0], grid[1], grid[2], block[0], block[1], block[2],
+                              shared_mem, ctypes.c_void_p(stream.cuda_stream), self._params, None)
+        if status != 0:
+            raise RuntimeError(f"cuLaunchKernel failed with CUresult {status}")
+
+
+_LAUNCHERS: dict[int, Launcher] = {}

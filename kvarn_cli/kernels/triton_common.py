@@ -11,8 +11,10 @@ itself never imports it, so CPU-only users are unaffected).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -56,9 +58,29 @@ class KernelLayout:
         """Keyword arguments (upper-case constexpr names) for the kernels."""
         return {f"OFF_{name.upper()}": off for name, off in self.offsets.items()}
 
+    @functools.cached_property
+    def key(self) -> tuple[Any, ...]:
+        """Everything the kernels specialize on, hashable: a cache key for compiled kernels."""
+        return (self.head_dim, self.block_size, self.k_bits, self.v_bits, self.record_bytes, self.end_of_fields,
+                tuple(sorted(self.offsets.items())))
+
 
 def kernel_layout(layout: RecordLayout) -> KernelLayout:
-    """Check that `layout` is one the Triton kernels handle and return its offsets."""
+    """Check that `layout` is one the Triton kernels handle and return its offsets: made once
+    per layout object (every launch asks, and making it walks the record's fields)."""
+    made = _KERNEL_LAYOUTS.get(id(layout))
+    if made is not None and made[0] is layout:
+        return made[1]
+    lay = _make_kernel_layout(layout)
+    _KERNEL_LAYOUTS[id(layout)] = (layout, lay)
+    return lay
+
+
+#: kernel_layout's results by the id of their layout (kept alive here, so the id stays its own)
+_KERNEL_LAYOUTS: dict[int, tuple[RecordLayout, KernelLayout]] = {}
+
+
+def _make_kernel_layout(layout: RecordLayout) -> KernelLayout:
     if layout.scheme != "kvarn" or not layout.rotated or not layout.varn:
         raise ValueError(f"Triton kernels handle KVarN records only (rotated + VarN), got scheme {layout.scheme!r}")
     if layout.scale_dtype != "fp8":
