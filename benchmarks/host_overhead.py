@@ -134,10 +134,10 @@ def main() -> None:
             cuda_decode.launch = real_launch  # type: ignore[assignment]
         if not captured:
             raise SystemExit("the decode did not take the CUDA kernel (cuda_decode.unsupported on this GPU?)")
-        kernel, grid, block, smem, kargs = captured[0]
+        kernel, grid, block, smem, index, kargs = captured[0]
 
         def launch_only() -> None:
-            cuda_decode.launch(kernel, grid, block, smem, kargs)
+            cuda_decode.launch(kernel, grid, block, smem, index, kargs)
 
         cases = {"launch": launch_only, "decode_attention": one_decode, "decode_fixed": one_layer, "flush": flush}
         for fn in cases.values():  # compile and warm both paths

@@ -523,10 +523,12 @@ def _fake_driver(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
 
     from torch.cuda import _utils
 
+    from kvarn_cli.kernels import cuda_decode
+
     launched: list[tuple] = []
     lib = SimpleNamespace(cuLaunchKernel=lambda *a: launched.append(a) or 0)
     monkeypatch.setattr(_utils, "_get_gpu_runtime_library", lambda: lib, raising=False)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: SimpleNamespace(cuda_stream=1234))
+    monkeypatch.setattr(cuda_decode, "current_raw_stream", lambda index: 1234 + index)
     return launched
 
 
@@ -542,18 +544,19 @@ def test_launcher_cells_hold_pointers_and_c_ints(monkeypatch: pytest.MonkeyPatch
     kernel = _FakeKernel()
     a, b = torch.zeros(4), torch.zeros(8, dtype=torch.int32)
     launcher = cuda_decode.Launcher(kernel, 5)
-    launcher((3, 2, 1), (32, 1, 1), 96, [a, 7, -1, b, 2**31 - 1])
+    launcher((3, 2, 1), (32, 1, 1), 96, 0, [a, 7, -1, b, 2**31 - 1])
     (call,) = launched
     assert call[0] is kernel.func and call[1:7] == (3, 2, 1, 32, 1, 1) and call[7] == 96
     assert call[8].value == 1234 and call[10] is None
     params = call[9]
     assert [ctypes.c_void_p.from_address(params[i]).value for i in (0, 3)] == [a.data_ptr(), b.data_ptr()]
     assert [ctypes.c_int32.from_address(params[i]).value for i in (1, 2, 4)] == [7, -1, 2**31 - 1]
-    launcher((1, 1, 1), (32, 1, 1), 0, [b, -5, 3, a, 0])
+    launcher((1, 1, 1), (32, 1, 1), 0, 1, [b, -5, 3, a, 0])
     assert ctypes.c_void_p.from_address(params[0]).value == b.data_ptr()
     assert ctypes.c_int32.from_address(params[1]).value == -5
+    assert launched[1][8].value == 1235  # the current stream of the device asked for
     with pytest.raises(TypeError):
-        launcher((1, 1, 1), (32, 1, 1), 0, [a, 0.5, 3, b, 0])  # floats go as bits (cuda_decode._float_bits)
+        launcher((1, 1, 1), (32, 1, 1), 0, 0, [a, 0.5, 3, b, 0])  # floats go as bits (cuda_decode._float_bits)
     assert kernel.calls == []  # never through torch's __call__
 
 
@@ -564,16 +567,16 @@ def test_launch_reuses_one_launcher_per_kernel_and_falls_back_to_torch(monkeypat
     monkeypatch.setattr(cuda_decode, "_LAUNCHERS", {})
     k1, k2 = _FakeKernel(), _FakeKernel()
     t = torch.zeros(2)
-    cuda_decode.launch(k1, (1, 1, 1), (32, 1, 1), 0, [t, 1])
+    cuda_decode.launch(k1, (1, 1, 1), (32, 1, 1), 0, 0, [t, 1])
     first = cuda_decode._LAUNCHERS[id(k1)]
-    cuda_decode.launch(k1, (2, 1, 1), (32, 1, 1), 0, [t, 2])
+    cuda_decode.launch(k1, (2, 1, 1), (32, 1, 1), 0, 0, [t, 2])
     assert cuda_decode._LAUNCHERS[id(k1)] is first and len(launched) == 2
-    cuda_decode.launch(k1, (2, 1, 1), (32, 1, 1), 0, [t, 2, 3])  # another argument count: its own cells
+    cuda_decode.launch(k1, (2, 1, 1), (32, 1, 1), 0, 0, [t, 2, 3])  # another argument count: its own cells
     assert cuda_decode._LAUNCHERS[id(k1)] is not first and cuda_decode._LAUNCHERS[id(k1)].nargs == 3
-    cuda_decode.launch(k2, (1, 1, 1), (32, 1, 1), 0, [t])
+    cuda_decode.launch(k2, (1, 1, 1), (32, 1, 1), 0, 0, [t])
     assert [c[0] for c in launched] == [k1.func, k1.func, k1.func, k2.func]
     monkeypatch.setattr(cuda_decode, "LAUNCH_PATH", "torch")
-    cuda_decode.launch(k2, (4, 1, 1), (32, 1, 1), 64, [t])
+    cuda_decode.launch(k2, (4, 1, 1), (32, 1, 1), 64, 0, [t])
     assert len(launched) == 4
     assert k2.calls == [{"grid": (4, 1, 1), "block": (32, 1, 1), "args": [t], "shared_mem": 64}]
 

@@ -53,8 +53,21 @@ MIN_PROGRAMS = {64: 16}
 
 
 def unsupported(lay: KernelLayout, gqa: int, device: torch.device) -> str | None:
-    """Why the CUDA kernel cannot run this case (None: it can)."""
-    if device.type != "cuda" or not torch.cuda.is_available():
+    """Why the CUDA kernel cannot run this case (None: it can). Asked twice per decode launch
+    and fixed for a layout, GQA and CUDA device, so CUDA answers are kept."""
+    if device.type != "cuda":
+        return "needs a CUDA device"
+    key = (lay.key, gqa, device.index)
+    if key not in _UNSUPPORTED:
+        _UNSUPPORTED[key] = _why_unsupported(lay, gqa, device)
+    return _UNSUPPORTED[key]
+
+
+_UNSUPPORTED: dict[tuple[Any, ...], str | None] = {}
+
+
+def _why_unsupported(lay: KernelLayout, gqa: int, device: torch.device) -> str | None:
+    if not torch.cuda.is_available():
         return "needs a CUDA device"
     if torch.version.cuda is None:
         return "needs CUDA (not ROCm)"
@@ -331,7 +344,7 @@ def split(
         q_kind = 2
     fused = counters is not None
     kernel = kernel_for(lay, layout, gqa, gp, query.device.index or 0, kind, q_kind, fused, fused and not deterministic)
-    launch(kernel, (batch, kv_heads, num_splits), (32, 1, 1), 2 * lay.record_bytes,
+    launch(kernel, (batch, kv_heads, num_splits), (32, 1, 1), 2 * lay.record_bytes, query.device.index or 0,
            [*q_args, records, records.stride(0), records.stride(1),
             block_table, block_table.stride(0), num_blocks, *side_args, ws_acc, ws_ml, *out_args])
     return fused
@@ -345,16 +358,26 @@ if LAUNCH_PATH not in ("cells", "torch"):
     raise ValueError(f"KVARN_CUDA_LAUNCH={LAUNCH_PATH!r}: expected cells or torch")
 
 
-def launch(kernel: Any, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int, args: list[Any]) -> None:
+def launch(kernel: Any, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int, device_index: int,
+           args: list[Any]) -> None:
     """Launch a kernel from torch.cuda._compile_kernel with `args` (tensors as their device
-    pointers, ints as C ints) on the current stream, through its Launcher (LAUNCH_PATH)."""
+    pointers, ints as C ints) on the device's current stream, through its Launcher (LAUNCH_PATH)."""
     if LAUNCH_PATH != "cells":
         kernel(grid=grid, block=block, args=args, shared_mem=shared_mem)
         return
     launcher = _LAUNCHERS.get(id(kernel))
     if launcher is None or launcher.kernel is not kernel or launcher.nargs != len(args):
         _LAUNCHERS[id(kernel)] = launcher = Launcher(kernel, len(args))
-    launcher(grid, block, shared_mem, args)
+    launcher(grid, block, shared_mem, device_index, args)
+
+
+def current_raw_stream(device_index: int) -> int:
+    """The device's current CUDA stream as a handle: the call Triton's launcher makes, a
+    fraction of torch.cuda.current_stream()'s host time (a Stream object per call)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        return int(raw(device_index))
+    return int(torch.cuda.current_stream(device_index).cuda_stream)
 
 
 class Launcher:
@@ -386,11 +409,12 @@ class Launcher:
         they are (ctypes refuses a float or anything else with a TypeError)."""
         self._cells[:] = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
 
-    def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int, args: list[Any]) -> None:
+    def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int, device_index: int,
+                 args: list[Any]) -> None:
         self.pack(args)
-        stream = torch.cuda.current_stream()
+        stream = current_raw_stream(device_index)
         status = self._launch(self._func, grid[0], grid[1], grid[2], block[0], block[1], block[2],
-                              shared_mem, ctypes.c_void_p(stream.cuda_stream), self._params, None)
+                              shared_mem, ctypes.c_void_p(stream), self._params, None)
         if status != 0:
             raise RuntimeError(f"cuLaunchKernel failed with CUresult {status}")
 
