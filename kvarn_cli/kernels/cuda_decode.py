@@ -382,8 +382,9 @@ def current_raw_stream(device_index: int) -> int:
 
 class Launcher:
     """cuLaunchKernel for one compiled kernel with a fixed argument count, without the ctypes
-    objects torch's __call__ makes per argument and call (~1 us each: 30-40 us per launch of
-    the split kernel, which eager steps pay in every layer).
+    objects torch's __call__ makes per argument and call: the split kernel's launch took 63-147
+    us of host time that way against 16-19 us here (docs/BENCHMARKS.md runs 177 and 182), and
+    eager steps pay it in every layer.
 
     Every argument has its own 8-byte cell, and the kernel-parameter array points at the cells
     once and for all. A call writes the arguments' values into the cells (one slice
