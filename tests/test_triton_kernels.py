@@ -591,6 +591,12 @@ def test_kernel_layout_is_made_once_per_layout() -> None:
     assert kernel_layout(q2.layout).key == kernel_layout(q1.layout).key
     q4 = make_quantizer("k4v4", head_dim=64, block_size=G)
     assert kernel_layout(q4.layout).key != kernel_layout(q1.layout).key
+    from kvarn_cli.kernels import triton_common
+
+    for _ in range(2 * triton_common.MAX_KERNEL_LAYOUTS):  # many layouts: a bounded cache, right answers
+        kernel_layout(make_quantizer("k2v2", head_dim=64, block_size=G).layout)
+    assert len(triton_common._KERNEL_LAYOUTS) <= triton_common.MAX_KERNEL_LAYOUTS
+    assert kernel_layout(q4.layout) == triton_common._make_kernel_layout(q4.layout)
 
 
 def test_rotated_query_for_the_cuda_kernel_matches_torch() -> None:

@@ -72,12 +72,17 @@ def kernel_layout(layout: RecordLayout) -> KernelLayout:
     if made is not None and made[0] is layout:
         return made[1]
     lay = _make_kernel_layout(layout)
+    if len(_KERNEL_LAYOUTS) >= MAX_KERNEL_LAYOUTS:
+        _KERNEL_LAYOUTS.clear()
     _KERNEL_LAYOUTS[id(layout)] = (layout, lay)
     return lay
 
 
 #: kernel_layout's results by the id of their layout (kept alive here, so the id stays its own)
 _KERNEL_LAYOUTS: dict[int, tuple[RecordLayout, KernelLayout]] = {}
+#: an engine uses one or two layouts; every quantizer has its own layout object, and tests make
+#: thousands, so the cache starts over past this many rather than keeping them all alive
+MAX_KERNEL_LAYOUTS = 64
 
 
 def _make_kernel_layout(layout: RecordLayout) -> KernelLayout:
