@@ -113,19 +113,16 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return float(do_bench_cudagraph(fn, return_mode="median"))
 
 
-def kvarn_timings(method: str, batch: Batch, fill: int, shape: tuple[int, int, int, int], layers: int,
-                  device: torch.device, dtype: torch.dtype, variants: list[str] = [],
-                  split_counts: list[int] = []) -> dict[str, float]:
-    from kvarn_cli.kernels.triton_decode import decode_attention
-    from kvarn_cli.kernels.triton_flush import LayerSlots, flush_tiles
-    from kvarn_cli.kernels.triton_stage import stage_tokens
+def layer_tensors(codec: Codec, batch: Batch, shape: tuple[int, int, int, int], layers: int, device: torch.device,
+                  dtype: torch.dtype) -> tuple[list[LayerCache], list[tuple[torch.Tensor, ...]]]:
+    """Each layer's own records, slots, and q/k/v/out for one decode step of `batch`, as
+    kvarn_arrays lays them out (row i: slots 2i and 2i+1, blocks i*W ..). The records are
+    realistic: random tiles quantized by the flush kernel, copied to every block."""
+    from kvarn_cli.kernels.triton_flush import flush_tiles
 
     _, kvh, qh, d = shape
     G, R, W = batch.G, batch.rows, batch.width()
-    codec = Codec(make_quantizer(method, head_dim=d, block_size=G), device, triton=True)
-    fixed = kvarn_arrays(batch, fill, device)
     gen = torch.Generator(device=device).manual_seed(0)
-    # realistic records: random tiles quantized by the flush kernel, copied to every block
     seed_k = torch.randn(8, kvh, G, d, device=device, generator=gen) * (1 + 4 * torch.rand(1, 1, 1, d, device=device, generator=gen))
     seed_v = torch.randn(8, kvh, G, d, device=device, generator=gen) * 0.3
     seed = torch.empty(8, kvh, codec.record_bytes, dtype=torch.uint8, device=device)
@@ -140,6 +137,21 @@ def kvarn_timings(method: str, batch: Batch, fill: int, shape: tuple[int, int, i
         k = torch.randn(R, kvh, d, device=device, dtype=dtype, generator=gen)
         v = torch.randn(R, kvh, d, device=device, dtype=dtype, generator=gen)
         qkv.append((q, k, v, torch.empty_like(q)))
+    return caches, qkv
+
+
+def kvarn_timings(method: str, batch: Batch, fill: int, shape: tuple[int, int, int, int], layers: int,
+                  device: torch.device, dtype: torch.dtype, variants: list[str] = [],
+                  split_counts: list[int] = []) -> dict[str, float]:
+    from kvarn_cli.kernels.triton_decode import decode_attention
+    from kvarn_cli.kernels.triton_flush import LayerSlots
+    from kvarn_cli.kernels.triton_stage import stage_tokens
+
+    _, kvh, qh, d = shape
+    G = batch.G
+    codec = Codec(make_quantizer(method, head_dim=d, block_size=G), device, triton=True)
+    fixed = kvarn_arrays(batch, fill, device)
+    caches, qkv = layer_tensors(codec, batch, shape, layers, device, dtype)
     scale = 1.0 / math.sqrt(d)
     all_layers = LayerSlots([(c.slot_k, c.slot_v, c.records) for c in caches])
     nf = int((fixed.fill_slot >= 0).sum())

@@ -40,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import decode_step  # noqa: E402  (benchmarks/ is not a package)
 
 from kvarn_cli.kernels import cuda_decode, make_quantizer  # noqa: E402
-from kvarn_cli.kvcache.compute import Codec, LayerCache, decode_fixed, flush_decode_fills  # noqa: E402
+from kvarn_cli.kernels.triton_decode import decode_attention  # noqa: E402
+from kvarn_cli.kernels.triton_flush import LayerSlots  # noqa: E402
+from kvarn_cli.kvcache.compute import Codec, decode_fixed, flush_decode_fills  # noqa: E402
 
 PATHS = ("cells", "torch")
 
@@ -54,28 +56,6 @@ def per_call_us(fn: Callable[[], None], calls: int) -> float:
     dt = time.perf_counter() - t0
     torch.cuda.synchronize()
     return 1e6 * dt / calls
-
-
-def layer_state(method: str, batch: decode_step.Batch, layers: int, shape: tuple[int, int, int, int],
-                device: torch.device) -> tuple[Codec, list[LayerCache], list[tuple[torch.Tensor, ...]], object]:
-    """Records, slots and q/k/v/out per layer for one decode step of `batch` (decode_step's layout)."""
-    _, kvh, qh, d = shape
-    G, R, W = batch.G, batch.rows, batch.width()
-    codec = Codec(make_quantizer(method, head_dim=d, block_size=G), device, triton=True)
-    fixed = decode_step.kvarn_arrays(batch, -1, device)
-    caches, qkv = [], []
-    for _ in range(layers):
-        # zero codes and scales (finite attention; random fp8 bits would give NaN): host time
-        # does not depend on the values
-        records = torch.zeros(R * W, kvh, codec.record_bytes, dtype=torch.uint8, device=device)
-        slot_k = torch.randn(2 * R, kvh, G, d, device=device, dtype=torch.bfloat16)
-        slot_v = torch.randn(2 * R, kvh, G, d, device=device, dtype=torch.bfloat16)
-        caches.append(LayerCache(records=records, slot_k=slot_k, slot_v=slot_v))
-        q = torch.randn(R, qh, d, device=device, dtype=torch.bfloat16)
-        k = torch.randn(R, kvh, d, device=device, dtype=torch.bfloat16)
-        v = torch.randn(R, kvh, d, device=device, dtype=torch.bfloat16)
-        qkv.append((q, k, v, torch.empty_like(q)))
-    return codec, caches, qkv, fixed
 
 
 def main() -> None:
@@ -100,12 +80,10 @@ def main() -> None:
                     "command": "python benchmarks/host_overhead.py " + " ".join(sys.argv[1:]), "rows": []}
     for rows in (int(x) for x in args.rows.split(",")):
         batch = decode_step.make_batch(rows, contexts, 128, args.block_size, seed=rows)
-        codec, caches, qkv, fixed = layer_state(args.method, batch, layers, shape, device)
+        codec = Codec(make_quantizer(args.method, head_dim=shape[3], block_size=batch.G), device, triton=True)
+        fixed = decode_step.kvarn_arrays(batch, -1, device)
+        caches, qkv = decode_step.layer_tensors(codec, batch, shape, layers, device, torch.bfloat16)
         scale = 1.0 / math.sqrt(shape[3])
-        c0, (q0, k0, v0, o0) = caches[0], qkv[0]
-        from kvarn_cli.kernels.triton_decode import decode_attention
-        from kvarn_cli.kernels.triton_flush import LayerSlots
-
         slots = LayerSlots([(c.slot_k, c.slot_v, c.records) for c in caches])
         nf = max(1, int((fixed.fill_slot >= 0).sum()))
         state = {"layer": 0}
