@@ -34,9 +34,11 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,14 @@ def start_engine(preset: str, args: argparse.Namespace) -> tuple[Any, dict[str, 
     from vllm import LLM
 
     kwargs = engine_kwargs(preset, args)
+    if getattr(args, "profile_steps", 0):  # profile_admission.py starts engines here too, without the option
+        from vllm.config.profiler import ProfilerConfig
+
+        # the engine core's own trace (its host and the GPU), without stacks, whose recording
+        # would slow the host work the trace is there to show
+        kwargs["profiler_config"] = ProfilerConfig(
+            profiler="torch", torch_profiler_dir=str(profile_dir(args, preset)), torch_profiler_with_stack=False,
+            torch_profiler_use_gzip=False, torch_profiler_dump_cuda_time_total=False, ignore_frontend=True)
     if args.load_format:
         kwargs["load_format"] = args.load_format
     if args.max_cudagraph_capture_size:
@@ -246,6 +256,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     for k in range(passes):
         runs.append(timed_pass(llm, prompts[k * n:(k + 1) * n], params, args.sample_every, f"p{k}-", watch))
         phase(f"pass {k}: {runs[-1]['tokens_per_s']} tok/s")
+    profile = (profiled_pass(llm, prompts[:n], params, args.profile_at, args.profile_steps, profile_dir(args, preset))
+               if args.profile_steps else None)
     median = median_run(runs)
     timed = prompts[: n * passes]
     return {
@@ -269,13 +281,58 @@ def run_one(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "peak_running": median["peak_running"],
         "preemptions": median["preemptions"],
         "passes": [{k: r[k] for k in ("tokens_per_s", "ms_per_step", "steps", "preemptions", "median_step_ms",
-                                      "max_step_ms", "stall_s", "stalls", "kernels_compiled")} for r in runs],
+                                      "max_step_ms", "stall_s", "stalls", "by_rows", "kernels_compiled")}
+                   for r in runs],
+        "profile": profile,
         "kernel_variants": {k: os.environ.get(k) for k in ("KVARN_DECODE_VARIANT", "KVARN_FLUSH_VARIANT", "KVARN_DECODE_GRAPHS",
                                                            "VLLM_USE_V2_MODEL_RUNNER")},
         "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
         "cudagraph_capture_sizes": list(llm.llm_engine.vllm_config.compilation_config.cudagraph_capture_sizes or []),
         "first_request_token_ids": runs[0]["first_ids"],
     }
+
+
+def profile_dir(args: argparse.Namespace, preset: str) -> Path:
+    """Where the engine core writes `preset`'s trace: beside --out, one folder per process."""
+    return Path(args.out).resolve().parent / f"{Path(args.out).stem}_trace_{preset}_{os.getpid()}"
+
+
+def profiled_pass(llm: Any, prompts: list[list[int]], params: list[Any], at: int, count: int,
+                  folder: Path) -> dict[str, Any]:
+    """One more pass over `prompts` with vLLM's torch profiler on in the engine core for the
+    `count` steps from step `at`: whether those steps wait on the GPU or on the host. The
+    summary (benchmarks/trace_summary.py) gives the GPU's busy time per step against the span
+    its work covers, and the host's CUDA calls and named regions. The profiled steps' wall
+    times are the profiler's too (it records every host op), so they are only reported."""
+    import trace_summary
+
+    engine = llm.llm_engine
+    for i, p in enumerate(prompts):
+        engine.add_request(f"prof{i}", {"prompt_token_ids": p}, params[i])
+    steps, walls, rows = 0, [], []
+    while engine.has_unfinished_requests():
+        if steps == at:
+            llm.start_profile()
+        ts = time.perf_counter()
+        outs = engine.step()
+        if at <= steps < at + count:
+            walls.append(time.perf_counter() - ts)
+            rows.append(len(outs))
+        steps += 1
+        if steps == at + count:
+            llm.stop_profile()
+    if steps < at + count:
+        if steps > at:
+            llm.stop_profile()
+        return {"error": f"the pass ended at step {steps}, before step {at + count}"}
+    traces = sorted(folder.rglob("*.json*"), key=lambda f: f.stat().st_size)
+    if not traces:
+        return {"error": f"no trace under {folder}"}
+    with open(traces[-1]) as f:
+        summary = trace_summary.summarize(json.load(f)["traceEvents"], count)
+    phase(f"profiled steps {at}..{at + count - 1}: GPU busy {summary.get('gpu', {}).get('busy_ms_per_step')} ms/step")
+    return {"at": at, "steps": count, "trace": str(traces[-1]), "rows_median": statistics.median(rows),
+            "profiled_step_ms_median": round(1e3 * statistics.median(walls), 2), "summary": summary}
 
 
 def busy_threads(dump: str) -> str:
@@ -370,7 +427,9 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: list[Any], sample_eve
     Also what tells a uniformly slower pass from one with a few long stalls (the kvarn presets'
     passes vary by 20-35%, docs/BENCHMARKS.md runs 38 and 43): the median and longest step,
     the time spent in steps over 5x the median beyond the median, the first such steps (index,
-    seconds), and the kernels compiled. `params[i]` is prompt i's sampling."""
+    seconds), the kernels compiled, and step time against the requests that got a token in it
+    (`by_rows`: with the engine core in its own process, the front end's view of the step,
+    the configuration `kvarn run` uses). `params[i]` is prompt i's sampling."""
     from kvarn_cli.vllm_compat import read_gauges
 
     engine = llm.llm_engine
@@ -380,6 +439,7 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: list[Any], sample_eve
     peak_running = 0.0
     first_ids: list[int] = []
     step_s: list[float] = []
+    rows: list[int] = []
     t1 = time.perf_counter()
     for i, p in enumerate(prompts):
         engine.add_request(f"{prefix}{i}", {"prompt_token_ids": p}, params[i])
@@ -391,6 +451,7 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: list[Any], sample_eve
         step_s.append(time.perf_counter() - ts)
         if watch is not None:
             watch.end()
+        rows.append(len(outs))  # the requests that got a token this step (outputs are cumulative)
         for out in outs:
             if out.finished:
                 generated += len(out.outputs[0].token_ids)
@@ -408,8 +469,31 @@ def timed_pass(llm: Any, prompts: list[list[int]], params: list[Any], sample_eve
             "steps": steps, "ms_per_step": round(1e3 * wall / max(1, steps), 2), "peak_running": int(peak_running),
             "preemptions": int(end["num_preemptions"] - base["num_preemptions"]), "first_ids": first_ids,
             "median_step_ms": round(1e3 * median_s, 2), "max_step_ms": round(1e3 * max(step_s, default=0.0), 1),
-            "stall_s": round(stall_s, 2), "stalls": stalls,
+            "stall_s": round(stall_s, 2), "stalls": stalls, "by_rows": step_cost_by_rows(list(zip(rows, step_s))),
             "kernels_compiled": triton_cache_entries() - compiled_before}
+
+
+def step_cost_by_rows(steps: list[tuple[int, float]], bucket: int = 16) -> dict[str, Any]:
+    """Decode-step wall time against the rows in the batch: the median ms per bucket of
+    `bucket` rows, and a least-squares line ms = per_step + per_row x rows over the steps under
+    twice the median (host-bound steps cost vLLM's per-request work on every row, so whether a
+    preset's extra cost is per step or per row decides what more rows in flight buy)."""
+    if not steps:
+        return {}
+    med = statistics.median(w for _, w in steps)
+    kept = [(r, 1e3 * w) for r, w in steps if w <= 2 * med]
+    groups: dict[int, list[float]] = defaultdict(list)
+    for r, ms in kept:
+        groups[r // bucket * bucket].append(ms)
+    out: dict[str, Any] = {"buckets": {f"{b}-{b + bucket - 1}": [len(v), round(statistics.median(v), 2)]
+                                       for b, v in sorted(groups.items())}}
+    xs = [r for r, _ in kept]
+    if len(set(xs)) > 1:
+        mx, my = statistics.mean(xs), statistics.mean(ms for _, ms in kept)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (ms - my) for x, ms in kept) / sxx
+        out["fit_ms"] = {"per_step": round(my - slope * mx, 3), "per_row": round(slope, 4), "steps": len(kept)}
+    return out
 
 
 def preset_setup(label: str) -> tuple[str, dict[str, str], list[str]]:
@@ -505,6 +589,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 def main() -> None:
     ap = build_parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="after the timed passes, one more pass with vLLM's torch profiler on in the engine core "
+                         "for this many steps (0: none); the trace lands beside --out, its summary in the result")
+    ap.add_argument("--profile-at", type=int, default=300, help="the profiled pass's first profiled step")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
 

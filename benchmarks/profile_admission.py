@@ -253,34 +253,11 @@ def timed_pass(job: Job) -> dict[str, Any]:
                      "steps_over_2x_median": sum(t > 2 * med for t in ts),
                      "time_over_2x_median_share": round(sum(t for t in ts if t > 2 * med) / total, 3)}
     if "decode" in out:
-        out["decode"]["by_rows"] = step_cost_by_rows(decode_rows)
+        out["decode"]["by_rows"] = e2e_gpu.step_cost_by_rows(decode_rows)
     out["new_requests_per_admission"] = {n: new_per_admit.count(n) for n in sorted(set(new_per_admit))}
     out["gc"] = {"s": round(clock.total, 3), "collections": {g: len(v) for g, v in sorted(clock.by_gen.items())},
                  "max_ms": round(1e3 * max((max(v) for v in clock.by_gen.values()), default=0.0), 1)}
     out["slowest_steps"] = [[i, kind, round(1e3 * w, 1), round(1e3 * g, 1)] for w, i, kind, g in sorted(slow)[::-1][:12]]
-    return out
-
-
-def step_cost_by_rows(steps: list[tuple[int, float]], bucket: int = 16) -> dict[str, Any]:
-    """Decode-step wall time against the rows in the batch: the median ms per bucket of
-    `bucket` rows, and a least-squares line ms = per_step + per_row x rows over the steps under
-    twice the median (host-bound steps cost vLLM's per-request work on every row, so whether a
-    preset's extra cost is per step or per row decides what more rows in flight buy)."""
-    if not steps:
-        return {}
-    med = statistics.median(w for _, w in steps)
-    kept = [(r, 1e3 * w) for r, w in steps if w <= 2 * med]
-    groups: dict[int, list[float]] = defaultdict(list)
-    for r, ms in kept:
-        groups[r // bucket * bucket].append(ms)
-    out: dict[str, Any] = {"buckets": {f"{b}-{b + bucket - 1}": [len(v), round(statistics.median(v), 2)]
-                                       for b, v in sorted(groups.items())}}
-    xs = [r for r, _ in kept]
-    if len(set(xs)) > 1:
-        mx, my = statistics.mean(xs), statistics.mean(ms for _, ms in kept)
-        sxx = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (ms - my) for x, ms in kept) / sxx
-        out["fit_ms"] = {"per_step": round(my - slope * mx, 3), "per_row": round(slope, 4), "steps": len(kept)}
     return out
 
 

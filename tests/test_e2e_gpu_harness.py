@@ -3,6 +3,7 @@ process group with it (vLLM's engine core runs in a child process and holds GPU 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -173,9 +174,9 @@ def test_few_shot_prompts_share_the_examples_and_leave_them_out_of_the_questions
 
 
 def test_step_cost_by_rows_fits_the_per_row_cost_and_drops_stalls() -> None:
-    """profile_admission's line through decode steps: a per-step and a per-row cost, with
-    steps over twice the median (a stall, a flush wave) left out of the fit."""
-    from profile_admission import step_cost_by_rows
+    """The line through decode steps (e2e_gpu's passes, profile_admission's): a per-step and a
+    per-row cost, with steps over twice the median (a stall, a flush wave) left out of the fit."""
+    from e2e_gpu import step_cost_by_rows
 
     steps = [(r, (1.0 + 0.025 * r) / 1e3) for r in range(64, 129) for _ in range(3)]
     steps.append((128, 50e-3))  # a stall
@@ -186,3 +187,112 @@ def test_step_cost_by_rows_fits_the_per_row_cost_and_drops_stalls() -> None:
     assert got["buckets"]["64-79"][0] == 16 * 3 and got["buckets"]["128-143"] == [3, pytest.approx(4.2)]
     assert "fit_ms" not in step_cost_by_rows([(128, 4e-3)] * 5)  # one batch size: no line
     assert step_cost_by_rows([]) == {}
+
+
+class _Out:
+    def __init__(self, rid: str, tokens: int, finished: bool) -> None:
+        self.request_id, self.finished = rid, finished
+        self.outputs = [type("C", (), {"token_ids": list(range(tokens))})()]
+
+
+class _FakeEngine:
+    """Requests of fixed lengths, `width` of them decoded per step: what timed_pass and
+    profiled_pass read of vLLM's LLMEngine (add_request, step, has_unfinished_requests)."""
+
+    def __init__(self, width: int) -> None:
+        self.width, self.left, self.done = width, {}, {}
+
+    def add_request(self, rid: str, prompt: dict, params: object) -> None:
+        self.left[rid] = params.max_tokens
+        self.done[rid] = 0
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.left)
+
+    def step(self) -> list[_Out]:
+        outs = []
+        for rid in list(self.left)[: self.width]:
+            self.left[rid] -= 1
+            self.done[rid] += 1
+            finished = self.left[rid] == 0
+            if finished:
+                del self.left[rid]
+            outs.append(_Out(rid, self.done[rid], finished))
+        time.sleep(1e-4 * len(outs))  # the step costs per row
+        return outs
+
+
+class _FakeLLM:
+    def __init__(self, width: int, trace_dir: Path | None = None) -> None:
+        self.llm_engine = _FakeEngine(width)
+        self.trace_dir, self.calls = trace_dir, []
+
+    def get_metrics(self) -> list:
+        return []
+
+    def start_profile(self) -> None:
+        self.calls.append(("start", self.llm_engine.done.copy()))
+
+    def stop_profile(self) -> None:
+        self.calls.append(("stop", self.llm_engine.done.copy()))
+        assert self.trace_dir is not None
+        self.trace_dir.mkdir(parents=True, exist_ok=True)
+        events = [{"ph": "X", "cat": "kernel", "name": "k", "ts": 0.0, "dur": 300.0, "tid": 7},
+                  {"ph": "X", "cat": "kernel", "name": "k", "ts": 1000.0, "dur": 100.0, "tid": 7}]
+        (self.trace_dir / "core.pt.trace.json").write_text(json.dumps({"traceEvents": events}))
+
+
+def _params(lengths: list[int]) -> list[object]:
+    return [type("P", (), {"max_tokens": m})() for m in lengths]
+
+
+def test_timed_pass_fits_step_time_to_the_rows_that_got_a_token() -> None:
+    """Each step's row count is the requests that got a token in it, so a pass whose batch
+    shrinks (lengths spread) gives the per-row cost of the step."""
+    from e2e_gpu import timed_pass
+
+    llm = _FakeLLM(width=8)
+    lengths = [4 * (i + 1) for i in range(8)]  # one request ends every 4 steps
+    got = timed_pass(llm, [[1]] * 8, _params(lengths), sample_every=1000, prefix="p-")
+    assert got["generated_tokens"] == sum(lengths) and got["steps"] == max(lengths)
+    buckets = got["by_rows"]["buckets"]
+    assert sum(n for n, _ in buckets.values()) == got["steps"]
+    assert got["by_rows"]["fit_ms"]["per_row"] > 0.05  # the fake's 0.1 ms per row, give or take the host
+
+
+def test_profiled_pass_profiles_the_steps_asked_for_and_summarizes_the_trace(tmp_path: Path) -> None:
+    from e2e_gpu import profiled_pass
+
+    llm = _FakeLLM(width=4, trace_dir=tmp_path / "t")
+    got = profiled_pass(llm, [[1]] * 4, _params([20] * 4), at=5, count=10, folder=tmp_path / "t")
+    assert [c for c, _ in llm.calls] == ["start", "stop"]
+    assert set(llm.calls[0][1].values()) == {5} and set(llm.calls[1][1].values()) == {15}
+    assert got["steps"] == 10 and got["rows_median"] == 4
+    assert got["summary"]["gpu"]["busy_ms"] == pytest.approx(0.4)
+    assert got["summary"]["gpu"]["busy_ms_per_step"] == pytest.approx(0.04)
+    # a pass too short to reach the profiled steps says so, with the profiler stopped
+    short = _FakeLLM(width=4, trace_dir=tmp_path / "u")
+    bad = profiled_pass(short, [[1]] * 4, _params([8] * 4), at=5, count=10, folder=tmp_path / "u")
+    assert "before step 15" in bad["error"] and [c for c, _ in short.calls] == ["start", "stop"]
+
+
+def test_trace_summary_unions_gpu_intervals_and_ranks_host_calls() -> None:
+    from trace_summary import summarize
+
+    ev = [
+        {"ph": "X", "cat": "kernel", "name": "a", "ts": 0.0, "dur": 100.0, "tid": 1},
+        {"ph": "X", "cat": "kernel", "name": "b", "ts": 50.0, "dur": 100.0, "tid": 2},  # overlaps a
+        {"ph": "X", "cat": "gpu_memcpy", "name": "c", "ts": 900.0, "dur": 100.0, "tid": 1},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 0.0, "dur": 5.0},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 9.0, "dur": 7.0},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 20.0, "dur": 30.0},
+        {"ph": "X", "cat": "user_annotation", "name": "execute_model", "ts": 0.0, "dur": 800.0},
+        {"ph": "i", "cat": "kernel", "name": "instant", "ts": 0.0},  # no duration: ignored
+    ]
+    got = summarize(ev, steps=2)
+    assert got["gpu"]["busy_ms"] == pytest.approx(0.25) and got["gpu"]["span_ms"] == pytest.approx(1.0)
+    assert got["gpu"]["busy_ms_per_step"] == pytest.approx(0.125)
+    assert got["gpu"]["streams"]["1"]["intervals"] == 2
+    assert list(got["host_calls"]) == ["cudaGraphLaunch", "cudaLaunchKernel"]
+    assert got["host_calls"]["cudaLaunchKernel"] == {"calls": 2, "total_ms": 0.012, "ms_per_step": 0.006, "max_ms": 0.007}
+    assert got["host_regions"]["execute_model"]["ms_per_step"] == pytest.approx(0.4)
