@@ -478,6 +478,7 @@ def step_cost_by_rows(steps: list[tuple[int, float]], bucket: int = 16) -> dict[
     `bucket` rows, and a least-squares line ms = per_step + per_row x rows over the steps under
     twice the median (host-bound steps cost vLLM's per-request work on every row, so whether a
     preset's extra cost is per step or per row decides what more rows in flight buy)."""
+    steps = [(r, w) for r, w in steps if r > 0]  # steps that gave no token (the end of a pass) are not decode steps
     if not steps:
         return {}
     med = statistics.median(w for _, w in steps)

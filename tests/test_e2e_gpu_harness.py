@@ -180,13 +180,14 @@ def test_step_cost_by_rows_fits_the_per_row_cost_and_drops_stalls() -> None:
 
     steps = [(r, (1.0 + 0.025 * r) / 1e3) for r in range(64, 129) for _ in range(3)]
     steps.append((128, 50e-3))  # a stall
-    got = step_cost_by_rows(steps)
+    got = step_cost_by_rows(steps + [(0, 2e-5)] * 40)  # steps without a token pull no line down
+
     assert got["fit_ms"]["per_step"] == pytest.approx(1.0, abs=1e-3)
     assert got["fit_ms"]["per_row"] == pytest.approx(0.025, abs=1e-4)
     assert got["fit_ms"]["steps"] == len(steps) - 1
     assert got["buckets"]["64-79"][0] == 16 * 3 and got["buckets"]["128-143"] == [3, pytest.approx(4.2)]
     assert "fit_ms" not in step_cost_by_rows([(128, 4e-3)] * 5)  # one batch size: no line
-    assert step_cost_by_rows([]) == {}
+    assert step_cost_by_rows([]) == {} and step_cost_by_rows([(0, 1e-3)]) == {}
 
 
 class _Out:
