@@ -196,12 +196,23 @@ class _Out:
         self.outputs = [type("C", (), {"token_ids": list(range(tokens))})()]
 
 
-class _FakeEngine:
-    """Requests of fixed lengths, `width` of them decoded per step: what timed_pass and
-    profiled_pass read of vLLM's LLMEngine (add_request, step, has_unfinished_requests)."""
+class _Clock:
+    """A perf_counter that only the fake engine moves: step times exact, not the host's."""
 
-    def __init__(self, width: int) -> None:
-        self.width, self.left, self.done = width, {}, {}
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        return self.t
+
+
+class _FakeEngine:
+    """Requests of fixed lengths, `width` of them decoded per step, each step costing 1 ms plus
+    0.1 ms per row on `clock`: what timed_pass and profiled_pass read of vLLM's LLMEngine
+    (add_request, step, has_unfinished_requests)."""
+
+    def __init__(self, width: int, clock: _Clock | None = None) -> None:
+        self.width, self.left, self.done, self.clock = width, {}, {}, clock or _Clock()
 
     def add_request(self, rid: str, prompt: dict, params: object) -> None:
         self.left[rid] = params.max_tokens
@@ -219,13 +230,13 @@ class _FakeEngine:
             if finished:
                 del self.left[rid]
             outs.append(_Out(rid, self.done[rid], finished))
-        time.sleep(1e-4 * len(outs))  # the step costs per row
+        self.clock.t += 1e-3 + 1e-4 * len(outs)
         return outs
 
 
 class _FakeLLM:
-    def __init__(self, width: int, trace_dir: Path | None = None) -> None:
-        self.llm_engine = _FakeEngine(width)
+    def __init__(self, width: int, trace_dir: Path | None = None, clock: _Clock | None = None) -> None:
+        self.llm_engine = _FakeEngine(width, clock)
         self.trace_dir, self.calls = trace_dir, []
 
     def get_metrics(self) -> list:
@@ -247,18 +258,21 @@ def _params(lengths: list[int]) -> list[object]:
     return [type("P", (), {"max_tokens": m})() for m in lengths]
 
 
-def test_timed_pass_fits_step_time_to_the_rows_that_got_a_token() -> None:
+def test_timed_pass_fits_step_time_to_the_rows_that_got_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each step's row count is the requests that got a token in it, so a pass whose batch
-    shrinks (lengths spread) gives the per-row cost of the step."""
-    from e2e_gpu import timed_pass
+    shrinks (lengths spread) gives the per-step and per-row cost of the step."""
+    import e2e_gpu
 
-    llm = _FakeLLM(width=8)
+    clock = _Clock()
+    monkeypatch.setattr(e2e_gpu, "time", clock)  # timed_pass reads only time.perf_counter
+    llm = _FakeLLM(width=8, clock=clock)
     lengths = [4 * (i + 1) for i in range(8)]  # one request ends every 4 steps
-    got = timed_pass(llm, [[1]] * 8, _params(lengths), sample_every=1000, prefix="p-")
+    got = e2e_gpu.timed_pass(llm, [[1]] * 8, _params(lengths), sample_every=1000, prefix="p-")
     assert got["generated_tokens"] == sum(lengths) and got["steps"] == max(lengths)
+    assert got["wall_s"] == pytest.approx(round(max(lengths) * 1e-3 + sum(lengths) * 1e-4, 2))
     buckets = got["by_rows"]["buckets"]
     assert sum(n for n, _ in buckets.values()) == got["steps"]
-    assert got["by_rows"]["fit_ms"]["per_row"] > 0.05  # the fake's 0.1 ms per row, give or take the host
+    assert got["by_rows"]["fit_ms"] == {"per_step": pytest.approx(1.0), "per_row": pytest.approx(0.1), "steps": 32}
 
 
 def test_profiled_pass_profiles_the_steps_asked_for_and_summarizes_the_trace(tmp_path: Path) -> None:
